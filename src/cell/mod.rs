@@ -1,0 +1,367 @@
+//! `ShmCell<T, L>`: a typed value in a named shared-memory segment, guarded
+//! by a lock every process can take.
+
+mod guard;
+
+use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
+use std::ptr::NonNull;
+use std::time::Duration;
+
+use crate::error::{Error, LockError};
+use crate::lock::{Acquire, Acquired, LockBackend, RobustMutex};
+use crate::segment::{CreateOptions, HeaderInfo, Init, Segment, SegmentSpec};
+use crate::shm_safe::ShmSafe;
+use crate::sys;
+use crate::sys::time::Monotonic;
+
+pub use guard::ShmGuard;
+
+/// How many times `open_or_create` retries when other processes create,
+/// remove or take over the name under it.
+const OPEN_OR_CREATE_ATTEMPTS: u32 = 64;
+
+/// A value of type `T` in a named POSIX shared-memory object, guarded by a
+/// lock of kind `L` that every process attached to it can take.
+///
+/// Each process gets its own handle (with [`create`](Self::create),
+/// [`open`](Self::open) or [`open_or_create`](Self::open_or_create)); the
+/// threads of a process share one handle by reference (it is `Sync`).
+///
+/// # Owner death
+///
+/// When a process (or thread) dies holding the lock, the next locker gets
+/// [`LockError::OwnerDied`] *with the guard*: it holds the lock and must
+/// repair the value and call [`ShmGuard::make_consistent`]. **Dropping that
+/// guard without `make_consistent` makes the lock permanently
+/// [`NotRecoverable`](LockError::NotRecoverable)** for every process.
+///
+/// ```no_run
+/// use shmsync::{LockError, ShmCell, ShmSafe};
+///
+/// #[derive(Clone, Copy)]
+/// #[repr(C)]
+/// struct Account { balance: u64, version: u64 }
+/// // SAFETY: plain integers, repr(C), every bit pattern valid, no pointers.
+/// unsafe impl ShmSafe for Account {}
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let cell = ShmCell::<Account>::open_or_create("/bank", Account { balance: 100, version: 0 })?;
+/// let mut acct = match cell.lock() {
+///     Ok(acct) => acct,
+///     Err(LockError::OwnerDied(mut acct)) => {
+///         acct.version += 1; // repair
+///         acct.make_consistent();
+///         acct
+///     }
+///     Err(other) => return Err(other.without_guard().into()),
+/// };
+/// acct.balance += 1;
+/// # Ok(()) }
+/// ```
+///
+/// # Lifetime of the name
+///
+/// Dropping a handle unmaps the segment but never removes its name: call
+/// [`ShmCell::unlink`] when the value is no longer wanted. A handle whose
+/// process still holds its lock when it is dropped (a guard passed to
+/// `mem::forget`) leaks its mapping on purpose, so that the kernel can still
+/// mark the lock when the process dies.
+pub struct ShmCell<T: ShmSafe, L: LockBackend = RobustMutex> {
+    seg: ManuallyDrop<Segment>,
+    local: L::Local,
+    _value: PhantomData<T>,
+}
+
+// SAFETY: the handle owns a mapping and per-handle lock state (`Send` by
+// the Backend bound); sending it moves access to a `T: Send` value.
+unsafe impl<T: ShmSafe + Send, L: LockBackend> Send for ShmCell<T, L> {}
+// SAFETY: every access to the value goes through the lock, which gives one
+// thread at a time `&mut T`: like `Mutex<T>`, `Sync` needs `T: Send`.
+unsafe impl<T: ShmSafe + Send, L: LockBackend> Sync for ShmCell<T, L> {}
+
+impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
+    /// The segment spec for `T` and `L`.
+    pub fn spec() -> SegmentSpec {
+        SegmentSpec {
+            value_size: std::mem::size_of::<T>() as u64,
+            value_align: std::mem::align_of::<T>() as u64,
+            type_tag: T::TYPE_TAG,
+            type_version: T::TYPE_VERSION,
+            lock_kind: L::KIND,
+            lock_size: std::mem::size_of::<L::Shared>() as u64,
+            lock_align: std::mem::align_of::<L::Shared>().max(8) as u64,
+        }
+    }
+
+    /// Creates the segment `name` holding `value` (exclusive create, mode
+    /// `0600`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`], [`Error::AlreadyExists`],
+    /// [`Error::PermissionDenied`], [`Error::Io`] (for example when tmpfs is
+    /// full).
+    pub fn create(name: &str, value: T) -> Result<Self, Error> {
+        Self::create_with(name, value, &CreateOptions::default())
+    }
+
+    /// Like [`create`](Self::create), with options (permission bits).
+    ///
+    /// # Errors
+    ///
+    /// As [`create`](Self::create).
+    pub fn create_with(name: &str, value: T, options: &CreateOptions) -> Result<Self, Error> {
+        let mut value = Some(value);
+        let (mut lock, mut value) = (Self::lock_init(), Self::value_init(&mut value));
+        let seg = Segment::create_with(
+            name,
+            &Self::spec(),
+            options,
+            Init {
+                lock: &mut lock,
+                value: &mut value,
+            },
+        )?;
+        Self::from_segment(seg)
+    }
+
+    fn lock_init() -> impl FnMut(NonNull<u8>) -> std::io::Result<()> {
+        |p: NonNull<u8>| {
+            // SAFETY: the segment layout aligns and sizes the lock area for
+            // `L::Shared`; it is zeroed and private to the creator.
+            unsafe { L::init_shared(p.cast()) }
+        }
+    }
+
+    fn value_init(value: &mut Option<T>) -> impl FnMut(NonNull<u8>) + '_ {
+        move |p: NonNull<u8>| {
+            if let Some(v) = value.take() {
+                // SAFETY: the value area is aligned and sized for `T` and
+                // private to the creator; `ptr::write` does not drop the
+                // (zeroed) old contents.
+                unsafe { p.cast::<T>().as_ptr().write(v) };
+            }
+        }
+    }
+
+    /// Opens the existing segment `name`, which must have been made for the
+    /// same `T` (size, alignment, tag, version) and lock kind `L`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`], [`Error::PermissionDenied`],
+    /// [`Error::InvalidName`], [`Error::Incompatible`], [`Error::TooSmall`],
+    /// [`Error::Corrupted`], [`Error::AbandonedInit`] (its creator died
+    /// before finishing), [`Error::InitTimedOut`].
+    pub fn open(name: &str) -> Result<Self, Error> {
+        Self::from_segment(Segment::open(name, &Self::spec())?)
+    }
+
+    /// Opens `name` if it exists, else creates it holding `value`. A
+    /// segment whose creator died before finishing is taken over and
+    /// initialised with `value`; of several processes racing, exactly one
+    /// initialises and the others open its segment.
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open) and [`create`](Self::create), except
+    /// `NotFound`, `AlreadyExists` and `AbandonedInit`.
+    pub fn open_or_create(name: &str, value: T) -> Result<Self, Error> {
+        Self::open_or_create_with(name, value, &CreateOptions::default())
+    }
+
+    /// Like [`open_or_create`](Self::open_or_create), with options used if
+    /// it creates.
+    ///
+    /// # Errors
+    ///
+    /// As [`open_or_create`](Self::open_or_create).
+    pub fn open_or_create_with(
+        name: &str,
+        value: T,
+        options: &CreateOptions,
+    ) -> Result<Self, Error> {
+        let spec = Self::spec();
+        let mut value = Some(value);
+        let (mut lock, mut value) = (Self::lock_init(), Self::value_init(&mut value));
+        let mut last = None;
+        for _ in 0..OPEN_OR_CREATE_ATTEMPTS {
+            match Segment::create_with(
+                name,
+                &spec,
+                options,
+                Init {
+                    lock: &mut lock,
+                    value: &mut value,
+                },
+            ) {
+                Err(Error::AlreadyExists { .. }) => {}
+                other => return other.and_then(Self::from_segment),
+            }
+            match Segment::open(name, &spec) {
+                Err(Error::NotFound { .. }) => continue,
+                Err(e @ Error::AbandonedInit { .. }) => {
+                    if let Some(seg) = Segment::take_over_abandoned(
+                        name,
+                        &spec,
+                        Init {
+                            lock: &mut lock,
+                            value: &mut value,
+                        },
+                    )? {
+                        return Self::from_segment(seg);
+                    }
+                    last = Some(e);
+                }
+                other => return other.and_then(Self::from_segment),
+            }
+        }
+        Err(last.unwrap_or(Error::InitTimedOut { name: name.into() }))
+    }
+
+    /// Removes the name `name` and every companion object the cell made
+    /// (which depend on the lock kind recorded in its header, whatever `L`
+    /// is). Processes attached keep their mappings.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`], [`Error::NotFound`],
+    /// [`Error::PermissionDenied`], [`Error::Io`].
+    pub fn unlink(name: &str) -> Result<(), Error> {
+        let kind = match crate::segment::peek(name) {
+            Ok((_, Some(info))) => info.lock_kind(),
+            Err(e @ (Error::NotFound { .. } | Error::InvalidName { .. })) => return Err(e),
+            _ => None,
+        };
+        Segment::unlink(name)?;
+        if let Some(kind) = kind {
+            crate::lock::unlink_companions(kind, name)?;
+        }
+        Ok(())
+    }
+
+    fn from_segment(seg: Segment) -> Result<Self, Error> {
+        sys::proc::register_fork_handler();
+        let local = L::attach(&seg)?;
+        Ok(ShmCell {
+            seg: ManuallyDrop::new(seg),
+            local,
+            _value: PhantomData,
+        })
+    }
+
+    /// The object's name.
+    pub fn name(&self) -> &str {
+        self.seg.name()
+    }
+
+    /// The segment's header, as validated when this handle was made.
+    pub fn info(&self) -> &HeaderInfo {
+        self.seg.info()
+    }
+
+    #[inline]
+    fn shared(&self) -> &L::Shared {
+        self.shared_of(&self.seg)
+    }
+
+    #[inline]
+    fn shared_of<'s>(&self, seg: &'s Segment) -> &'s L::Shared {
+        // SAFETY: the validated layout places an initialised `L::Shared`
+        // (aligned, sized) at the lock offset, mapped while `seg` lives.
+        unsafe { seg.lock_ptr().cast::<L::Shared>().as_ref() }
+    }
+
+    #[inline]
+    pub(crate) fn value_ptr(&self) -> *mut T {
+        self.seg.value_ptr().cast::<T>().as_ptr()
+    }
+
+    /// Locks, waiting as long as it takes.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::OwnerDied`] (with the guard: repair, then
+    /// `make_consistent`), [`LockError::NotRecoverable`],
+    /// [`LockError::Deadlock`] if this thread holds it already,
+    /// [`LockError::Os`].
+    #[inline]
+    pub fn lock(&self) -> Result<ShmGuard<'_, T, L>, LockError<ShmGuard<'_, T, L>>> {
+        self.acquire(Acquire::Block)
+    }
+
+    /// Locks if the lock is free now, else [`LockError::WouldBlock`]. Owner
+    /// death and not-recoverable are reported exactly as by `lock`.
+    ///
+    /// # Errors
+    ///
+    /// As [`lock`](Self::lock), plus [`LockError::WouldBlock`].
+    #[inline]
+    pub fn try_lock(&self) -> Result<ShmGuard<'_, T, L>, LockError<ShmGuard<'_, T, L>>> {
+        self.acquire(Acquire::Try)
+    }
+
+    /// Locks, waiting at most `timeout` on `CLOCK_MONOTONIC`.
+    ///
+    /// # Errors
+    ///
+    /// As [`lock`](Self::lock), plus [`LockError::TimedOut`].
+    #[inline]
+    pub fn lock_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<ShmGuard<'_, T, L>, LockError<ShmGuard<'_, T, L>>> {
+        self.acquire(Acquire::Until(Monotonic::now().after(timeout)))
+    }
+
+    #[inline]
+    pub(crate) fn acquire(
+        &self,
+        how: Acquire,
+    ) -> Result<ShmGuard<'_, T, L>, LockError<ShmGuard<'_, T, L>>> {
+        match L::acquire(self.shared(), &self.local, &self.seg, how) {
+            Ok(Acquired::Clean) => Ok(ShmGuard::new(self, false)),
+            Ok(Acquired::OwnerDied) => Err(LockError::OwnerDied(ShmGuard::new(self, true))),
+            Err(e) => Err(e.into_lock_error()),
+        }
+    }
+
+    /// # Safety
+    ///
+    /// The calling thread holds the lock through this handle.
+    #[inline]
+    pub(crate) unsafe fn release(&self, consistent: bool) {
+        // SAFETY: forwarded from the caller.
+        unsafe { L::release(self.shared(), &self.local, &self.seg, consistent) }
+    }
+
+    /// # Safety
+    ///
+    /// The calling thread holds the lock, acquired with owner death.
+    pub(crate) unsafe fn make_consistent_raw(&self) {
+        // SAFETY: forwarded from the caller.
+        unsafe { L::make_consistent(self.shared(), &self.local, &self.seg) }
+    }
+}
+
+impl<T: ShmSafe, L: LockBackend> Drop for ShmCell<T, L> {
+    fn drop(&mut self) {
+        // SAFETY: `seg` is taken exactly once, here, and not used after.
+        let seg = unsafe { ManuallyDrop::take(&mut self.seg) };
+        if L::held_by_this_process(self.shared_of(&seg), &self.local) {
+            // A guard was forgotten: unmapping would let the lock's memory
+            // vanish under the kernel's robust list. Keep it (leak).
+            seg.leak();
+        }
+    }
+}
+
+impl<T: ShmSafe, L: LockBackend> std::fmt::Debug for ShmCell<T, L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShmCell")
+            .field("name", &self.name())
+            .field("lock", &L::KIND)
+            .finish()
+    }
+}

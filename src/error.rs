@@ -1,0 +1,276 @@
+//! The crate's error types.
+//!
+//! Two families, kept apart on purpose:
+//!
+//! * [`Error`] — opening, creating and removing shared objects. Every way a
+//!   named object can be wrong (missing, taken, foreign, too short, made for
+//!   another type, left half-built by a dead creator) is its own variant.
+//! * [`LockError`] — acquiring a lock. Like std's `PoisonError`, the
+//!   owner-died case carries the guard: the caller holds the lock and must
+//!   either repair the value and call `make_consistent()` or let it become
+//!   not recoverable.
+
+use std::fmt;
+use std::io;
+
+/// What went wrong while creating, opening, validating or removing a shared
+/// object.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No object of that name exists.
+    #[error("no shared object named {name:?}")]
+    NotFound {
+        /// The name that was looked up.
+        name: String,
+    },
+
+    /// An object of that name exists already (exclusive create).
+    #[error("a shared object named {name:?} already exists")]
+    AlreadyExists {
+        /// The name that was taken.
+        name: String,
+    },
+
+    /// The object exists but this process may not open it.
+    #[error("permission denied for shared object {name:?}")]
+    PermissionDenied {
+        /// The name of the object.
+        name: String,
+    },
+
+    /// The name is not a valid name for this kind of object.
+    #[error("invalid name {name:?}: {reason}")]
+    InvalidName {
+        /// The name as given.
+        name: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+
+    /// The object was made by this crate but for something else: another
+    /// format version, architecture, libc, value type or lock kind — or it
+    /// was not made by this crate at all (`field == "magic"`).
+    #[error("incompatible shared object: {field} is {found}, expected {expected}")]
+    Incompatible {
+        /// The header field that did not match.
+        field: &'static str,
+        /// What this process expected.
+        expected: String,
+        /// What the object holds.
+        found: String,
+    },
+
+    /// The object is shorter than its header, or than the layout its header
+    /// describes. Mapping it could raise `SIGBUS`, so it is refused.
+    #[error("shared object is too small: {size} bytes, at least {needed} needed")]
+    TooSmall {
+        /// The object's size in bytes.
+        size: u64,
+        /// The size its contents need.
+        needed: u64,
+    },
+
+    /// The header carries this crate's magic and version but fails its
+    /// integrity check: the object was damaged after it was created.
+    #[error("corrupted shared object header: {what}")]
+    Corrupted {
+        /// What was found to be wrong.
+        what: String,
+    },
+
+    /// The creator died (or gave up) before it finished initialising the
+    /// object. [`ShmCell::open_or_create`](crate::ShmCell::open_or_create)
+    /// takes such an object over; `open` reports it.
+    #[error(
+        "shared object {name:?} was abandoned during initialisation (creator pid {creator_pid})"
+    )]
+    AbandonedInit {
+        /// The name of the object.
+        name: String,
+        /// The pid recorded by the creator, 0 if it never wrote one.
+        creator_pid: u32,
+    },
+
+    /// A live process kept the object in its initialising state for longer
+    /// than the bounded wait of `open`.
+    #[error("shared object {name:?} is still being initialised by another process")]
+    InitTimedOut {
+        /// The name of the object.
+        name: String,
+    },
+
+    /// The request cannot be served here (for example a lock on a network
+    /// filesystem, or a value whose alignment exceeds a page).
+    #[error("unsupported: {what}")]
+    Unsupported {
+        /// What is not supported.
+        what: String,
+    },
+
+    /// Any other operating-system error, with the operation that failed.
+    #[error("{op} failed")]
+    Io {
+        /// The operation (usually the system call) that failed.
+        op: &'static str,
+        /// The error the operating system reported.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    /// Maps the error of an operation on the object called `name` to the
+    /// typed variants (`ENOENT`, `EEXIST`, `EACCES`/`EPERM`,
+    /// `ENAMETOOLONG`/`EINVAL`), everything else to [`Error::Io`].
+    pub(crate) fn from_io(op: &'static str, name: &str, err: io::Error) -> Error {
+        match err.raw_os_error() {
+            Some(libc::ENOENT) => Error::NotFound { name: name.into() },
+            Some(libc::EEXIST) => Error::AlreadyExists { name: name.into() },
+            Some(libc::EACCES) | Some(libc::EPERM) => Error::PermissionDenied { name: name.into() },
+            Some(libc::ENAMETOOLONG) => Error::InvalidName {
+                name: name.into(),
+                reason: "too long for the operating system",
+            },
+            _ => Error::Io { op, source: err },
+        }
+    }
+
+    pub(crate) fn io(op: &'static str, source: io::Error) -> Error {
+        Error::Io { op, source }
+    }
+}
+
+/// Why a lock could not be acquired — or was acquired from a dead owner.
+///
+/// `G` is the guard type. [`LockError::OwnerDied`] carries it: the caller
+/// **holds the lock**, the protected value may be half-updated, and the guard
+/// must be repaired and [made consistent](crate::ShmGuard::make_consistent).
+/// Dropping that guard without doing so leaves the lock permanently
+/// [`NotRecoverable`](LockError::NotRecoverable) for every process (POSIX
+/// robust-mutex semantics).
+///
+/// Because the owner-died variant borrows the cell through its guard, a
+/// `LockError<Guard>` is not `'static` and cannot be boxed as it is; use
+/// [`LockError::without_guard`] to get a `LockError<()>` for `?` and
+/// `Box<dyn Error>`.
+#[must_use = "an OwnerDied error holds the lock; it must be repaired or dropped deliberately"]
+pub enum LockError<G> {
+    /// The previous holder died while holding the lock. The caller now holds
+    /// it; the value may be inconsistent.
+    OwnerDied(G),
+    /// A previous owner died and nobody made the value consistent: the lock
+    /// can never be acquired again. Remove the object and create a new one.
+    NotRecoverable,
+    /// `try_lock`: another holder has it.
+    WouldBlock,
+    /// `lock_timeout`: the deadline passed while another holder had it.
+    TimedOut,
+    /// The calling thread already holds this lock (error-checking mutex:
+    /// locking it again would deadlock).
+    Deadlock,
+    /// Any other error reported by the operating system.
+    Os(io::Error),
+}
+
+impl<G> LockError<G> {
+    /// Drops the guard an [`OwnerDied`](LockError::OwnerDied) error carries
+    /// (which leaves the lock not recoverable, as dropping any unrepaired
+    /// owner-died guard does) and returns an error that owns nothing, is
+    /// `Send + Sync + 'static` and converts into `Box<dyn Error>`.
+    pub fn without_guard(self) -> LockError<()> {
+        self.map_guard(|_| ())
+    }
+
+    /// Applies `f` to the guard of an [`OwnerDied`](LockError::OwnerDied)
+    /// error; other variants are carried over unchanged.
+    pub fn map_guard<H>(self, f: impl FnOnce(G) -> H) -> LockError<H> {
+        match self {
+            LockError::OwnerDied(g) => LockError::OwnerDied(f(g)),
+            LockError::NotRecoverable => LockError::NotRecoverable,
+            LockError::WouldBlock => LockError::WouldBlock,
+            LockError::TimedOut => LockError::TimedOut,
+            LockError::Deadlock => LockError::Deadlock,
+            LockError::Os(e) => LockError::Os(e),
+        }
+    }
+
+    /// Returns the guard if the previous owner died, `None` otherwise.
+    pub fn into_owner_died(self) -> Option<G> {
+        match self {
+            LockError::OwnerDied(g) => Some(g),
+            _ => None,
+        }
+    }
+
+    /// A short, stable name of the variant (`"OwnerDied"`, `"TimedOut"`, …),
+    /// handy in logs and test assertions.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LockError::OwnerDied(_) => "OwnerDied",
+            LockError::NotRecoverable => "NotRecoverable",
+            LockError::WouldBlock => "WouldBlock",
+            LockError::TimedOut => "TimedOut",
+            LockError::Deadlock => "Deadlock",
+            LockError::Os(_) => "Os",
+        }
+    }
+}
+
+impl<G> fmt::Debug for LockError<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LockError::OwnerDied(_) => f.write_str("OwnerDied(..)"),
+            LockError::Os(e) => f.debug_tuple("Os").field(e).finish(),
+            other => f.write_str(other.kind()),
+        }
+    }
+}
+
+impl<G> fmt::Display for LockError<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LockError::OwnerDied(_) => {
+                f.write_str("the previous lock holder died; the value may be inconsistent")
+            }
+            LockError::NotRecoverable => {
+                f.write_str("the lock is not recoverable: an owner died and nobody repaired it")
+            }
+            LockError::WouldBlock => f.write_str("the lock is held by another owner"),
+            LockError::TimedOut => f.write_str("timed out waiting for the lock"),
+            LockError::Deadlock => f.write_str("the calling thread already holds this lock"),
+            LockError::Os(e) => write!(f, "lock operation failed: {e}"),
+        }
+    }
+}
+
+impl<G> std::error::Error for LockError<G> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            LockError::Os(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// What a raw lock reports to the typed layer, before a guard exists.
+#[derive(Debug)]
+pub(crate) enum RawLockError {
+    NotRecoverable,
+    WouldBlock,
+    TimedOut,
+    Deadlock,
+    Os(io::Error),
+}
+
+impl RawLockError {
+    pub(crate) fn into_lock_error<G>(self) -> LockError<G> {
+        match self {
+            RawLockError::NotRecoverable => LockError::NotRecoverable,
+            RawLockError::WouldBlock => LockError::WouldBlock,
+            RawLockError::TimedOut => LockError::TimedOut,
+            RawLockError::Deadlock => LockError::Deadlock,
+            RawLockError::Os(e) => LockError::Os(e),
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! # shmsync — cross-process synchronization for Linux that survives `kill -9`
+//!
+//! Processes on one host share a named memory segment; inside it lives a
+//! typed value, [`ShmCell<T>`], guarded by a lock every process can take.
+//! When a process dies holding the lock, the next locker is **told** —
+//! [`LockError::OwnerDied`] carries the guard, like std's poisoning — and
+//! recovery is one line: repair the value, call
+//! [`make_consistent`](ShmGuard::make_consistent).
+//!
+//! ```no_run
+//! use shmsync::{LockError, ShmCell, ShmSafe};
+//!
+//! #[derive(Clone, Copy)]
+//! #[repr(C)]
+//! struct Account { balance: u64, version: u64 }
+//! // SAFETY: plain integers, repr(C), every bit pattern valid, no pointers.
+//! unsafe impl ShmSafe for Account {}
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cell = ShmCell::<Account>::open_or_create("/bank", Account { balance: 100, version: 0 })?;
+//! let mut acct = match cell.lock() {
+//!     Ok(acct) => acct,
+//!     Err(LockError::OwnerDied(mut acct)) => {
+//!         // the previous holder died mid-update: repair, then declare consistent
+//!         acct.version += 1;
+//!         acct.make_consistent();
+//!         acct
+//!     }
+//!     Err(other) => return Err(other.without_guard().into()),
+//! };
+//! acct.balance += 1;
+//! drop(acct);
+//! ShmCell::<Account>::unlink("/bank")?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## The recovery story
+//!
+//! * A holder that dies (`SIGKILL`, a crash, a thread that exits holding the
+//!   lock, even an `exec`) is detected by the kernel's robust-futex list;
+//!   every acquire path — `lock`, `try_lock`, `lock_timeout` — reports it as
+//!   [`LockError::OwnerDied`] with a guard.
+//! * Dropping that guard without `make_consistent` leaves the lock
+//!   [`NotRecoverable`](LockError::NotRecoverable) for every process, as
+//!   POSIX prescribes: the data cannot silently be trusted again.
+//! * A creator that dies half-way through initialising a segment leaves it
+//!   `Initialising`; [`ShmCell::open`] reports [`Error::AbandonedInit`] and
+//!   [`ShmCell::open_or_create`] takes it over safely.
+//! * Short, foreign, damaged or other-type objects are refused with a
+//!   distinct [`Error`] *before* anything is mapped — never `SIGBUS`.
+//!
+//! ## Layers
+//!
+//! ```text
+//! ShmCell<T, L>, ShmGuard          typed value + guard + recovery   (cell/)
+//!   ├── Segment, header            named mapping, validated header  (segment/)
+//!   └── RobustMutex                lock backends                    (lock/)
+//! sys                              one function per OS call         (sys/)
+//! ```
+//!
+//! Only `sys` calls `libc`. Each type that lives in shared memory documents
+//! its invariants ([`segment::header::RawHeader`], [`RobustMutex`]).
+//!
+//! ## Requirements
+//!
+//! Linux, glibc ≥ 2.34 (`pthread_mutex_clocklock`), kernel ≥ 3.15
+//! (open-file-description locks).
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!("shmsync supports Linux only: it relies on robust futexes, /dev/shm and OFD locks");
+
+mod cell;
+mod error;
+pub mod lock;
+pub mod segment;
+mod shm_safe;
+mod sys;
+
+pub use cell::{ShmCell, ShmGuard};
+pub use error::{Error, LockError};
+pub use lock::{LockBackend, RobustMutex, RobustMutexGuard};
+pub use segment::{CreateOptions, Segment};
+pub use shm_safe::ShmSafe;

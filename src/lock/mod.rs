@@ -1,0 +1,116 @@
+//! Lock backends: the locks a [`ShmCell`](crate::ShmCell) can be guarded by.
+//!
+//! A backend keeps some state in the segment (`Shared`, zeroed and then
+//! initialised by the creator) and some per handle (`Local`). The trait is
+//! sealed: the crate's guarantees (owner death is always reported, a lock
+//! held by a forked parent is never released by the child) depend on each
+//! backend's details.
+
+pub(crate) mod robust_mutex;
+
+use std::io;
+use std::ptr::NonNull;
+
+use crate::error::{Error, RawLockError};
+use crate::segment::{LockKind, Segment};
+use crate::sys::time::Monotonic;
+
+pub use robust_mutex::{RobustMutex, RobustMutexGuard};
+
+/// How long an acquire may wait.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Acquire {
+    /// Until the lock is free.
+    Block,
+    /// Not at all: `WouldBlock` if taken.
+    Try,
+    /// Until the deadline: `TimedOut` after it.
+    Until(Monotonic),
+}
+
+/// A successful acquire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Acquired {
+    /// The lock was free or released normally.
+    Clean,
+    /// The previous holder died holding it; the caller holds it now.
+    OwnerDied,
+}
+
+// The trait is public only so that `LockBackend` can name it as a
+// supertrait (the sealing pattern); its module is private, so its signature
+// types may stay crate-private.
+#[allow(private_interfaces, private_bounds)]
+pub(crate) mod sealed {
+    use super::*;
+
+    /// The operations every backend provides. Not public API.
+    pub trait Backend: Sized + 'static {
+        /// The kind recorded in the header.
+        const KIND: LockKind;
+        /// State kept in the segment (zeroed before `init_shared`).
+        type Shared: 'static;
+        /// State kept per handle.
+        type Local: Send + Sync;
+
+        /// Initialises the shared state of a new segment.
+        ///
+        /// # Safety
+        ///
+        /// `p` is valid, aligned and zeroed, and no other process can see
+        /// it yet (the creator holds the initialisation lock).
+        unsafe fn init_shared(p: NonNull<Self::Shared>) -> io::Result<()>;
+
+        /// Builds the per-handle state of a handle to `seg`.
+        fn attach(seg: &Segment) -> Result<Self::Local, Error>;
+
+        /// Acquires the lock. Every path maps its errors through the
+        /// backend's one mapping function.
+        fn acquire(
+            shared: &Self::Shared,
+            local: &Self::Local,
+            seg: &Segment,
+            how: Acquire,
+        ) -> Result<Acquired, RawLockError>;
+
+        /// Releases the lock; `consistent == false` after an unrepaired
+        /// owner death leaves it not recoverable.
+        ///
+        /// # Safety
+        ///
+        /// The calling thread holds the lock through this handle.
+        unsafe fn release(
+            shared: &Self::Shared,
+            local: &Self::Local,
+            seg: &Segment,
+            consistent: bool,
+        );
+
+        /// Declares the state repaired after an owner death.
+        ///
+        /// # Safety
+        ///
+        /// The calling thread holds the lock, acquired with `OwnerDied`.
+        unsafe fn make_consistent(shared: &Self::Shared, local: &Self::Local, seg: &Segment);
+
+        /// Whether some thread of this process holds the lock now (checked
+        /// when a handle is dropped: a lock still held — a forgotten guard —
+        /// must not have its memory unmapped).
+        fn held_by_this_process(shared: &Self::Shared, local: &Self::Local) -> bool;
+    }
+}
+
+/// A lock that can guard a [`ShmCell`](crate::ShmCell): [`RobustMutex`]
+/// (the default), and the backends added by later releases. Sealed.
+pub trait LockBackend: sealed::Backend {}
+
+/// Removes the objects a cell of lock kind `kind` made besides its segment.
+pub(crate) fn unlink_companions(kind: LockKind, name: &str) -> Result<(), Error> {
+    match kind {
+        LockKind::RobustMutex | LockKind::FileLock => Ok(()),
+        LockKind::NamedSemaphore => {
+            let _ = name;
+            Ok(())
+        }
+    }
+}

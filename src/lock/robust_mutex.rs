@@ -1,0 +1,296 @@
+//! `RobustMutex`: a process-shared, robust, error-checking
+//! `pthread_mutex_t` living in shared memory.
+//!
+//! # Lock word (glibc)
+//!
+//! The first 32-bit word of a robust mutex is its futex: `0` when free, else
+//! the owner's thread id in the low 30 bits, with `FUTEX_WAITERS`
+//! (bit 31) and `FUTEX_OWNER_DIED` (bit 30). When a thread dies (or
+//! `exec`s) holding it, the kernel walks that thread's robust list, sets
+//! `FUTEX_OWNER_DIED` and wakes a waiter, whose lock call then returns
+//! `EOWNERDEAD`. Unlocking without `pthread_mutex_consistent` makes the
+//! mutex permanently `ENOTRECOVERABLE`.
+//!
+//! # Traps handled here
+//!
+//! * One errno mapping ([`map_acquire`]) serves `lock`, `try_lock` and the
+//!   timed lock: a path that forgot `EOWNERDEAD` would leave its caller
+//!   holding a lock with no guard.
+//! * `try_lock` is `pthread_mutex_clocklock` with a deadline of now, never
+//!   `pthread_mutex_trylock`: glibc 2.36's trylock on a not-recoverable
+//!   robust mutex leaves the caller's tid in the lock word, wedging it.
+//! * Timed locks use `CLOCK_MONOTONIC`.
+//! * The kernel recovers at most 2048 robust locks per dying thread.
+
+use std::cell::{Cell, UnsafeCell};
+use std::io;
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use super::sealed::Backend;
+use super::{Acquire, Acquired, LockBackend};
+use crate::error::{Error, LockError, RawLockError};
+use crate::segment::{LockKind, Segment};
+use crate::sys;
+use crate::sys::time::Monotonic;
+
+/// A process-shared robust mutex (`PTHREAD_PROCESS_SHARED`,
+/// `PTHREAD_MUTEX_ROBUST`, `PTHREAD_MUTEX_ERRORCHECK`) that lives in shared
+/// memory.
+///
+/// It is the default lock of [`ShmCell`](crate::ShmCell). On its own, it
+/// is for structures of your own in a mapping you manage: initialise it in
+/// place once with [`RobustMutex::init`], then every process that maps the
+/// memory may lock it through a `&RobustMutex`.
+///
+/// # Invariants
+///
+/// * It is only used after `init` succeeded on its address, and never moved
+///   or copied afterwards (the kernel's robust list points at it).
+/// * The memory stays mapped while any thread holds it; a guard borrows it.
+#[repr(transparent)]
+pub struct RobustMutex {
+    raw: UnsafeCell<libc::pthread_mutex_t>,
+}
+
+// SAFETY: a process-shared pthread mutex is designed to be used from any
+// thread of any process through a shared address.
+unsafe impl Sync for RobustMutex {}
+// SAFETY: as above; the value has no thread affinity while unlocked.
+unsafe impl Send for RobustMutex {}
+
+/// The one errno mapping of every acquire path.
+#[inline]
+fn map_acquire(ret: libc::c_int, how: Acquire) -> Result<Acquired, RawLockError> {
+    match ret {
+        0 => Ok(Acquired::Clean),
+        libc::EOWNERDEAD => Ok(Acquired::OwnerDied),
+        libc::ENOTRECOVERABLE => Err(RawLockError::NotRecoverable),
+        libc::ETIMEDOUT | libc::EBUSY => Err(match how {
+            Acquire::Try => RawLockError::WouldBlock,
+            _ => RawLockError::TimedOut,
+        }),
+        libc::EDEADLK => Err(RawLockError::Deadlock),
+        e => Err(RawLockError::Os(io::Error::from_raw_os_error(e))),
+    }
+}
+
+impl RobustMutex {
+    /// Initialises a mutex in place (`pthread_mutex_init` with the
+    /// process-shared, robust and error-checking attributes).
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be valid for writes, aligned for `RobustMutex`, inside
+    /// memory that outlives every use of the mutex, and no thread of any
+    /// process may be using a mutex at that address.
+    ///
+    /// # Errors
+    ///
+    /// The error `pthread_mutex_init` reports.
+    pub unsafe fn init(ptr: NonNull<RobustMutex>) -> io::Result<()> {
+        // SAFETY: forwarded from the caller; repr(transparent) makes the
+        // pointer a pointer to the pthread_mutex_t.
+        unsafe { sys::pthread::mutex_init_robust_shared(ptr.as_ptr().cast()) }
+    }
+
+    #[inline]
+    fn raw(&self) -> *mut libc::pthread_mutex_t {
+        self.raw.get()
+    }
+
+    /// Acquires with the given patience; the one path behind every public
+    /// lock method.
+    #[inline]
+    pub(crate) fn acquire(&self, how: Acquire) -> Result<Acquired, RawLockError> {
+        // SAFETY (all three): `self` is an initialised mutex (type
+        // invariant) borrowed for the call, so its memory stays mapped.
+        let ret = match how {
+            Acquire::Block => unsafe { sys::pthread::mutex_lock(self.raw()) },
+            Acquire::Try => {
+                let now = Monotonic::now().to_timespec();
+                unsafe { sys::pthread::mutex_clocklock_monotonic(self.raw(), &now) }
+            }
+            Acquire::Until(deadline) => {
+                let ts = deadline.to_timespec();
+                unsafe { sys::pthread::mutex_clocklock_monotonic(self.raw(), &ts) }
+            }
+        };
+        map_acquire(ret, how)
+    }
+
+    /// # Safety
+    ///
+    /// The calling thread holds the lock.
+    #[inline]
+    pub(crate) unsafe fn release(&self) {
+        // SAFETY: the caller holds the lock. Unlocking an owner-died mutex
+        // that was not made consistent marks it not recoverable (POSIX).
+        let r = unsafe { sys::pthread::mutex_unlock(self.raw()) };
+        debug_assert!(r == 0, "pthread_mutex_unlock failed: {r}");
+    }
+
+    /// # Safety
+    ///
+    /// The calling thread holds the lock, acquired with `EOWNERDEAD`.
+    pub(crate) unsafe fn consistent(&self) {
+        // SAFETY: forwarded from the caller.
+        let r = unsafe { sys::pthread::mutex_consistent(self.raw()) };
+        debug_assert!(r.is_ok(), "pthread_mutex_consistent failed: {r:?}");
+    }
+
+    /// The owner's thread id as recorded in the lock word (glibc: low 30
+    /// bits of the first word), 0 when free. A diagnostic snapshot, read
+    /// without taking the lock.
+    pub fn owner_tid(&self) -> u32 {
+        // SAFETY: the first field of glibc's pthread_mutex_t is the 32-bit
+        // futex word, which every locker accesses atomically; the mutex is
+        // at least 4-byte aligned.
+        let word = unsafe { &*(self.raw() as *const AtomicU32) };
+        word.load(Ordering::Relaxed) & 0x3fff_ffff
+    }
+
+    /// Locks, waiting as long as it takes.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::OwnerDied`] with the guard when the previous holder
+    /// died; [`LockError::NotRecoverable`]; [`LockError::Deadlock`] if this
+    /// thread holds it already; [`LockError::Os`].
+    pub fn lock(&self) -> Result<RobustMutexGuard<'_>, LockError<RobustMutexGuard<'_>>> {
+        self.guarded(Acquire::Block)
+    }
+
+    /// Locks if free now, else [`LockError::WouldBlock`].
+    ///
+    /// # Errors
+    ///
+    /// As [`lock`](Self::lock), plus [`LockError::WouldBlock`].
+    pub fn try_lock(&self) -> Result<RobustMutexGuard<'_>, LockError<RobustMutexGuard<'_>>> {
+        self.guarded(Acquire::Try)
+    }
+
+    /// Locks, waiting at most `timeout` (`CLOCK_MONOTONIC`).
+    ///
+    /// # Errors
+    ///
+    /// As [`lock`](Self::lock), plus [`LockError::TimedOut`].
+    pub fn lock_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<RobustMutexGuard<'_>, LockError<RobustMutexGuard<'_>>> {
+        self.guarded(Acquire::Until(Monotonic::now().after(timeout)))
+    }
+
+    #[inline]
+    fn guarded(
+        &self,
+        how: Acquire,
+    ) -> Result<RobustMutexGuard<'_>, LockError<RobustMutexGuard<'_>>> {
+        sys::proc::register_fork_handler();
+        let guard = |owner_died| RobustMutexGuard {
+            mutex: self,
+            fork_gen: sys::proc::fork_generation(),
+            inconsistent: Cell::new(owner_died),
+            _not_send: PhantomData,
+        };
+        match self.acquire(how) {
+            Ok(Acquired::Clean) => Ok(guard(false)),
+            Ok(Acquired::OwnerDied) => Err(LockError::OwnerDied(guard(true))),
+            Err(e) => Err(e.into_lock_error()),
+        }
+    }
+}
+
+/// Holds a [`RobustMutex`]; unlocks on drop.
+///
+/// `!Send`: POSIX wants the owning thread to unlock. Dropped in a process
+/// forked while it was held, it does nothing (the lock is the parent's).
+#[must_use = "the mutex is unlocked as soon as the guard is dropped"]
+pub struct RobustMutexGuard<'a> {
+    mutex: &'a RobustMutex,
+    fork_gen: u32,
+    inconsistent: Cell<bool>,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl RobustMutexGuard<'_> {
+    /// Declares the protected state repaired after an owner death
+    /// (`pthread_mutex_consistent`). A no-op on a guard acquired normally.
+    pub fn make_consistent(&self) {
+        if self.inconsistent.replace(false) {
+            // SAFETY: we hold the lock, acquired with EOWNERDEAD.
+            unsafe { self.mutex.consistent() };
+        }
+    }
+
+    /// Whether this guard came from an owner death and was not yet made
+    /// consistent.
+    pub fn is_inconsistent(&self) -> bool {
+        self.inconsistent.get()
+    }
+}
+
+impl Drop for RobustMutexGuard<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if self.fork_gen == sys::proc::fork_generation() {
+            // SAFETY: this guard's thread holds the lock.
+            unsafe { self.mutex.release() };
+        }
+    }
+}
+
+impl std::fmt::Debug for RobustMutexGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RobustMutexGuard")
+            .field("inconsistent", &self.inconsistent.get())
+            .finish()
+    }
+}
+
+#[allow(private_interfaces)] // sealed trait, see lock/mod.rs
+impl Backend for RobustMutex {
+    const KIND: LockKind = LockKind::RobustMutex;
+    type Shared = RobustMutex;
+    type Local = ();
+
+    unsafe fn init_shared(p: NonNull<RobustMutex>) -> io::Result<()> {
+        // SAFETY: forwarded from the caller (valid, aligned, unused).
+        unsafe { RobustMutex::init(p) }
+    }
+
+    fn attach(_seg: &Segment) -> Result<(), Error> {
+        Ok(())
+    }
+
+    #[inline]
+    fn acquire(
+        shared: &RobustMutex,
+        _: &(),
+        _: &Segment,
+        how: Acquire,
+    ) -> Result<Acquired, RawLockError> {
+        shared.acquire(how)
+    }
+
+    #[inline]
+    unsafe fn release(shared: &RobustMutex, _: &(), _: &Segment, _consistent: bool) {
+        // SAFETY: forwarded from the caller. glibc itself marks an
+        // unrepaired owner-died mutex not recoverable on unlock.
+        unsafe { shared.release() }
+    }
+
+    unsafe fn make_consistent(shared: &RobustMutex, _: &(), _: &Segment) {
+        // SAFETY: forwarded from the caller.
+        unsafe { shared.consistent() }
+    }
+
+    fn held_by_this_process(shared: &RobustMutex, _: &()) -> bool {
+        sys::proc::is_own_thread(shared.owner_tid())
+    }
+}
+
+impl LockBackend for RobustMutex {}

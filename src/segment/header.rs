@@ -1,0 +1,534 @@
+//! The segment header: format, identity checks and the state word.
+//!
+//! Every segment starts with one [`RawHeader`] (256 bytes, `repr(C)`). It
+//! is written by the creator while it holds the initialisation lock, and is
+//! read by openers with `pread` *before* anything is mapped, so a short,
+//! foreign or damaged object is refused without ever touching a mapping that
+//! could raise `SIGBUS`.
+//!
+//! # Layout (format version 1)
+//!
+//! | offset | field | meaning |
+//! |---|---|---|
+//! | 0 | `magic` | `b"SHMSYNC\0"` |
+//! | 8 | `format_version` | 1 |
+//! | 12 | `header_size` | 256 |
+//! | 16 | `arch` | target architecture, NUL-padded (`x86_64`) |
+//! | 32 | `libc` | C library (`gnu`, `musl`) |
+//! | 40 | `pointer_width`, `mutex_size`, `mutex_align`, `lock_kind` | ABI tag and lock backend |
+//! | 56 | `value_size`, `value_align`, `type_tag` | identity of `T` |
+//! | 80 | `type_version`, `creator_pid` | |
+//! | 88 | `pid_namespace`, `created_unix` | where and when it was made |
+//! | 104 | `lock_offset`, `lock_size`, `value_offset`, `total_size` | offsets from the start, never pointers |
+//! | 136 | `checksum` | FNV-1a 64 of bytes 0..136 |
+//! | 144 | `state` | `0` Uninit → `1` Initialising → `2` Ready (Release/Acquire) |
+//! | 148 | `notify_seq`, `notify_waiters` | futex words of wait/notify |
+//! | 156 | `holder_pid` | last pid that acquired the lock (diagnostic) |
+//! | 160..256 | reserved, zero | |
+//!
+//! Bytes 0..144 never change after initialisation and are covered by the
+//! checksum; bytes 144.. are live words changed by every process.
+//!
+//! # State machine
+//!
+//! ```text
+//!  (created empty) ──ftruncate+header──▶ Initialising ──value written──▶ Ready
+//!        │                                    │
+//!        └──────── creator dies ──────────────┴──▶ AbandonedInit (open_or_create re-initialises)
+//! ```
+//!
+//! The creator holds an exclusive open-file-description lock on byte 0 for
+//! the whole initialisation and converts it atomically into a shared lock
+//! once it has stored `Ready` (Release). An opener takes the shared lock
+//! (so it waits for a live creator), then loads `state` (Acquire).
+
+use std::sync::atomic::AtomicU32;
+
+use crate::error::Error;
+
+/// `b"SHMSYNC\0"`: the first eight bytes of every segment this crate makes.
+pub const MAGIC: [u8; 8] = *b"SHMSYNC\0";
+/// The header format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Size of the header in bytes.
+pub const HEADER_SIZE: usize = 256;
+/// Bytes covered by the checksum (everything before `checksum`).
+const CHECKSUMMED: usize = 136;
+
+/// State word: nothing written yet.
+pub const STATE_UNINIT: u32 = 0;
+/// State word: the creator is writing the lock and the value.
+pub const STATE_INITIALISING: u32 = 1;
+/// State word: the segment is fully initialised.
+pub const STATE_READY: u32 = 2;
+
+/// The header as it lies in shared memory.
+///
+/// # Invariants
+///
+/// * Bytes `0..144` are written once, before `state` becomes
+///   [`STATE_READY`], and are never written again.
+/// * `state` only moves forward (Uninit → Initialising → Ready), except that
+///   a process that takes over an abandoned initialisation (holding the
+///   exclusive initialisation lock, with no attacher) starts it again.
+/// * Offsets are from the start of the mapping; `lock_offset` and
+///   `value_offset` are aligned for what lies there; `total_size` is the
+///   length every attacher maps.
+#[repr(C)]
+pub struct RawHeader {
+    pub(crate) magic: [u8; 8],
+    pub(crate) format_version: u32,
+    pub(crate) header_size: u32,
+    pub(crate) arch: [u8; 16],
+    pub(crate) libc: [u8; 8],
+    pub(crate) pointer_width: u32,
+    pub(crate) mutex_size: u32,
+    pub(crate) mutex_align: u32,
+    pub(crate) lock_kind: u32,
+    pub(crate) value_size: u64,
+    pub(crate) value_align: u64,
+    pub(crate) type_tag: u64,
+    pub(crate) type_version: u32,
+    pub(crate) creator_pid: u32,
+    pub(crate) pid_namespace: u64,
+    pub(crate) created_unix: u64,
+    pub(crate) lock_offset: u64,
+    pub(crate) lock_size: u64,
+    pub(crate) value_offset: u64,
+    pub(crate) total_size: u64,
+    pub(crate) checksum: u64,
+    pub(crate) state: AtomicU32,
+    pub(crate) notify_seq: AtomicU32,
+    pub(crate) notify_waiters: AtomicU32,
+    pub(crate) holder_pid: AtomicU32,
+    pub(crate) reserved: [u8; 96],
+}
+
+const _: () = assert!(std::mem::size_of::<RawHeader>() == HEADER_SIZE);
+const _: () = assert!(std::mem::offset_of!(RawHeader, checksum) == CHECKSUMMED);
+const _: () = assert!(std::mem::offset_of!(RawHeader, state) == 144);
+
+/// The lock backend a segment was made for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LockKind {
+    /// A process-shared robust `pthread_mutex_t` in the segment.
+    RobustMutex,
+    /// `flock` on the segment's file descriptor, with a holder record.
+    FileLock,
+    /// A named POSIX semaphore `sem.NAME`, with a holder record.
+    NamedSemaphore,
+}
+
+impl LockKind {
+    /// The number stored in the header.
+    pub fn code(self) -> u32 {
+        match self {
+            LockKind::RobustMutex => 1,
+            LockKind::FileLock => 2,
+            LockKind::NamedSemaphore => 3,
+        }
+    }
+
+    /// The kind stored as `code`, if known.
+    pub fn from_code(code: u32) -> Option<LockKind> {
+        match code {
+            1 => Some(LockKind::RobustMutex),
+            2 => Some(LockKind::FileLock),
+            3 => Some(LockKind::NamedSemaphore),
+            _ => None,
+        }
+    }
+
+    /// A short lower-case name (`robust-mutex`, `flock`, `semaphore`).
+    pub fn name(self) -> &'static str {
+        match self {
+            LockKind::RobustMutex => "robust-mutex",
+            LockKind::FileLock => "flock",
+            LockKind::NamedSemaphore => "semaphore",
+        }
+    }
+}
+
+/// What a process expects of a segment: the identity of the value type and
+/// the lock backend, and the space the lock needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentSpec {
+    /// `size_of::<T>()`.
+    pub value_size: u64,
+    /// `align_of::<T>()`.
+    pub value_align: u64,
+    /// The user's type tag (see [`ShmSafe::TYPE_TAG`](crate::ShmSafe::TYPE_TAG)).
+    pub type_tag: u64,
+    /// The user's type version (see [`ShmSafe::TYPE_VERSION`](crate::ShmSafe::TYPE_VERSION)).
+    pub type_version: u32,
+    /// The lock backend.
+    pub lock_kind: LockKind,
+    /// Bytes of lock state kept in the segment.
+    pub lock_size: u64,
+    /// Alignment of that lock state.
+    pub lock_align: u64,
+}
+
+/// The offsets a [`SegmentSpec`] lays out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Layout {
+    pub(crate) lock_offset: u64,
+    pub(crate) value_offset: u64,
+    pub(crate) total_size: u64,
+}
+
+const PAGE: u64 = 4096;
+
+fn align_up(x: u64, align: u64) -> Option<u64> {
+    x.checked_add(align - 1).map(|v| v / align * align)
+}
+
+impl SegmentSpec {
+    pub(crate) fn layout(&self) -> Result<Layout, Error> {
+        for (what, align) in [("value", self.value_align), ("lock", self.lock_align)] {
+            if align == 0 || !align.is_power_of_two() || align > PAGE {
+                return Err(Error::Unsupported {
+                    what: format!("{what} alignment {align} (must be a power of two ≤ {PAGE})"),
+                });
+            }
+        }
+        let too_big = || Error::Unsupported {
+            what: "value too large for a mapping".into(),
+        };
+        let lock_offset = align_up(HEADER_SIZE as u64, self.lock_align).ok_or_else(too_big)?;
+        let lock_end = lock_offset
+            .checked_add(self.lock_size)
+            .ok_or_else(too_big)?;
+        let value_offset = align_up(lock_end, self.value_align).ok_or_else(too_big)?;
+        let total = value_offset
+            .checked_add(self.value_size)
+            .ok_or_else(too_big)?;
+        if total > isize::MAX as u64 {
+            return Err(too_big());
+        }
+        Ok(Layout {
+            lock_offset,
+            value_offset,
+            total_size: total,
+        })
+    }
+}
+
+fn padded<const N: usize>(s: &str) -> [u8; N] {
+    let mut out = [0u8; N];
+    let n = s.len().min(N);
+    out[..n].copy_from_slice(&s.as_bytes()[..n]);
+    out
+}
+
+fn unpadded(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// This build's ABI tag: architecture, C library, pointer width and the
+/// size and alignment of `pthread_mutex_t` (opaque, so a segment made by
+/// another libc or architecture must be refused).
+pub(crate) struct Abi {
+    arch: [u8; 16],
+    libc: [u8; 8],
+    pointer_width: u32,
+    mutex_size: u32,
+    mutex_align: u32,
+}
+
+pub(crate) fn this_abi() -> Abi {
+    let libc_name = if cfg!(target_env = "gnu") {
+        "gnu"
+    } else if cfg!(target_env = "musl") {
+        "musl"
+    } else {
+        "other"
+    };
+    Abi {
+        arch: padded(std::env::consts::ARCH),
+        libc: padded(libc_name),
+        pointer_width: usize::BITS,
+        mutex_size: std::mem::size_of::<libc::pthread_mutex_t>() as u32,
+        mutex_align: std::mem::align_of::<libc::pthread_mutex_t>() as u32,
+    }
+}
+
+/// FNV-1a, 64 bits: small, dependency-free, and enough to catch damage
+/// (this is an integrity check, not authentication).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Builds the immutable part of a header for `spec` (state Initialising,
+/// checksum filled in).
+pub(crate) fn build(spec: &SegmentSpec, layout: &Layout, creator_pid: u32) -> [u8; HEADER_SIZE] {
+    let abi = this_abi();
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut b = [0u8; HEADER_SIZE];
+    let mut put = |off: usize, bytes: &[u8]| b[off..off + bytes.len()].copy_from_slice(bytes);
+    put(0, &MAGIC);
+    put(8, &FORMAT_VERSION.to_ne_bytes());
+    put(12, &(HEADER_SIZE as u32).to_ne_bytes());
+    put(16, &abi.arch);
+    put(32, &abi.libc);
+    put(40, &abi.pointer_width.to_ne_bytes());
+    put(44, &abi.mutex_size.to_ne_bytes());
+    put(48, &abi.mutex_align.to_ne_bytes());
+    put(52, &spec.lock_kind.code().to_ne_bytes());
+    put(56, &spec.value_size.to_ne_bytes());
+    put(64, &spec.value_align.to_ne_bytes());
+    put(72, &spec.type_tag.to_ne_bytes());
+    put(80, &spec.type_version.to_ne_bytes());
+    put(84, &creator_pid.to_ne_bytes());
+    put(88, &crate::sys::proc::pid_namespace().to_ne_bytes());
+    put(96, &created.to_ne_bytes());
+    put(104, &layout.lock_offset.to_ne_bytes());
+    put(112, &spec.lock_size.to_ne_bytes());
+    put(120, &layout.value_offset.to_ne_bytes());
+    put(128, &layout.total_size.to_ne_bytes());
+    let sum = fnv1a(&b[..CHECKSUMMED]);
+    b[136..144].copy_from_slice(&sum.to_ne_bytes());
+    b[144..148].copy_from_slice(&STATE_INITIALISING.to_ne_bytes());
+    b
+}
+
+/// A header decoded from bytes: every field, as plain values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderInfo {
+    /// Header format version.
+    pub format_version: u32,
+    /// Target architecture of the creator.
+    pub arch: String,
+    /// C library of the creator.
+    pub libc: String,
+    /// Pointer width of the creator, in bits.
+    pub pointer_width: u32,
+    /// `size_of::<pthread_mutex_t>()` of the creator.
+    pub mutex_size: u32,
+    /// `align_of::<pthread_mutex_t>()` of the creator.
+    pub mutex_align: u32,
+    /// The lock backend code (see [`LockKind::from_code`]).
+    pub lock_kind_code: u32,
+    /// Size of the value type.
+    pub value_size: u64,
+    /// Alignment of the value type.
+    pub value_align: u64,
+    /// The user's type tag.
+    pub type_tag: u64,
+    /// The user's type version.
+    pub type_version: u32,
+    /// Pid of the creator (in its pid namespace).
+    pub creator_pid: u32,
+    /// Inode of the creator's pid namespace (0 if unknown).
+    pub pid_namespace: u64,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_unix: u64,
+    /// Offset of the lock state.
+    pub lock_offset: u64,
+    /// Size of the lock state.
+    pub lock_size: u64,
+    /// Offset of the value.
+    pub value_offset: u64,
+    /// Total size of the segment.
+    pub total_size: u64,
+    /// Stored checksum.
+    pub checksum: u64,
+    /// Whether the stored checksum matches the immutable fields.
+    pub checksum_ok: bool,
+    /// The state word at the time of reading.
+    pub state: u32,
+    /// The notify sequence word.
+    pub notify_seq: u32,
+    /// The number of processes waiting for a notification.
+    pub notify_waiters: u32,
+    /// The last pid that acquired the lock.
+    pub holder_pid: u32,
+}
+
+impl HeaderInfo {
+    /// The lock backend, if the code is known.
+    pub fn lock_kind(&self) -> Option<LockKind> {
+        LockKind::from_code(self.lock_kind_code)
+    }
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_ne_bytes(b[off..off + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    u64::from_ne_bytes(b[off..off + 8].try_into().expect("8 bytes"))
+}
+
+/// Decodes a full header. Does not judge it (see [`check_identity`]).
+pub fn decode(b: &[u8; HEADER_SIZE]) -> HeaderInfo {
+    HeaderInfo {
+        format_version: u32_at(b, 8),
+        arch: unpadded(&b[16..32]),
+        libc: unpadded(&b[32..40]),
+        pointer_width: u32_at(b, 40),
+        mutex_size: u32_at(b, 44),
+        mutex_align: u32_at(b, 48),
+        lock_kind_code: u32_at(b, 52),
+        value_size: u64_at(b, 56),
+        value_align: u64_at(b, 64),
+        type_tag: u64_at(b, 72),
+        type_version: u32_at(b, 80),
+        creator_pid: u32_at(b, 84),
+        pid_namespace: u64_at(b, 88),
+        created_unix: u64_at(b, 96),
+        lock_offset: u64_at(b, 104),
+        lock_size: u64_at(b, 112),
+        value_offset: u64_at(b, 120),
+        total_size: u64_at(b, 128),
+        checksum: u64_at(b, 136),
+        checksum_ok: fnv1a(&b[..CHECKSUMMED]) == u64_at(b, 136),
+        state: u32_at(b, 144),
+        notify_seq: u32_at(b, 148),
+        notify_waiters: u32_at(b, 152),
+        holder_pid: u32_at(b, 156),
+    }
+}
+
+fn incompatible(field: &'static str, expected: impl ToString, found: impl ToString) -> Error {
+    Error::Incompatible {
+        field,
+        expected: expected.to_string(),
+        found: found.to_string(),
+    }
+}
+
+/// Checks the bytes an object starts with (`prefix`, possibly shorter than
+/// a header) for the magic and the format version. Used on objects of any
+/// length, before anything else.
+pub(crate) fn check_prefix(prefix: &[u8]) -> Result<(), Error> {
+    if prefix.len() >= 8 && prefix[..8] != MAGIC {
+        return Err(incompatible(
+            "magic",
+            "SHMSYNC",
+            format!("{:02x?}", &prefix[..8]),
+        ));
+    }
+    if prefix.len() >= 12 {
+        let v = u32_at(prefix, 8);
+        if v != FORMAT_VERSION {
+            return Err(incompatible("format_version", FORMAT_VERSION, v));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a Ready header: integrity, ABI, layout consistency and, when
+/// `expected` is given, the value type and lock kind. Does not look at the
+/// state word.
+pub(crate) fn check_identity(h: &HeaderInfo, expected: Option<&SegmentSpec>) -> Result<(), Error> {
+    if !h.checksum_ok {
+        return Err(Error::Corrupted {
+            what: format!("header checksum mismatch (stored {:#018x})", h.checksum),
+        });
+    }
+    let abi = this_abi();
+    let arch = unpadded(&abi.arch);
+    let libc_name = unpadded(&abi.libc);
+    if h.arch != arch {
+        return Err(incompatible("arch", arch, &h.arch));
+    }
+    if h.libc != libc_name {
+        return Err(incompatible("libc", libc_name, &h.libc));
+    }
+    if h.pointer_width != abi.pointer_width {
+        return Err(incompatible(
+            "pointer_width",
+            abi.pointer_width,
+            h.pointer_width,
+        ));
+    }
+    if h.mutex_size != abi.mutex_size {
+        return Err(incompatible("mutex_size", abi.mutex_size, h.mutex_size));
+    }
+    if h.mutex_align != abi.mutex_align {
+        return Err(incompatible("mutex_align", abi.mutex_align, h.mutex_align));
+    }
+    let Some(kind) = h.lock_kind() else {
+        return Err(Error::Corrupted {
+            what: format!("unknown lock kind {}", h.lock_kind_code),
+        });
+    };
+    // The layout must be exactly what this build would compute from the
+    // header's own fields: offsets can then be trusted.
+    let own = SegmentSpec {
+        value_size: h.value_size,
+        value_align: h.value_align,
+        type_tag: h.type_tag,
+        type_version: h.type_version,
+        lock_kind: kind,
+        lock_size: h.lock_size,
+        lock_align: 1,
+    };
+    let sane = h.value_align.is_power_of_two()
+        && h.value_align <= PAGE
+        && h.lock_offset >= HEADER_SIZE as u64
+        && h.lock_offset % 8 == 0
+        && h.lock_offset
+            .checked_add(h.lock_size)
+            .is_some_and(|e| e <= h.value_offset)
+        && h.value_offset % h.value_align == 0
+        && h.value_offset.checked_add(h.value_size) == Some(h.total_size)
+        && own.value_size == h.value_size;
+    if !sane {
+        return Err(Error::Corrupted {
+            what: "inconsistent offsets in header".into(),
+        });
+    }
+    if let Some(want) = expected {
+        if kind != want.lock_kind {
+            return Err(incompatible(
+                "lock_kind",
+                want.lock_kind.name(),
+                kind.name(),
+            ));
+        }
+        if h.value_size != want.value_size {
+            return Err(incompatible("value_size", want.value_size, h.value_size));
+        }
+        if h.value_align != want.value_align {
+            return Err(incompatible("value_align", want.value_align, h.value_align));
+        }
+        if h.type_tag != want.type_tag {
+            return Err(incompatible(
+                "type_tag",
+                format!("{:#x}", want.type_tag),
+                format!("{:#x}", h.type_tag),
+            ));
+        }
+        if h.type_version != want.type_version {
+            return Err(incompatible(
+                "type_version",
+                want.type_version,
+                h.type_version,
+            ));
+        }
+        let layout = want.layout()?;
+        if layout.lock_offset != h.lock_offset
+            || layout.value_offset != h.value_offset
+            || want.lock_size != h.lock_size
+        {
+            return Err(incompatible(
+                "layout",
+                format!("lock@{} value@{}", layout.lock_offset, layout.value_offset),
+                format!("lock@{} value@{}", h.lock_offset, h.value_offset),
+            ));
+        }
+    }
+    Ok(())
+}

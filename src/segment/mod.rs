@@ -1,0 +1,589 @@
+//! `Segment`: a mapping of a named POSIX shared-memory object with a
+//! validated header.
+//!
+//! # Handshake
+//!
+//! Initialisation and attachment are tracked with an open-file-description
+//! byte-range lock on byte 0 of the object (`fcntl(F_OFD_SETLK)`), not with
+//! `flock`, for two reasons recorded in `DESIGN.md`'s corrections: `flock`
+//! stays free for the `FileLock` lock backend on the same object, and an OFD
+//! write → read conversion is atomic where a `flock` one is not.
+//!
+//! * **Create**: `shm_open(O_CREAT|O_EXCL|O_CLOEXEC)`, take the *write*
+//!   lock, `fchmod` (the umask must not decide), `ftruncate` +
+//!   `posix_fallocate` (running out of tmpfs is an error now, not `SIGBUS`
+//!   later), write the header (state Initialising), initialise the lock and
+//!   the value, store `Ready` (Release), convert the write lock to a *read*
+//!   lock atomically.
+//! * **Open**: take the *read* lock (waiting, bounded, while a creator holds
+//!   the write lock), check that the name still names this inode, `fstat`,
+//!   `pread` and validate the header, and only then map exactly
+//!   `total_size` bytes. A header that is not Ready while nobody holds the
+//!   write lock belongs to a creator that died: [`Error::AbandonedInit`].
+//! * **Attached**: every handle keeps its read lock for the life of its
+//!   mapping, so a cleaner whose non-blocking *write* lock succeeds knows no
+//!   process is attached.
+//!
+//! A handle never unlinks the name on drop; [`Segment::unlink`] does.
+
+pub mod header;
+pub(crate) mod name;
+
+use std::ffi::CStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::sys;
+use crate::sys::ofd::OfdLock;
+use crate::sys::time::Monotonic;
+
+pub use header::{HeaderInfo, LockKind, SegmentSpec};
+use header::{HEADER_SIZE, STATE_INITIALISING, STATE_READY, STATE_UNINIT};
+pub use name::MAX_SHM_NAME;
+
+/// The byte the initialisation/attach lock covers.
+const ATTACH_BYTE: u64 = 0;
+/// How long `open` waits for a live creator to finish initialising.
+const INIT_WAIT: Duration = Duration::from_secs(5);
+/// How long an empty object is given to become a creator's (between its
+/// exclusive create and its first lock) before it counts as abandoned.
+const EMPTY_GRACE: Duration = Duration::from_millis(100);
+/// Default permission bits of a new object.
+pub const DEFAULT_MODE: u32 = 0o600;
+
+/// Steps of initialisation, reported to the test hook (see
+/// [`testing`](crate::testing) with the `testing` feature).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InitStep {
+    /// The object exists (exclusive create) and is locked, still empty.
+    Created,
+    /// Its size is set and its pages are reserved.
+    Sized,
+    /// The header is written (state Initialising).
+    HeaderWritten,
+    /// The lock state is initialised.
+    LockInitialised,
+    /// The value is written.
+    ValueWritten,
+    /// `Ready` is published (the write lock is still held).
+    Published,
+}
+
+impl InitStep {
+    /// Every step, in order.
+    pub const ALL: [InitStep; 6] = [
+        InitStep::Created,
+        InitStep::Sized,
+        InitStep::HeaderWritten,
+        InitStep::LockInitialised,
+        InitStep::ValueWritten,
+        InitStep::Published,
+    ];
+
+    /// A stable name for the step.
+    pub fn name(self) -> &'static str {
+        match self {
+            InitStep::Created => "created",
+            InitStep::Sized => "sized",
+            InitStep::HeaderWritten => "header-written",
+            InitStep::LockInitialised => "lock-initialised",
+            InitStep::ValueWritten => "value-written",
+            InitStep::Published => "published",
+        }
+    }
+}
+
+static INIT_HOOK: std::sync::atomic::AtomicPtr<()> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// Installs `hook`, called at each [`InitStep`] of every creation in this
+/// process (tests use it to kill a creator mid-initialisation).
+#[doc(hidden)]
+pub fn set_init_hook(hook: Option<fn(InitStep)>) {
+    let p = hook.map_or(std::ptr::null_mut(), |f| f as *mut ());
+    INIT_HOOK.store(p, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn init_step(step: InitStep) {
+    let p = INIT_HOOK.load(std::sync::atomic::Ordering::Relaxed);
+    if !p.is_null() {
+        // SAFETY: the only non-null values stored are `fn(InitStep)`
+        // pointers (see `set_init_hook`).
+        let f: fn(InitStep) = unsafe { std::mem::transmute::<*mut (), fn(InitStep)>(p) };
+        f(step);
+    }
+}
+
+/// Options that only make sense when creating.
+#[derive(Clone, Copy, Debug)]
+pub struct CreateOptions {
+    mode: u32,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        CreateOptions { mode: DEFAULT_MODE }
+    }
+}
+
+impl CreateOptions {
+    /// Default options: mode `0600`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Permission bits of the new object, applied with `fchmod` after
+    /// creation so that the umask does not decide. Default `0o600`.
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.mode = mode & 0o7777;
+        self
+    }
+}
+
+/// Writes the lock state and then the value of a new segment. Called with
+/// the initialisation lock held; the pointers are valid, aligned, and the
+/// lock area is zeroed.
+pub(crate) struct Init<'a> {
+    pub(crate) lock: &'a mut dyn FnMut(NonNull<u8>) -> std::io::Result<()>,
+    pub(crate) value: &'a mut dyn FnMut(NonNull<u8>),
+}
+
+/// A mapping of a named shared-memory object with a validated header.
+///
+/// The handle owns its file descriptor (which carries the attach lock) and
+/// its mapping; dropping it unmaps and closes but never unlinks the name.
+pub struct Segment {
+    fd: OwnedFd,
+    ptr: NonNull<u8>,
+    len: usize,
+    name: String,
+    info: HeaderInfo,
+}
+
+// SAFETY: the mapping is process-wide and shared memory is accessed through
+// atomics or under the segment's lock; the handle holds no thread-bound
+// state.
+unsafe impl Send for Segment {}
+// SAFETY: as above; `&Segment` only hands out raw pointers and immutable
+// header information.
+unsafe impl Sync for Segment {}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment")
+            .field("name", &self.name)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl Segment {
+    /// Creates the object `name` exclusively for `spec`, with zeroed lock
+    /// state and value (`shm_open(O_CREAT|O_EXCL)`, `ftruncate`,
+    /// `posix_fallocate`, `mmap`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`], [`Error::AlreadyExists`],
+    /// [`Error::PermissionDenied`], [`Error::Unsupported`] for an impossible
+    /// layout, [`Error::Io`] (e.g. `ENOSPC` from `posix_fallocate`).
+    pub fn create(
+        name: &str,
+        spec: &SegmentSpec,
+        options: &CreateOptions,
+    ) -> Result<Segment, Error> {
+        Self::create_with(
+            name,
+            spec,
+            options,
+            Init {
+                lock: &mut |_| Ok(()),
+                value: &mut |_| {},
+            },
+        )
+    }
+
+    /// Opens the existing object `name`, which must have been made for
+    /// `spec`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`], [`Error::PermissionDenied`], [`Error::TooSmall`],
+    /// [`Error::Incompatible`], [`Error::Corrupted`],
+    /// [`Error::AbandonedInit`], [`Error::InitTimedOut`].
+    pub fn open(name: &str, spec: &SegmentSpec) -> Result<Segment, Error> {
+        Self::open_inner(name, Some(spec))
+    }
+
+    /// Removes the name `name` (`shm_unlink`). Attached processes keep their
+    /// mappings.
+    pub fn unlink(name: &str) -> Result<(), Error> {
+        let c = name::validate(name, MAX_SHM_NAME)?;
+        sys::shm::shm_unlink(&c).map_err(|e| Error::from_io("shm_unlink", name, e))
+    }
+
+    /// The object's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The mapped length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: a segment holds at least its header.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The header as validated when the segment was opened.
+    pub fn info(&self) -> &HeaderInfo {
+        &self.info
+    }
+
+    /// Start of the mapping. Valid for `len()` bytes while `self` lives.
+    pub fn as_ptr(&self) -> NonNull<u8> {
+        self.ptr
+    }
+
+    /// The lock state area (`lock_size` bytes at `lock_offset`).
+    pub fn lock_ptr(&self) -> NonNull<u8> {
+        // SAFETY: the header was validated: lock_offset + lock_size ≤ len.
+        unsafe { self.ptr.add(self.info.lock_offset as usize) }
+    }
+
+    /// The value area (`value_size` bytes at `value_offset`, aligned).
+    pub fn value_ptr(&self) -> NonNull<u8> {
+        // SAFETY: the header was validated: value_offset + value_size ≤ len.
+        unsafe { self.ptr.add(self.info.value_offset as usize) }
+    }
+
+    /// The file descriptor (carries the attach lock; never close it).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// The live header words in the mapping.
+    pub(crate) fn header(&self) -> &header::RawHeader {
+        // SAFETY: the mapping is at least HEADER_SIZE bytes, page-aligned,
+        // and the header's fields are plain integers and atomics; bytes
+        // 0..144 are never written after Ready.
+        unsafe { self.ptr.cast::<header::RawHeader>().as_ref() }
+    }
+
+    /// Leaks the mapping and the descriptor: used when this process still
+    /// holds a lock that lives in the mapping (unmapping it would stop the
+    /// kernel from marking it when we die).
+    pub(crate) fn leak(self) {
+        std::mem::forget(self);
+    }
+
+    pub(crate) fn create_with(
+        name: &str,
+        spec: &SegmentSpec,
+        options: &CreateOptions,
+        init: Init<'_>,
+    ) -> Result<Segment, Error> {
+        let cname = name::validate(name, MAX_SHM_NAME)?;
+        spec.layout()?;
+        let fd = sys::shm::shm_open(
+            &cname,
+            libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+            options.mode,
+        )
+        .map_err(|e| Error::from_io("shm_open", name, e))?;
+        let locked = sys::ofd::try_set(fd.as_fd(), OfdLock::Write, ATTACH_BYTE, 1)
+            .map_err(|e| Error::io("fcntl(F_OFD_SETLK)", e))?;
+        if !locked {
+            // Someone opened our brand-new object and locked it first: only
+            // a cleaner does that; give the name back.
+            let _ = sys::shm::shm_unlink(&cname);
+            return Err(Error::AlreadyExists { name: name.into() });
+        }
+        init_step(InitStep::Created);
+        let result = sys::fd::fchmod(fd.as_fd(), options.mode)
+            .map_err(|e| Error::io("fchmod", e))
+            .and_then(|()| Self::initialise(fd, name, spec, init));
+        if result.is_err() {
+            // Nobody can have attached (we hold the write lock): the name is
+            // ours to remove.
+            let _ = sys::shm::shm_unlink(&cname);
+        }
+        result
+    }
+
+    /// Sizes, maps and initialises `fd`, which this process holds the write
+    /// lock of; publishes Ready and converts to the attach (read) lock.
+    fn initialise(
+        fd: OwnedFd,
+        name: &str,
+        spec: &SegmentSpec,
+        init: Init<'_>,
+    ) -> Result<Segment, Error> {
+        let layout = spec.layout()?;
+        // Truncating to zero first makes every byte zero again when an
+        // abandoned attempt is taken over.
+        sys::fd::ftruncate(fd.as_fd(), 0).map_err(|e| Error::io("ftruncate", e))?;
+        sys::fd::ftruncate(fd.as_fd(), layout.total_size).map_err(|e| Error::io("ftruncate", e))?;
+        sys::fd::posix_fallocate(fd.as_fd(), layout.total_size)
+            .map_err(|e| Error::io("posix_fallocate", e))?;
+        init_step(InitStep::Sized);
+        let bytes = header::build(spec, &layout, sys::proc::getpid());
+        let len = layout.total_size as usize;
+        let ptr = sys::mman::mmap_shared(fd.as_fd(), len).map_err(|e| Error::io("mmap", e))?;
+        let info = header::decode(&bytes);
+        let seg = Segment {
+            fd,
+            ptr,
+            len,
+            name: name.into(),
+            info,
+        };
+        // SAFETY: the mapping is `len ≥ HEADER_SIZE` bytes, freshly zeroed
+        // by the truncation, and nobody else maps it while we hold the write
+        // lock. The state word (offset 144) is stored separately, below.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), seg.ptr.as_ptr(), 144) };
+        seg.header()
+            .state
+            .store(STATE_INITIALISING, std::sync::atomic::Ordering::Release);
+        init_step(InitStep::HeaderWritten);
+        (init.lock)(seg.lock_ptr()).map_err(|e| Error::io("lock initialisation", e))?;
+        init_step(InitStep::LockInitialised);
+        (init.value)(seg.value_ptr());
+        init_step(InitStep::ValueWritten);
+        seg.header()
+            .state
+            .store(STATE_READY, std::sync::atomic::Ordering::Release);
+        init_step(InitStep::Published);
+        // Atomic write → read conversion: no window in which a cleaner could
+        // find the live segment unlocked.
+        let ok = sys::ofd::try_set(seg.fd.as_fd(), OfdLock::Read, ATTACH_BYTE, 1)
+            .map_err(|e| Error::io("fcntl(F_OFD_SETLK)", e))?;
+        debug_assert!(ok, "converting our own write lock cannot conflict");
+        Ok(seg)
+    }
+
+    fn open_inner(name: &str, expected: Option<&SegmentSpec>) -> Result<Segment, Error> {
+        let cname = name::validate(name, MAX_SHM_NAME)?;
+        let deadline = Monotonic::now().after(INIT_WAIT);
+        let empty_deadline = Monotonic::now().after(EMPTY_GRACE);
+        let mut backoff = Backoff::new();
+        loop {
+            let fd = sys::shm::shm_open(&cname, libc::O_RDWR, 0)
+                .map_err(|e| Error::from_io("shm_open", name, e))?;
+            match Self::attach(&fd, name, &cname, expected)? {
+                Attach::Ready(info) => {
+                    let len = info.total_size as usize;
+                    let ptr = sys::mman::mmap_shared(fd.as_fd(), len)
+                        .map_err(|e| Error::io("mmap", e))?;
+                    let seg = Segment {
+                        fd,
+                        ptr,
+                        len,
+                        name: name.into(),
+                        info,
+                    };
+                    // Acquire pairs with the creator's Release store of Ready.
+                    let state = seg
+                        .header()
+                        .state
+                        .load(std::sync::atomic::Ordering::Acquire);
+                    if state != STATE_READY {
+                        return Err(Error::Corrupted {
+                            what: format!("state changed to {state} while attached"),
+                        });
+                    }
+                    return Ok(seg);
+                }
+                Attach::Busy if Monotonic::now() < deadline => {}
+                Attach::Busy => return Err(Error::InitTimedOut { name: name.into() }),
+                Attach::Empty if Monotonic::now() < empty_deadline => {}
+                Attach::Empty => {
+                    return Err(Error::AbandonedInit {
+                        name: name.into(),
+                        creator_pid: 0,
+                    })
+                }
+                Attach::Replaced => {}
+                Attach::Abandoned(pid) => {
+                    return Err(Error::AbandonedInit {
+                        name: name.into(),
+                        creator_pid: pid,
+                    })
+                }
+            }
+            drop(fd);
+            backoff.sleep();
+        }
+    }
+
+    /// Takes the attach (read) lock on `fd` and validates the object. On
+    /// any answer but `Ready`, the lock goes with the fd when it is dropped.
+    fn attach(
+        fd: &OwnedFd,
+        name: &str,
+        cname: &CStr,
+        expected: Option<&SegmentSpec>,
+    ) -> Result<Attach, Error> {
+        if !sys::ofd::try_set(fd.as_fd(), OfdLock::Read, ATTACH_BYTE, 1)
+            .map_err(|e| Error::io("fcntl(F_OFD_SETLK)", e))?
+        {
+            return Ok(Attach::Busy);
+        }
+        let st = sys::fd::fstat(fd.as_fd()).map_err(|e| Error::io("fstat", e))?;
+        if !same_inode(&st, cname) {
+            return Ok(Attach::Replaced);
+        }
+        let size = st.st_size as u64;
+        if size == 0 {
+            return Ok(Attach::Empty);
+        }
+        let mut bytes = [0u8; HEADER_SIZE];
+        let n =
+            sys::fd::pread_full(fd.as_fd(), &mut bytes, 0).map_err(|e| Error::io("pread", e))?;
+        if n >= HEADER_SIZE && bytes[..8] == [0u8; 8] && bytes[144..148] == [0u8; 4] {
+            // Sized by a creator that died before writing the header.
+            return Ok(Attach::Abandoned(0));
+        }
+        header::check_prefix(&bytes[..n.min(size as usize)])?;
+        if n < HEADER_SIZE {
+            return Err(Error::TooSmall {
+                size,
+                needed: HEADER_SIZE as u64,
+            });
+        }
+        let info = header::decode(&bytes);
+        match info.state {
+            STATE_READY => {}
+            STATE_UNINIT | STATE_INITIALISING => return Ok(Attach::Abandoned(info.creator_pid)),
+            other => {
+                return Err(Error::Corrupted {
+                    what: format!("unknown state word {other}"),
+                })
+            }
+        }
+        header::check_identity(&info, expected)?;
+        if size < info.total_size {
+            return Err(Error::TooSmall {
+                size,
+                needed: info.total_size,
+            });
+        }
+        let _ = name;
+        Ok(Attach::Ready(info))
+    }
+
+    /// Re-initialises an object whose creator died before Ready, if this
+    /// process can take it over: it must get the exclusive lock (no
+    /// creator, no attacher), the name must still name the same inode, and
+    /// the state must still not be Ready. `Ok(None)` when another process
+    /// got there first (the caller opens again).
+    pub(crate) fn take_over_abandoned(
+        name: &str,
+        spec: &SegmentSpec,
+        init: Init<'_>,
+    ) -> Result<Option<Segment>, Error> {
+        let cname = name::validate(name, MAX_SHM_NAME)?;
+        let fd = match sys::shm::shm_open(&cname, libc::O_RDWR, 0) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(Error::from_io("shm_open", name, e)),
+        };
+        if !sys::ofd::try_set(fd.as_fd(), OfdLock::Write, ATTACH_BYTE, 1)
+            .map_err(|e| Error::io("fcntl(F_OFD_SETLK)", e))?
+        {
+            return Ok(None);
+        }
+        let st = sys::fd::fstat(fd.as_fd()).map_err(|e| Error::io("fstat", e))?;
+        if !same_inode(&st, &cname) {
+            return Ok(None);
+        }
+        let mut bytes = [0u8; HEADER_SIZE];
+        let n =
+            sys::fd::pread_full(fd.as_fd(), &mut bytes, 0).map_err(|e| Error::io("pread", e))?;
+        if n >= 148
+            && u32::from_ne_bytes(bytes[144..148].try_into().expect("4 bytes")) == STATE_READY
+        {
+            // Completed after all (or not ours to judge): open it normally.
+            return Ok(None);
+        }
+        if n >= 8 && bytes[..8] != header::MAGIC && bytes[..8] != [0u8; 8] {
+            // Not a half-built segment of ours: never overwrite a foreign
+            // object.
+            return Err(Error::Incompatible {
+                field: "magic",
+                expected: "SHMSYNC".into(),
+                found: format!("{:02x?}", &bytes[..8]),
+            });
+        }
+        Self::initialise(fd, name, spec, init).map(Some)
+    }
+}
+
+enum Attach {
+    Ready(HeaderInfo),
+    Busy,
+    Empty,
+    Replaced,
+    Abandoned(u32),
+}
+
+/// Whether the name still refers to the inode `st` describes (a cleaner may
+/// have unlinked it, and another process created a new one, while we
+/// waited).
+fn same_inode(st: &libc::stat, cname: &CStr) -> bool {
+    let path = name::shm_path(cname.to_str().unwrap_or_default());
+    match sys::fd::lstat(&path) {
+        Ok(p) => p.st_dev == st.st_dev && p.st_ino == st.st_ino,
+        Err(_) => false,
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made by mmap_shared with this length, and
+        // no borrow of it outlives `self` (guards borrow their cell).
+        let _ = unsafe { sys::mman::munmap(self.ptr, self.len) };
+        // The fd (and with it the attach lock) closes when `self.fd` drops.
+    }
+}
+
+/// Bounded exponential sleep for the rare waits of open (a creator still
+/// initialising): 50 µs doubling to 5 ms.
+pub(crate) struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new() -> Self {
+        Backoff {
+            next: Duration::from_micros(50),
+        }
+    }
+
+    pub(crate) fn sleep(&mut self) {
+        std::thread::sleep(self.next);
+        self.next = (self.next * 2).min(Duration::from_millis(5));
+    }
+}
+
+/// Reads the header of the object `name` without mapping it and without
+/// taking any lock: for tools that list and inspect objects. Returns the
+/// object's size and, if it is at least a header long, the decoded header.
+pub fn peek(name: &str) -> Result<(u64, Option<HeaderInfo>), Error> {
+    let cname = name::validate(name, MAX_SHM_NAME)?;
+    let fd = sys::shm::shm_open(&cname, libc::O_RDONLY, 0)
+        .map_err(|e| Error::from_io("shm_open", name, e))?;
+    let st = sys::fd::fstat(fd.as_fd()).map_err(|e| Error::io("fstat", e))?;
+    let mut bytes = [0u8; HEADER_SIZE];
+    let n = sys::fd::pread_full(fd.as_fd(), &mut bytes, 0).map_err(|e| Error::io("pread", e))?;
+    header::check_prefix(&bytes[..n])?;
+    Ok((
+        st.st_size as u64,
+        (n == HEADER_SIZE).then(|| header::decode(&bytes)),
+    ))
+}

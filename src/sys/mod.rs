@@ -1,0 +1,46 @@
+//! The only code that calls `libc`: one small function per OS call, each
+//! returning `io::Result`.
+//!
+//! Two C error conventions live here and are kept apart: functions of the
+//! `-1`-and-`errno` family (`shm_open`, `fcntl`, `sem_*`, `flock`, …) go
+//! through [`cvt`]; the `pthread_*` family returns the error number directly
+//! and goes through [`cvt_pthread`].
+
+pub(crate) mod fd;
+pub(crate) mod futex;
+pub(crate) mod mman;
+pub(crate) mod ofd;
+pub(crate) mod proc;
+pub(crate) mod pthread;
+pub(crate) mod shm;
+pub(crate) mod time;
+
+use std::io;
+
+/// `-1`-and-`errno` convention: a negative return becomes the `errno` error.
+pub(crate) fn cvt<T: Into<i64> + Copy>(ret: T) -> io::Result<T> {
+    if ret.into() < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// `pthread_*` convention: `0` is success, anything else is the error number.
+pub(crate) fn cvt_pthread(ret: libc::c_int) -> io::Result<()> {
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(ret))
+    }
+}
+
+/// Runs `f` again while it fails with `EINTR`.
+pub(crate) fn retry_eintr<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match f() {
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            other => return other,
+        }
+    }
+}

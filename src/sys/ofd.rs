@@ -1,0 +1,72 @@
+//! Open-file-description byte-range locks: `fcntl(F_OFD_SETLK /
+//! F_OFD_SETLKW / F_OFD_GETLK)` (Linux ≥ 3.15).
+//!
+//! Like `flock`, they belong to the open file description: the kernel drops
+//! them when the last fd of that description closes (in particular when the
+//! holder dies), never when some other fd of the same file is closed. Unlike
+//! `flock`, converting a write lock into a read lock is atomic, and they are
+//! independent of `flock` locks on the same file.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use super::{cvt, retry_eintr};
+
+/// The kind of byte-range lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OfdLock {
+    Read,
+    Write,
+    Unlock,
+}
+
+impl OfdLock {
+    fn raw(self) -> libc::c_short {
+        (match self {
+            OfdLock::Read => libc::F_RDLCK,
+            OfdLock::Write => libc::F_WRLCK,
+            OfdLock::Unlock => libc::F_UNLCK,
+        }) as libc::c_short
+    }
+}
+
+fn flock_struct(kind: OfdLock, start: u64, len: u64) -> libc::flock {
+    // SAFETY: `libc::flock` is a plain C struct for which all-zero is valid.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind.raw();
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = start as libc::off_t;
+    fl.l_len = len as libc::off_t;
+    fl.l_pid = 0; // required by F_OFD_*
+    fl
+}
+
+/// `fcntl(F_OFD_SETLK)`: takes, converts or releases a lock without waiting.
+/// `Ok(false)` when another description holds a conflicting lock.
+pub(crate) fn try_set(fd: BorrowedFd<'_>, kind: OfdLock, start: u64, len: u64) -> io::Result<bool> {
+    let fl = flock_struct(kind, start, len);
+    // SAFETY: `fl` is a valid, initialised `struct flock` for the call.
+    match retry_eintr(|| cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &fl) })) {
+        Ok(_) => Ok(true),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `fcntl(F_OFD_GETLK)`: `Some(kind)` of a lock another description holds
+/// that would conflict with `kind`, `None` if `kind` could be taken now.
+pub(crate) fn conflicting(
+    fd: BorrowedFd<'_>,
+    kind: OfdLock,
+    start: u64,
+    len: u64,
+) -> io::Result<Option<OfdLock>> {
+    let mut fl = flock_struct(kind, start, len);
+    // SAFETY: `fl` is a valid `struct flock` the kernel may overwrite.
+    retry_eintr(|| cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) }))?;
+    Ok(match fl.l_type as libc::c_int {
+        libc::F_UNLCK => None,
+        libc::F_RDLCK => Some(OfdLock::Read),
+        _ => Some(OfdLock::Write),
+    })
+}
