@@ -1,0 +1,169 @@
+//! The backend suite and the robust mutex's own owner-death paths (thread
+//! exit, exec, fork with a guard held, a forgotten guard), across processes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::suite::{ledger, Ledger};
+use common::{Child, TestName};
+use shmsync::{LockError, RobustMutex, ShmCell};
+
+fn main() {
+    let suite = backend_suite!(RobustMutex);
+    let own: [(&str, common::TestFn); 5] = [
+        ("thread_exit_while_holding", thread_exit_while_holding),
+        ("exec_while_holding", exec_while_holding),
+        (
+            "fork_with_guard_does_not_unlock",
+            fork_with_guard_does_not_unlock,
+        ),
+        (
+            "forgotten_guard_and_dropped_handle",
+            forgotten_guard_and_dropped_handle,
+        ),
+        (
+            "relock_same_thread_is_deadlock",
+            relock_same_thread_is_deadlock,
+        ),
+    ];
+    let all: Vec<_> = suite.into_iter().chain(own).collect();
+    common::run(&all);
+}
+
+/// A thread of another process exits holding the lock (the process lives
+/// on): the next locker gets OwnerDied.
+fn thread_exit_while_holding() {
+    let name = TestName::new("thr");
+    let cell = ShmCell::<Ledger>::create(name.as_str(), ledger()).unwrap();
+    let n = name.0.clone();
+    let mut child = Child::spawn(move |ctx| {
+        let c = ShmCell::<Ledger>::open(&n).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut g = c.lock().unwrap();
+                g.a = 7;
+                std::mem::forget(g);
+            });
+        });
+        ctx.reached_and_wait(b'T');
+    });
+    assert_eq!(child.expect_reached(), b'T');
+    match cell.lock_timeout(common::BOUND) {
+        Err(LockError::OwnerDied(g)) => {
+            assert_eq!(g.a, 7);
+            g.make_consistent();
+        }
+        other => panic!("expected OwnerDied, got {:?}", other.map(|_| ())),
+    };
+    child.kill();
+}
+
+/// A process that `exec`s while holding the lock releases it as dead: the
+/// next locker gets OwnerDied while the exec'd program still runs.
+fn exec_while_holding() {
+    let name = TestName::new("exec");
+    let cell = ShmCell::<Ledger>::create(name.as_str(), ledger()).unwrap();
+    let n = name.0.clone();
+    let mut child = Child::spawn(move |_| {
+        let c = ShmCell::<Ledger>::open(&n).unwrap();
+        let mut g = c.lock().unwrap();
+        g.a = 9;
+        std::mem::forget(g);
+        let prog = c"/bin/sleep";
+        let args = [c"sleep".as_ptr(), c"60".as_ptr(), std::ptr::null()];
+        // SAFETY: NUL-terminated program and argument vector.
+        unsafe { libc::execv(prog.as_ptr(), args.as_ptr()) };
+        panic!("execv failed");
+    });
+    // The report pipe is close-on-exec: end of file means the exec happened.
+    child.expect_report_closed();
+    // SAFETY: probing our own child.
+    assert_eq!(
+        unsafe { libc::kill(child.pid as i32, 0) },
+        0,
+        "the exec'd process is alive"
+    );
+    match cell.lock_timeout(common::BOUND) {
+        Err(LockError::OwnerDied(g)) => {
+            assert_eq!(g.a, 9);
+            g.make_consistent();
+        }
+        other => panic!("expected OwnerDied, got {:?}", other.map(|_| ())),
+    };
+    child.kill();
+}
+
+/// A process forked while its parent holds a guard drops its copy: the lock
+/// stays held by the parent.
+fn fork_with_guard_does_not_unlock() {
+    let name = TestName::new("fork");
+    let cell = ShmCell::<Ledger>::create(name.as_str(), ledger()).unwrap();
+    let guard = cell.lock().unwrap();
+    let (guard_ref, cell_ref) = (&guard, &cell);
+    let mut child = Child::spawn(move |_| {
+        // SAFETY: the child owns a copy of the parent's memory; dropping
+        // its copy of the guard is what unwinding through the frame would do.
+        drop(unsafe { std::ptr::read(guard_ref) });
+        // Still held by the parent's thread.
+        assert_eq!(
+            cell_ref.try_lock().err().map(|e| e.kind()),
+            Some("WouldBlock")
+        );
+    });
+    child.join();
+    let n = name.0.clone();
+    Child::spawn(move |_| {
+        let c = ShmCell::<Ledger>::open(&n).unwrap();
+        assert_eq!(c.try_lock().err().map(|e| e.kind()), Some("WouldBlock"));
+    })
+    .join();
+    drop(guard);
+    let n = name.0.clone();
+    Child::spawn(move |_| {
+        let c = ShmCell::<Ledger>::open(&n).unwrap();
+        assert!(c.try_lock().is_ok());
+    })
+    .join();
+}
+
+/// `mem::forget(guard)` then dropping the handle must not unmap the held
+/// mutex: when the process dies, the next locker gets OwnerDied, not a hang.
+fn forgotten_guard_and_dropped_handle() {
+    let name = TestName::new("forget");
+    let cell = ShmCell::<Ledger>::create(name.as_str(), ledger()).unwrap();
+    let n = name.0.clone();
+    let mut child = Child::spawn(move |ctx| {
+        let c = ShmCell::<Ledger>::open(&n).unwrap();
+        let mut g = c.lock().unwrap();
+        g.b = 3;
+        std::mem::forget(g);
+        drop(c);
+        ctx.reached_and_wait(b'F');
+    });
+    assert_eq!(child.expect_reached(), b'F');
+    child.kill();
+    match cell.lock_timeout(Duration::from_secs(5)) {
+        Err(LockError::OwnerDied(g)) => {
+            assert_eq!(g.b, 3);
+            g.make_consistent();
+        }
+        other => panic!("expected OwnerDied, got {:?}", other.map(|_| ())),
+    };
+}
+
+/// Locking twice from one thread is reported, not a deadlock.
+fn relock_same_thread_is_deadlock() {
+    let name = TestName::new("relock");
+    let cell = ShmCell::<Ledger>::create(name.as_str(), ledger()).unwrap();
+    let g = cell.lock().unwrap();
+    assert_eq!(cell.lock().err().map(|e| e.kind()), Some("Deadlock"));
+    assert_eq!(
+        cell.lock_timeout(Duration::from_millis(10))
+            .err()
+            .map(|e| e.kind()),
+        Some("Deadlock")
+    );
+    drop(g);
+    assert!(cell.try_lock().is_ok());
+}
