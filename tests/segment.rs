@@ -1,0 +1,662 @@
+//! Segments: names, bad objects, header corruption, permissions, and the
+//! initialisation race — each failure a distinct error, never a crash.
+
+mod common;
+
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
+use std::time::Duration;
+
+use common::{Child, TestName};
+use shmsync::segment::{InitStep, LockKind};
+use shmsync::{CreateOptions, Error, LockError, Segment, ShmCell, ShmSafe};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+struct Rec {
+    x: u64,
+    y: [u32; 6],
+}
+// SAFETY: integers only, repr(C), every bit pattern valid.
+unsafe impl ShmSafe for Rec {
+    const TYPE_TAG: u64 = 0xabc;
+    const TYPE_VERSION: u32 = 3;
+}
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct RecV4(Rec);
+// SAFETY: as Rec.
+unsafe impl ShmSafe for RecV4 {
+    const TYPE_TAG: u64 = 0xabc;
+    const TYPE_VERSION: u32 = 4;
+}
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct OtherTag(Rec);
+// SAFETY: as Rec.
+unsafe impl ShmSafe for OtherTag {
+    const TYPE_TAG: u64 = 0xdef;
+    const TYPE_VERSION: u32 = 3;
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Aligned(Rec);
+// SAFETY: as Rec.
+unsafe impl ShmSafe for Aligned {
+    const TYPE_TAG: u64 = 0xabc;
+    const TYPE_VERSION: u32 = 3;
+}
+
+const REC: Rec = Rec {
+    x: 42,
+    y: [1, 2, 3, 4, 5, 6],
+};
+
+fn main() {
+    common::run(&[
+        ("not_found", not_found),
+        ("already_exists", already_exists),
+        ("invalid_names", invalid_names),
+        ("other_value_type", other_value_type),
+        ("other_lock_kind", other_lock_kind),
+        ("other_format_version", other_format_version),
+        ("three_byte_object", three_byte_object),
+        ("zero_length_object", zero_length_object),
+        ("garbage_object", garbage_object),
+        ("truncated_segment", truncated_segment),
+        ("corrupt_every_header_byte", corrupt_every_header_byte),
+        ("corrupt_header_proptest", corrupt_header_proptest),
+        ("permission_denied", permission_denied),
+        ("mode_is_exact_despite_umask", mode_is_exact_despite_umask),
+        ("unlink_errors", unlink_errors),
+        (
+            "creator_killed_at_each_init_step",
+            creator_killed_at_each_init_step,
+        ),
+        (
+            "racing_takeover_of_abandoned_init",
+            racing_takeover_of_abandoned_init,
+        ),
+        ("racing_open_or_create", racing_open_or_create),
+        ("open_waits_for_live_creator", open_waits_for_live_creator),
+        (
+            "attach_lock_tracks_live_handles",
+            attach_lock_tracks_live_handles,
+        ),
+    ]);
+}
+
+fn write_object(name: &TestName, bytes: &[u8]) {
+    std::fs::write(name.path(), bytes).unwrap();
+}
+
+fn not_found() {
+    let name = TestName::new("nf");
+    assert!(matches!(
+        ShmCell::<Rec>::open(name.as_str()),
+        Err(Error::NotFound { .. })
+    ));
+}
+
+fn already_exists() {
+    let name = TestName::new("ae");
+    let _c = ShmCell::<Rec>::create(name.as_str(), REC).unwrap();
+    assert!(matches!(
+        ShmCell::<Rec>::create(name.as_str(), REC),
+        Err(Error::AlreadyExists { .. })
+    ));
+    // open_or_create opens the existing value instead of replacing it.
+    let c2 = ShmCell::<Rec>::open_or_create(name.as_str(), Rec { x: 0, y: [0; 6] }).unwrap();
+    assert_eq!(*c2.lock().unwrap(), REC);
+}
+
+fn invalid_names() {
+    let long = format!("/{}", "n".repeat(256));
+    for bad in [
+        "",
+        "noslash",
+        "/",
+        "/a/b",
+        "/.",
+        "/..",
+        "/nul\0byte",
+        long.as_str(),
+    ] {
+        for r in [
+            ShmCell::<Rec>::create(bad, REC).map(|_| ()),
+            ShmCell::<Rec>::open(bad).map(|_| ()),
+            ShmCell::<Rec>::open_or_create(bad, REC).map(|_| ()),
+            ShmCell::<Rec>::unlink(bad),
+        ] {
+            assert!(
+                matches!(r, Err(Error::InvalidName { .. })),
+                "{bad:?}: {r:?}"
+            );
+        }
+    }
+}
+
+fn expect_incompatible<T>(r: Result<T, Error>, field: &str) {
+    match r {
+        Err(Error::Incompatible { field: f, .. }) if f == field => {}
+        Err(e) => panic!("expected Incompatible({field}), got {e:?}"),
+        Ok(_) => panic!("expected Incompatible({field}), got Ok"),
+    }
+}
+
+fn other_value_type() {
+    let name = TestName::new("type");
+    let _c = ShmCell::<Rec>::create(name.as_str(), REC).unwrap();
+    expect_incompatible(ShmCell::<u64>::open(name.as_str()), "value_size");
+    expect_incompatible(ShmCell::<[u32; 8]>::open(name.as_str()), "value_align");
+    expect_incompatible(ShmCell::<OtherTag>::open(name.as_str()), "type_tag");
+    expect_incompatible(ShmCell::<RecV4>::open(name.as_str()), "type_version");
+    expect_incompatible(ShmCell::<Aligned>::open(name.as_str()), "value_size");
+    // open_or_create does not overwrite another type's segment either.
+    expect_incompatible(
+        ShmCell::<u64>::open_or_create(name.as_str(), 1),
+        "value_size",
+    );
+}
+
+fn other_lock_kind() {
+    let name = TestName::new("kind");
+    let mut spec = ShmCell::<Rec>::spec();
+    spec.lock_kind = LockKind::FileLock;
+    let _seg = Segment::create(name.as_str(), &spec, &CreateOptions::new()).unwrap();
+    expect_incompatible(ShmCell::<Rec>::open(name.as_str()), "lock_kind");
+}
+
+fn other_format_version() {
+    let name = TestName::new("ver");
+    drop(ShmCell::<Rec>::create(name.as_str(), REC).unwrap());
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(name.path())
+        .unwrap();
+    f.write_at(&2u32.to_ne_bytes(), 8).unwrap();
+    expect_incompatible(ShmCell::<Rec>::open(name.as_str()), "format_version");
+}
+
+fn three_byte_object() {
+    let name = TestName::new("three");
+    write_object(&name, b"abc");
+    assert!(matches!(
+        ShmCell::<Rec>::open(name.as_str()),
+        Err(Error::TooSmall { size: 3, .. })
+    ));
+    // Ours or not, it is never taken over.
+    assert!(matches!(
+        ShmCell::<Rec>::open_or_create(name.as_str(), REC),
+        Err(Error::TooSmall { .. })
+    ));
+    assert_eq!(std::fs::read(name.path()).unwrap(), b"abc");
+}
+
+fn zero_length_object() {
+    let name = TestName::new("zero");
+    write_object(&name, b"");
+    assert!(matches!(
+        ShmCell::<Rec>::open(name.as_str()),
+        Err(Error::AbandonedInit { creator_pid: 0, .. })
+    ));
+    let c = ShmCell::<Rec>::open_or_create(name.as_str(), REC).unwrap();
+    assert_eq!(*c.lock().unwrap(), REC);
+}
+
+fn garbage_object() {
+    let name = TestName::new("garbage");
+    let mut rng = common::Rng::new(7);
+    let bytes: Vec<u8> = (0..4096).map(|_| rng.next() as u8).collect();
+    write_object(&name, &bytes);
+    expect_incompatible(ShmCell::<Rec>::open(name.as_str()), "magic");
+    expect_incompatible(ShmCell::<Rec>::open_or_create(name.as_str(), REC), "magic");
+    assert_eq!(
+        std::fs::read(name.path()).unwrap(),
+        bytes,
+        "a foreign object is never modified"
+    );
+}
+
+fn truncated_segment() {
+    let name = TestName::new("trunc");
+    drop(ShmCell::<[u8; 8192]>::create(name.as_str(), [7; 8192]).unwrap());
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(name.path())
+        .unwrap();
+    for len in [4096u64, 300, 256] {
+        f.set_len(len).unwrap();
+        assert!(
+            matches!(ShmCell::<[u8; 8192]>::open(name.as_str()), Err(Error::TooSmall { size, .. }) if size == len),
+            "len {len}"
+        );
+    }
+    f.set_len(255).unwrap();
+    assert!(matches!(
+        ShmCell::<[u8; 8192]>::open(name.as_str()),
+        Err(Error::TooSmall { size: 255, .. })
+    ));
+}
+
+/// Opens `name` after a corruption: either an error, or a handle whose
+/// meaning is identical (same value, same header identity).
+fn check_corrupted_open(name: &TestName, reference: &shmsync::segment::HeaderInfo, what: &str) {
+    match ShmCell::<Rec>::open(name.as_str()) {
+        Ok(c) => {
+            let i = c.info();
+            assert_eq!(
+                (
+                    i.value_size,
+                    i.value_align,
+                    i.type_tag,
+                    i.type_version,
+                    i.lock_kind_code
+                ),
+                (
+                    reference.value_size,
+                    reference.value_align,
+                    reference.type_tag,
+                    reference.type_version,
+                    reference.lock_kind_code
+                ),
+                "{what}: opened with another meaning"
+            );
+            assert_eq!(
+                (i.lock_offset, i.value_offset, i.total_size),
+                (
+                    reference.lock_offset,
+                    reference.value_offset,
+                    reference.total_size
+                )
+            );
+            let g = c
+                .lock_timeout(Duration::from_secs(2))
+                .map_err(|e| e.kind())
+                .expect(what);
+            assert_eq!(*g, REC, "{what}: value changed");
+        }
+        Err(Error::Io { op, source }) => panic!("{what}: untyped error {op}: {source}"),
+        Err(_) => {}
+    }
+}
+
+fn corrupt_every_header_byte() {
+    let name = TestName::new("corrupt");
+    let reference = ShmCell::<Rec>::create(name.as_str(), REC)
+        .unwrap()
+        .info()
+        .clone();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name.path())
+        .unwrap();
+    let mut original = [0u8; 256];
+    f.read_exact_at(&mut original, 0).unwrap();
+    let (mut ok, mut refused) = (0, 0);
+    for off in 0..256u64 {
+        let orig = original[off as usize];
+        for val in [0x00, 0xff, orig ^ 0x01, orig ^ 0x80] {
+            if val == orig {
+                continue;
+            }
+            f.write_at(&[val], off).unwrap();
+            let before = (ok, refused);
+            match ShmCell::<Rec>::open(name.as_str()) {
+                Ok(_) => ok += 1,
+                Err(_) => refused += 1,
+            }
+            check_corrupted_open(&name, &reference, &format!("byte {off} = {val:#x}"));
+            assert_ne!(before, (ok, refused));
+            f.write_at(&[orig], off).unwrap();
+        }
+    }
+    println!("    header sweep: {ok} corruptions opened with identical meaning, {refused} refused");
+    // Every byte of the immutable part (0..144) is protected.
+    assert!(refused >= 144 * 3, "too few corruptions refused: {refused}");
+}
+
+fn corrupt_header_proptest() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let name = TestName::new("prop");
+    let reference = ShmCell::<Rec>::create(name.as_str(), REC)
+        .unwrap()
+        .info()
+        .clone();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name.path())
+        .unwrap();
+    let mut original = vec![0u8; reference.total_size as usize];
+    f.read_exact_at(&mut original, 0).unwrap();
+    let mut runner = TestRunner::new(Config {
+        cases: 512,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let strategy = (
+        proptest::collection::vec((0usize..256, any::<u8>()), 1..8),
+        proptest::option::of(0u64..400),
+    );
+    runner
+        .run(&strategy, |(writes, truncate)| {
+            for &(off, val) in &writes {
+                f.write_at(&[val], off as u64).unwrap();
+            }
+            if let Some(len) = truncate {
+                f.set_len(len).unwrap();
+            }
+            check_corrupted_open(
+                &name,
+                &reference,
+                &format!("{writes:?} truncate {truncate:?}"),
+            );
+            f.set_len(original.len() as u64).unwrap();
+            f.write_at(&original, 0).unwrap();
+            Ok(())
+        })
+        .unwrap();
+}
+
+fn permission_denied() {
+    let name = TestName::new("perm");
+    let _c = ShmCell::<Rec>::create(name.as_str(), REC).unwrap();
+    let n = name.0.clone();
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        // Same user: a mode without owner bits still denies a non-root user.
+        std::fs::set_permissions(name.path(), std::fs::Permissions::from_mode(0)).unwrap();
+    }
+    let code = common::in_child(move || {
+        if root {
+            // SAFETY: dropping privileges in the child only.
+            unsafe {
+                assert_eq!(libc::setgid(65534), 0);
+                assert_eq!(libc::setuid(65534), 0);
+            }
+        }
+        assert!(matches!(
+            ShmCell::<Rec>::open(&n),
+            Err(Error::PermissionDenied { .. })
+        ));
+        assert!(matches!(
+            ShmCell::<Rec>::open_or_create(&n, REC),
+            Err(Error::PermissionDenied { .. })
+        ));
+    });
+    assert_eq!(code, 0);
+}
+
+fn mode_is_exact_despite_umask() {
+    let name = TestName::new("mode");
+    let other = TestName::new("mode2");
+    // SAFETY: umask only changes this (test) process's creation mask.
+    let old = unsafe { libc::umask(0o077) };
+    let c =
+        ShmCell::<Rec>::create_with(name.as_str(), REC, &CreateOptions::new().mode(0o664)).unwrap();
+    let d = ShmCell::<Rec>::create(other.as_str(), REC).unwrap();
+    // SAFETY: as above.
+    unsafe { libc::umask(0o777) };
+    let e = ShmCell::<Rec>::open_or_create_with(
+        &format!("{}-x", name.as_str()),
+        REC,
+        &CreateOptions::new().mode(0o640),
+    )
+    .unwrap();
+    // SAFETY: restore.
+    unsafe { libc::umask(old) };
+    let mode = |p: String| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(name.path()), 0o664);
+    assert_eq!(mode(other.path()), 0o600);
+    assert_eq!(mode(format!("{}-x", name.path())), 0o640);
+    drop((c, d, e));
+    ShmCell::<Rec>::unlink(&format!("{}-x", name.as_str())).unwrap();
+}
+
+fn unlink_errors() {
+    let name = TestName::new("unl");
+    assert!(matches!(
+        ShmCell::<Rec>::unlink(name.as_str()),
+        Err(Error::NotFound { .. })
+    ));
+    let c = ShmCell::<Rec>::create(name.as_str(), REC).unwrap();
+    ShmCell::<Rec>::unlink(name.as_str()).unwrap();
+    // The attached handle keeps working; the name is free for a new cell.
+    assert_eq!(*c.lock().unwrap(), REC);
+    let d = ShmCell::<Rec>::create(name.as_str(), Rec { x: 1, y: [0; 6] }).unwrap();
+    assert_eq!(d.lock().unwrap().x, 1);
+    assert_eq!(c.lock().unwrap().x, 42);
+}
+
+static KILL_AT: AtomicU8 = AtomicU8::new(u8::MAX);
+static PAUSE_FD: AtomicI32 = AtomicI32::new(-1);
+
+fn kill_at_step(step: InitStep) {
+    if InitStep::ALL.iter().position(|s| *s == step)
+        == Some(KILL_AT.load(Ordering::SeqCst) as usize)
+    {
+        // SAFETY: the test child kills itself at the chosen step.
+        unsafe { libc::raise(libc::SIGKILL) };
+    }
+}
+
+/// The creator is SIGKILLed at each step of initialisation; `open` then
+/// answers AbandonedInit (or the value, once Ready was published) and
+/// `open_or_create` always succeeds with a whole value.
+fn creator_killed_at_each_init_step() {
+    for (i, step) in InitStep::ALL.iter().enumerate() {
+        let name = TestName::new("init");
+        let n = name.0.clone();
+        let mut creator = Child::spawn(move |_| {
+            KILL_AT.store(i as u8, Ordering::SeqCst);
+            shmsync::segment::set_init_hook(Some(kill_at_step));
+            let _ = ShmCell::<Rec>::create(&n, REC);
+            panic!("creator survived its kill point");
+        });
+        let status = creator.wait();
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == 9,
+            "step {step:?}"
+        );
+        let published = *step == InitStep::Published;
+        match ShmCell::<Rec>::open(name.as_str()) {
+            Ok(c) => {
+                assert!(published, "{step:?}: a half-initialised segment opened");
+                assert_eq!(*c.lock().unwrap(), REC);
+            }
+            Err(Error::AbandonedInit { creator_pid, .. }) => {
+                assert!(!published, "{step:?}");
+                let written = !matches!(step, InitStep::Created | InitStep::Sized);
+                assert_eq!(
+                    creator_pid == creator.pid,
+                    written,
+                    "{step:?}: creator pid {creator_pid}"
+                );
+            }
+            Err(e) => panic!("{step:?}: {e:?}"),
+        }
+        let fresh = Rec { x: 9, y: [9; 6] };
+        let c = ShmCell::<Rec>::open_or_create(name.as_str(), fresh).unwrap();
+        let expect = if published { REC } else { fresh };
+        assert_eq!(*c.lock().unwrap(), expect, "{step:?}");
+        assert_eq!(
+            *ShmCell::<Rec>::open(name.as_str()).unwrap().lock().unwrap(),
+            expect
+        );
+    }
+}
+
+/// Several processes race to take over one abandoned initialisation:
+/// exactly one initialises, all see its value.
+fn racing_takeover_of_abandoned_init() {
+    let name = TestName::new("race");
+    let n = name.0.clone();
+    let mut creator = Child::spawn(move |_| {
+        KILL_AT.store(2, Ordering::SeqCst); // HeaderWritten
+        shmsync::segment::set_init_hook(Some(kill_at_step));
+        let _ = ShmCell::<Rec>::create(&n, REC);
+    });
+    creator.wait();
+    assert!(matches!(
+        ShmCell::<Rec>::open(name.as_str()),
+        Err(Error::AbandonedInit { .. })
+    ));
+    let mut racers: Vec<Child> = (1..=4u64)
+        .map(|k| {
+            let n = name.0.clone();
+            let mut c = Child::spawn(move |ctx| {
+                ctx.reached_and_wait(b'R');
+                let c = ShmCell::<Rec>::open_or_create(&n, Rec { x: k, y: [0; 6] }).unwrap();
+                let x = c.lock().unwrap().x;
+                std::process::exit(x as i32 + 10);
+            });
+            assert_eq!(c.expect_reached(), b'R');
+            c
+        })
+        .collect();
+    for r in &mut racers {
+        r.command(b'G');
+    }
+    let seen: Vec<i32> = racers
+        .iter_mut()
+        .map(|r| libc::WEXITSTATUS(r.wait()))
+        .collect();
+    assert!(
+        seen.iter().all(|&s| s == seen[0] && (11..=14).contains(&s)),
+        "racers disagree: {seen:?}"
+    );
+}
+
+/// Racing open_or_create on a fresh name: one creates, all agree.
+fn racing_open_or_create() {
+    for _ in 0..10 {
+        let name = TestName::new("ooc");
+        let mut racers: Vec<Child> = (1..=4u64)
+            .map(|k| {
+                let n = name.0.clone();
+                let mut c = Child::spawn(move |ctx| {
+                    ctx.reached_and_wait(b'R');
+                    let c = ShmCell::<Rec>::open_or_create(&n, Rec { x: k, y: [0; 6] }).unwrap();
+                    let x = c.lock().unwrap().x;
+                    std::process::exit(x as i32 + 10);
+                });
+                assert_eq!(c.expect_reached(), b'R');
+                c
+            })
+            .collect();
+        for r in &mut racers {
+            r.command(b'G');
+        }
+        let seen: Vec<i32> = racers
+            .iter_mut()
+            .map(|r| libc::WEXITSTATUS(r.wait()))
+            .collect();
+        assert!(
+            seen.iter().all(|&s| s == seen[0] && (11..=14).contains(&s)),
+            "racers disagree: {seen:?}"
+        );
+    }
+}
+
+fn pause_at_header(step: InitStep) {
+    if step == InitStep::HeaderWritten {
+        let fd = PAUSE_FD.load(Ordering::SeqCst);
+        let mut b = [0u8; 1];
+        // SAFETY: `fd` is the child's inherited pipe; block until the
+        // parent writes one byte.
+        unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) };
+    }
+}
+
+/// A creator paused mid-initialisation: an opener waits for it and then
+/// sees the whole value (never a half-built one).
+fn open_waits_for_live_creator() {
+    let name = TestName::new("wait");
+    let (r, w) = {
+        let mut fds = [0; 2];
+        // SAFETY: room for two fds.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        (fds[0], fds[1])
+    };
+    let n = name.0.clone();
+    let mut creator = Child::spawn(move |ctx| {
+        PAUSE_FD.store(r, Ordering::SeqCst);
+        shmsync::segment::set_init_hook(Some(pause_at_header));
+        ctx.reached(b'C');
+        ShmCell::<Rec>::create(&n, REC).unwrap();
+    });
+    assert_eq!(creator.expect_reached(), b'C');
+    let n = name.0.clone();
+    let mut opener = Child::spawn(move |ctx| {
+        ctx.reached(b'O');
+        let c = loop {
+            match ShmCell::<Rec>::open(&n) {
+                Err(Error::NotFound { .. }) => std::thread::yield_now(),
+                other => break other.expect("open during init"),
+            }
+        };
+        assert_eq!(*c.lock().unwrap(), REC);
+    });
+    assert_eq!(opener.expect_reached(), b'O');
+    // Release the creator (one byte on the pipe it blocks on).
+    // SAFETY: writing one byte to our pipe.
+    assert_eq!(unsafe { libc::write(w, [1u8].as_ptr().cast(), 1) }, 1);
+    creator.join();
+    opener.join();
+    // SAFETY: closing our pipe ends.
+    unsafe {
+        libc::close(r);
+        libc::close(w);
+    }
+}
+
+fn ofd_write_lock_free(path: &str) -> bool {
+    let f = std::fs::File::open(path).unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: zeroed flock is valid.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_start = 0;
+    fl.l_len = 1;
+    // SAFETY: valid flock for F_OFD_GETLK.
+    assert_eq!(
+        unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) },
+        0
+    );
+    fl.l_type == libc::F_UNLCK as i16
+}
+
+/// Every attached handle holds the attach lock; when the last attacher is
+/// killed the lock is free (what a cleaner checks).
+fn attach_lock_tracks_live_handles() {
+    let name = TestName::new("attach");
+    drop(ShmCell::<Rec>::create(name.as_str(), REC).unwrap());
+    assert!(
+        ofd_write_lock_free(&name.path()),
+        "no handle: nobody attached"
+    );
+    let n = name.0.clone();
+    let mut child = Child::spawn(move |ctx| {
+        let _c = ShmCell::<Rec>::open(&n).unwrap();
+        ctx.reached_and_wait(b'A');
+    });
+    assert_eq!(child.expect_reached(), b'A');
+    assert!(
+        !ofd_write_lock_free(&name.path()),
+        "a live handle is attached"
+    );
+    child.kill();
+    assert!(
+        ofd_write_lock_free(&name.path()),
+        "the killed attacher's lock is gone"
+    );
+    let _ = LockError::<()>::WouldBlock;
+}
