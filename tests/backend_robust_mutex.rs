@@ -79,11 +79,8 @@ fn exec_while_holding() {
     // The report pipe is close-on-exec: end of file means the exec happened.
     child.expect_report_closed();
     // SAFETY: probing our own child.
-    assert_eq!(
-        unsafe { libc::kill(child.pid as i32, 0) },
-        0,
-        "the exec'd process is alive"
-    );
+    let alive = unsafe { libc::kill(child.pid as i32, 0) };
+    assert_eq!(alive, 0, "the exec'd process is alive");
     match cell.lock_timeout(common::BOUND) {
         Err(LockError::OwnerDied(g)) => {
             assert_eq!(g.a, 9);

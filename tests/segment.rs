@@ -372,7 +372,7 @@ fn permission_denied() {
     let root = unsafe { libc::geteuid() } == 0;
     if !root {
         // Same user: a mode without owner bits still denies a non-root user.
-        std::fs::set_permissions(name.path(), std::fs::Permissions::from_mode(0)).unwrap();
+        std::fs::set_permissions(name.path(), std::fs::Permissions::from_mode(0o000)).unwrap();
     }
     let code = common::in_child(move || {
         if root {
@@ -627,10 +627,8 @@ fn ofd_write_lock_free(path: &str) -> bool {
     fl.l_start = 0;
     fl.l_len = 1;
     // SAFETY: valid flock for F_OFD_GETLK.
-    assert_eq!(
-        unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) },
-        0
-    );
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+    assert_eq!(r, 0);
     fl.l_type == libc::F_UNLCK as i16
 }
 

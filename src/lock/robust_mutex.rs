@@ -105,16 +105,19 @@ impl RobustMutex {
     /// lock method.
     #[inline]
     pub(crate) fn acquire(&self, how: Acquire) -> Result<Acquired, RawLockError> {
-        // SAFETY (all three): `self` is an initialised mutex (type
-        // invariant) borrowed for the call, so its memory stays mapped.
         let ret = match how {
+            // SAFETY: `self` is an initialised mutex (type invariant)
+            // borrowed for the call, so its memory stays mapped.
             Acquire::Block => unsafe { sys::pthread::mutex_lock(self.raw()) },
             Acquire::Try => {
+                // A deadline of now, never pthread_mutex_trylock (module docs).
                 let now = Monotonic::now().to_timespec();
+                // SAFETY: as above.
                 unsafe { sys::pthread::mutex_clocklock_monotonic(self.raw(), &now) }
             }
             Acquire::Until(deadline) => {
                 let ts = deadline.to_timespec();
+                // SAFETY: as above.
                 unsafe { sys::pthread::mutex_clocklock_monotonic(self.raw(), &ts) }
             }
         };

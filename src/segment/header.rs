@@ -370,7 +370,8 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
     u64::from_ne_bytes(b[off..off + 8].try_into().expect("8 bytes"))
 }
 
-/// Decodes a full header. Does not judge it (see [`check_identity`]).
+/// Decodes a full header without judging it: opening a segment checks the
+/// integrity, ABI and identity fields afterwards.
 pub fn decode(b: &[u8; HEADER_SIZE]) -> HeaderInfo {
     HeaderInfo {
         format_version: u32_at(b, 8),

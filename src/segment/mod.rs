@@ -53,8 +53,8 @@ const EMPTY_GRACE: Duration = Duration::from_millis(100);
 /// Default permission bits of a new object.
 pub const DEFAULT_MODE: u32 = 0o600;
 
-/// Steps of initialisation, reported to the test hook (see
-/// [`testing`](crate::testing) with the `testing` feature).
+/// Steps of initialisation, reported to the test hook that crash tests use
+/// to kill a creator half-way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum InitStep {

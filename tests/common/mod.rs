@@ -250,11 +250,8 @@ pub struct Child {
 fn pipe() -> (std::fs::File, std::fs::File) {
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for two descriptors.
-    assert_eq!(
-        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) },
-        0,
-        "pipe2"
-    );
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(r, 0, "pipe2");
     // SAFETY: fresh descriptors we own.
     unsafe {
         (
