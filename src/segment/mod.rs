@@ -408,7 +408,8 @@ impl Segment {
                         creator_pid: 0,
                     })
                 }
-                Attach::Replaced => {}
+                Attach::Replaced if Monotonic::now() < deadline => {}
+                Attach::Replaced => return Err(Error::InitTimedOut { name: name.into() }),
                 Attach::Abandoned(pid) => {
                     return Err(Error::AbandonedInit {
                         name: name.into(),
