@@ -48,18 +48,23 @@ pub(crate) mod sealed {
     pub trait Backend: Sized + 'static {
         /// The kind recorded in the header.
         const KIND: LockKind;
+        /// The longest cell name (bytes after the `/`) this backend can
+        /// serve; checked before anything is created.
+        const MAX_NAME: usize = crate::segment::MAX_SHM_NAME;
         /// State kept in the segment (zeroed before `init_shared`).
         type Shared: 'static;
         /// State kept per handle.
         type Local: Send + Sync;
 
-        /// Initialises the shared state of a new segment.
+        /// Initialises the shared state of a new segment `seg` (which is
+        /// still being built: its name and descriptor are valid), and makes
+        /// any companion object the backend needs.
         ///
         /// # Safety
         ///
         /// `p` is valid, aligned and zeroed, and no other process can see
         /// it yet (the creator holds the initialisation lock).
-        unsafe fn init_shared(p: NonNull<Self::Shared>) -> io::Result<()>;
+        unsafe fn init_shared(p: NonNull<Self::Shared>, seg: &Segment) -> io::Result<()>;
 
         /// Builds the per-handle state of a handle to `seg`.
         fn attach(seg: &Segment) -> Result<Self::Local, Error>;

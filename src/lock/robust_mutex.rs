@@ -105,16 +105,20 @@ impl RobustMutex {
     /// lock method.
     #[inline]
     pub(crate) fn acquire(&self, how: Acquire) -> Result<Acquired, RawLockError> {
-        // SAFETY (all three): `self` is an initialised mutex (type
-        // invariant) borrowed for the call, so its memory stays mapped.
+        // `self` is an initialised mutex (type invariant) borrowed for the
+        // call, so its memory stays mapped: that is the SAFETY argument of
+        // all three calls below.
         let ret = match how {
+            // SAFETY: see above.
             Acquire::Block => unsafe { sys::pthread::mutex_lock(self.raw()) },
             Acquire::Try => {
                 let now = Monotonic::now().to_timespec();
+                // SAFETY: see above.
                 unsafe { sys::pthread::mutex_clocklock_monotonic(self.raw(), &now) }
             }
             Acquire::Until(deadline) => {
                 let ts = deadline.to_timespec();
+                // SAFETY: see above.
                 unsafe { sys::pthread::mutex_clocklock_monotonic(self.raw(), &ts) }
             }
         };
@@ -257,7 +261,7 @@ impl Backend for RobustMutex {
     type Shared = RobustMutex;
     type Local = ();
 
-    unsafe fn init_shared(p: NonNull<RobustMutex>) -> io::Result<()> {
+    unsafe fn init_shared(p: NonNull<RobustMutex>, _seg: &Segment) -> io::Result<()> {
         // SAFETY: forwarded from the caller (valid, aligned, unused).
         unsafe { RobustMutex::init(p) }
     }
