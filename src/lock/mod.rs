@@ -6,6 +6,7 @@
 //! held by a forked parent is never released by the child) depend on each
 //! backend's details.
 
+pub(crate) mod named_semaphore;
 pub(crate) mod robust_mutex;
 
 use std::io;
@@ -15,6 +16,7 @@ use crate::error::{Error, RawLockError};
 use crate::segment::{LockKind, Segment};
 use crate::sys::time::Monotonic;
 
+pub use named_semaphore::{NamedSemaphore, SemaphoreError, SemaphoreOptions, MAX_SEM_NAME};
 pub use robust_mutex::{RobustMutex, RobustMutexGuard};
 
 /// How long an acquire may wait.
@@ -106,16 +108,14 @@ pub(crate) mod sealed {
 }
 
 /// A lock that can guard a [`ShmCell`](crate::ShmCell): [`RobustMutex`]
-/// (the default), and the backends added by later releases. Sealed.
+/// (the default), [`NamedSemaphore`], and the backends added by later
+/// releases. Sealed.
 pub trait LockBackend: sealed::Backend {}
 
 /// Removes the objects a cell of lock kind `kind` made besides its segment.
 pub(crate) fn unlink_companions(kind: LockKind, name: &str) -> Result<(), Error> {
     match kind {
         LockKind::RobustMutex | LockKind::FileLock => Ok(()),
-        LockKind::NamedSemaphore => {
-            let _ = name;
-            Ok(())
-        }
+        LockKind::NamedSemaphore => named_semaphore::unlink_cell_semaphore(name),
     }
 }
