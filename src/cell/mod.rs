@@ -112,6 +112,7 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     ///
     /// As [`create`](Self::create).
     pub fn create_with(name: &str, value: T, options: &CreateOptions) -> Result<Self, Error> {
+        Self::check_name(name)?;
         let mut value = Some(value);
         let (mut lock, mut value) = (Self::lock_init(), Self::value_init(&mut value));
         let seg = Segment::create_with(
@@ -126,12 +127,18 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         Self::from_segment(seg)
     }
 
-    fn lock_init() -> impl FnMut(NonNull<u8>) -> std::io::Result<()> {
-        |p: NonNull<u8>| {
+    fn lock_init() -> impl FnMut(NonNull<u8>, &Segment) -> std::io::Result<()> {
+        |p: NonNull<u8>, seg: &Segment| {
             // SAFETY: the segment layout aligns and sizes the lock area for
             // `L::Shared`; it is zeroed and private to the creator.
-            unsafe { L::init_shared(p.cast()) }
+            unsafe { L::init_shared(p.cast(), seg) }
         }
+    }
+
+    /// Refuses a name the backend cannot serve (a named semaphore allows
+    /// fewer bytes than a segment) before anything is created.
+    fn check_name(name: &str) -> Result<(), Error> {
+        crate::segment::name::validate(name, L::MAX_NAME).map(drop)
     }
 
     fn value_init(value: &mut Option<T>) -> impl FnMut(NonNull<u8>) + '_ {
@@ -155,6 +162,7 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     /// [`Error::Corrupted`], [`Error::AbandonedInit`] (its creator died
     /// before finishing), [`Error::InitTimedOut`].
     pub fn open(name: &str) -> Result<Self, Error> {
+        Self::check_name(name)?;
         Self::from_segment(Segment::open(name, &Self::spec())?)
     }
 
@@ -182,6 +190,7 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         value: T,
         options: &CreateOptions,
     ) -> Result<Self, Error> {
+        Self::check_name(name)?;
         let spec = Self::spec();
         let mut value = Some(value);
         let (mut lock, mut value) = (Self::lock_init(), Self::value_init(&mut value));
@@ -234,11 +243,13 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
             Err(e @ (Error::NotFound { .. } | Error::InvalidName { .. })) => return Err(e),
             _ => None,
         };
-        Segment::unlink(name)?;
+        // Companions first: while the segment still exists nobody can
+        // create a new cell of that name, so this never removes the
+        // companion of a newer cell (an opener in between gets NotFound).
         if let Some(kind) = kind {
             crate::lock::unlink_companions(kind, name)?;
         }
-        Ok(())
+        Segment::unlink(name)
     }
 
     fn from_segment(seg: Segment) -> Result<Self, Error> {
@@ -262,7 +273,7 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     }
 
     #[inline]
-    fn shared(&self) -> &L::Shared {
+    pub(crate) fn shared(&self) -> &L::Shared {
         self.shared_of(&self.seg)
     }
 

@@ -6,6 +6,7 @@
 //! held by a forked parent is never released by the child) depend on each
 //! backend's details.
 
+pub(crate) mod named_semaphore;
 pub(crate) mod robust_mutex;
 
 use std::io;
@@ -15,6 +16,7 @@ use crate::error::{Error, RawLockError};
 use crate::segment::{LockKind, Segment};
 use crate::sys::time::Monotonic;
 
+pub use named_semaphore::{NamedSemaphore, SemaphoreError, SemaphoreOptions, MAX_SEM_NAME};
 pub use robust_mutex::{RobustMutex, RobustMutexGuard};
 
 /// How long an acquire may wait.
@@ -48,18 +50,23 @@ pub(crate) mod sealed {
     pub trait Backend: Sized + 'static {
         /// The kind recorded in the header.
         const KIND: LockKind;
+        /// The longest cell name (bytes after the `/`) this backend can
+        /// serve; checked before anything is created.
+        const MAX_NAME: usize = crate::segment::MAX_SHM_NAME;
         /// State kept in the segment (zeroed before `init_shared`).
         type Shared: 'static;
         /// State kept per handle.
         type Local: Send + Sync;
 
-        /// Initialises the shared state of a new segment.
+        /// Initialises the shared state of a new segment `seg` (which is
+        /// still being built: its name and descriptor are valid), and makes
+        /// any companion object the backend needs.
         ///
         /// # Safety
         ///
         /// `p` is valid, aligned and zeroed, and no other process can see
         /// it yet (the creator holds the initialisation lock).
-        unsafe fn init_shared(p: NonNull<Self::Shared>) -> io::Result<()>;
+        unsafe fn init_shared(p: NonNull<Self::Shared>, seg: &Segment) -> io::Result<()>;
 
         /// Builds the per-handle state of a handle to `seg`.
         fn attach(seg: &Segment) -> Result<Self::Local, Error>;
@@ -101,16 +108,14 @@ pub(crate) mod sealed {
 }
 
 /// A lock that can guard a [`ShmCell`](crate::ShmCell): [`RobustMutex`]
-/// (the default), and the backends added by later releases. Sealed.
+/// (the default), [`NamedSemaphore`], and the backends added by later
+/// releases. Sealed.
 pub trait LockBackend: sealed::Backend {}
 
 /// Removes the objects a cell of lock kind `kind` made besides its segment.
 pub(crate) fn unlink_companions(kind: LockKind, name: &str) -> Result<(), Error> {
     match kind {
         LockKind::RobustMutex | LockKind::FileLock => Ok(()),
-        LockKind::NamedSemaphore => {
-            let _ = name;
-            Ok(())
-        }
+        LockKind::NamedSemaphore => named_semaphore::unlink_cell_semaphore(name),
     }
 }

@@ -105,19 +105,21 @@ impl RobustMutex {
     /// lock method.
     #[inline]
     pub(crate) fn acquire(&self, how: Acquire) -> Result<Acquired, RawLockError> {
+        // `self` is an initialised mutex (type invariant) borrowed for the
+        // call, so its memory stays mapped: that is the SAFETY argument of
+        // all three calls below.
         let ret = match how {
-            // SAFETY: `self` is an initialised mutex (type invariant)
-            // borrowed for the call, so its memory stays mapped.
+            // SAFETY: see above.
             Acquire::Block => unsafe { sys::pthread::mutex_lock(self.raw()) },
             Acquire::Try => {
                 // A deadline of now, never pthread_mutex_trylock (module docs).
                 let now = Monotonic::now().to_timespec();
-                // SAFETY: as above.
+                // SAFETY: see above.
                 unsafe { sys::pthread::mutex_clocklock_monotonic(self.raw(), &now) }
             }
             Acquire::Until(deadline) => {
                 let ts = deadline.to_timespec();
-                // SAFETY: as above.
+                // SAFETY: see above.
                 unsafe { sys::pthread::mutex_clocklock_monotonic(self.raw(), &ts) }
             }
         };
@@ -141,8 +143,9 @@ impl RobustMutex {
     ///
     /// The calling thread holds the lock, acquired with `EOWNERDEAD`.
     pub(crate) unsafe fn consistent(&self) {
-        // SAFETY: forwarded from the caller. The only failure (EINVAL: not
-        // inconsistent) cannot happen for a guard that came with EOWNERDEAD.
+        // SAFETY: forwarded from the caller.
+        // The only failure (EINVAL: not inconsistent) cannot happen for a
+        // guard that came with EOWNERDEAD.
         let _ = unsafe { sys::pthread::mutex_consistent(self.raw()) };
     }
 
@@ -262,7 +265,7 @@ impl Backend for RobustMutex {
     type Shared = RobustMutex;
     type Local = ();
 
-    unsafe fn init_shared(p: NonNull<RobustMutex>) -> io::Result<()> {
+    unsafe fn init_shared(p: NonNull<RobustMutex>, _seg: &Segment) -> io::Result<()> {
         // SAFETY: forwarded from the caller (valid, aligned, unused).
         unsafe { RobustMutex::init(p) }
     }

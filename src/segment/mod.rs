@@ -145,9 +145,11 @@ impl CreateOptions {
 
 /// Writes the lock state and then the value of a new segment. Called with
 /// the initialisation lock held; the pointers are valid, aligned, and the
-/// lock area is zeroed.
+/// lock area is zeroed. The lock initialiser also gets the segment being
+/// built (its name and descriptor), for backends that make companion
+/// objects named after it.
 pub(crate) struct Init<'a> {
-    pub(crate) lock: &'a mut dyn FnMut(NonNull<u8>) -> std::io::Result<()>,
+    pub(crate) lock: &'a mut dyn FnMut(NonNull<u8>, &Segment) -> std::io::Result<()>,
     pub(crate) value: &'a mut dyn FnMut(NonNull<u8>),
 }
 
@@ -200,7 +202,7 @@ impl Segment {
             spec,
             options,
             Init {
-                lock: &mut |_| Ok(()),
+                lock: &mut |_, _| Ok(()),
                 value: &mut |_| {},
             },
         )
@@ -351,7 +353,7 @@ impl Segment {
             .state
             .store(STATE_INITIALISING, std::sync::atomic::Ordering::Release);
         init_step(InitStep::HeaderWritten);
-        (init.lock)(seg.lock_ptr()).map_err(|e| Error::io("lock initialisation", e))?;
+        (init.lock)(seg.lock_ptr(), &seg).map_err(|e| Error::io("lock initialisation", e))?;
         init_step(InitStep::LockInitialised);
         (init.value)(seg.value_ptr());
         init_step(InitStep::ValueWritten);

@@ -1,0 +1,153 @@
+//! Named POSIX semaphores: `sem_open(3)` (with and without
+//! `O_CREAT|O_EXCL`), `sem_post(3)`, `sem_wait(3)`, `sem_trywait(3)`,
+//! `sem_clockwait(3)` on `CLOCK_MONOTONIC`, `sem_getvalue(3)`,
+//! `sem_close(3)`, `sem_unlink(3)`, and `chmod(2)` of the file behind one.
+//!
+//! All of them follow the `-1`-and-`errno` convention. glibc keeps a named
+//! semaphore `/NAME` as the file `/dev/shm/sem.NAME` and maps it; `sem_open`
+//! of a name this process has open already returns the same mapping with a
+//! reference count, which `sem_close` decrements.
+
+use std::ffi::CStr;
+use std::io;
+use std::ptr::NonNull;
+
+use super::{cvt, retry_eintr};
+
+extern "C" {
+    // glibc ≥ 2.30 (symbol version GLIBC_2.34 on current releases); not
+    // declared by the `libc` crate.
+    fn sem_clockwait(
+        sem: *mut libc::sem_t,
+        clockid: libc::clockid_t,
+        abstime: *const libc::timespec,
+    ) -> libc::c_int;
+}
+
+/// An open named semaphore: the mapping `sem_open` returned. Closed
+/// (`sem_close`) on drop; never unlinks the name.
+#[derive(Debug)]
+pub(crate) struct SemHandle(NonNull<libc::sem_t>);
+
+// SAFETY: a `sem_t` from `sem_open` is process-shared by design and every
+// operation on it is thread-safe; the handle has no thread affinity.
+unsafe impl Send for SemHandle {}
+// SAFETY: as above; all operations take the semaphore by shared pointer.
+unsafe impl Sync for SemHandle {}
+
+impl SemHandle {
+    fn raw(&self) -> *mut libc::sem_t {
+        self.0.as_ptr()
+    }
+}
+
+impl Drop for SemHandle {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from a successful sem_open and is closed
+        // exactly once, here.
+        unsafe { libc::sem_close(self.raw()) };
+    }
+}
+
+fn from_sem_open(p: *mut libc::sem_t) -> io::Result<SemHandle> {
+    if p == libc::SEM_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    NonNull::new(p)
+        .map(SemHandle)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// `sem_open(name, 0)`: opens an existing semaphore, never creates one.
+pub(crate) fn sem_open_existing(name: &CStr) -> io::Result<SemHandle> {
+    // SAFETY: `name` is NUL-terminated; without O_CREAT no variadic
+    // arguments are read.
+    from_sem_open(unsafe { libc::sem_open(name.as_ptr(), 0) })
+}
+
+/// `sem_open(name, O_CREAT|O_EXCL, mode, value)`: creates a new semaphore
+/// (`EEXIST` if the name is taken). The mode is filtered by the umask; see
+/// [`sem_chmod`].
+pub(crate) fn sem_create_excl(name: &CStr, mode: u32, value: u32) -> io::Result<SemHandle> {
+    // SAFETY: `name` is NUL-terminated; with O_CREAT, sem_open reads a
+    // mode_t (promoted to unsigned int) and an unsigned int value.
+    from_sem_open(unsafe {
+        libc::sem_open(
+            name.as_ptr(),
+            libc::O_CREAT | libc::O_EXCL,
+            mode as libc::c_uint,
+            value as libc::c_uint,
+        )
+    })
+}
+
+/// `sem_post(3)`. `EOVERFLOW` when the value would exceed `SEM_VALUE_MAX`.
+pub(crate) fn sem_post(sem: &SemHandle) -> io::Result<()> {
+    // SAFETY: the handle holds an open semaphore.
+    cvt(unsafe { libc::sem_post(sem.raw()) })?;
+    Ok(())
+}
+
+/// `sem_wait(3)`, retried on `EINTR`.
+pub(crate) fn sem_wait(sem: &SemHandle) -> io::Result<()> {
+    // SAFETY: the handle holds an open semaphore.
+    retry_eintr(|| cvt(unsafe { libc::sem_wait(sem.raw()) }))?;
+    Ok(())
+}
+
+/// `sem_trywait(3)`: `Ok(false)` when the value is zero (`EAGAIN`).
+pub(crate) fn sem_trywait(sem: &SemHandle) -> io::Result<bool> {
+    // SAFETY: the handle holds an open semaphore.
+    match retry_eintr(|| cvt(unsafe { libc::sem_trywait(sem.raw()) })) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `sem_clockwait(sem, CLOCK_MONOTONIC, abstime)`: `Ok(false)` once the
+/// absolute deadline has passed (`ETIMEDOUT`). `EINTR` is retried with the
+/// same absolute deadline, so a signal neither ends the wait early nor
+/// extends it.
+pub(crate) fn sem_clockwait_monotonic(
+    sem: &SemHandle,
+    abstime: &libc::timespec,
+) -> io::Result<bool> {
+    // SAFETY: the handle holds an open semaphore; `abstime` is a valid,
+    // normalised timespec for the call.
+    match retry_eintr(|| cvt(unsafe { sem_clockwait(sem.raw(), libc::CLOCK_MONOTONIC, abstime) })) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ETIMEDOUT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `sem_getvalue(3)`: the current value (never negative on Linux).
+pub(crate) fn sem_getvalue(sem: &SemHandle) -> io::Result<u32> {
+    let mut v: libc::c_int = 0;
+    // SAFETY: the handle holds an open semaphore; `v` is a valid out-pointer.
+    cvt(unsafe { libc::sem_getvalue(sem.raw(), &mut v) })?;
+    Ok(v.max(0) as u32)
+}
+
+/// `sem_unlink(3)`: removes the name; handles open elsewhere keep working.
+pub(crate) fn sem_unlink(name: &CStr) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated.
+    cvt(unsafe { libc::sem_unlink(name.as_ptr()) })?;
+    Ok(())
+}
+
+/// `chmod(2)` of the file behind a named semaphore (`path` is
+/// `/dev/shm/sem.NAME`).
+///
+/// glibc builds a new semaphore in a temporary file and `link`s it into
+/// place, so no descriptor of the final file is ever handed out and
+/// `fchmod` is impossible. Changing the mode by path right after an
+/// exclusive create is the equivalent: the file was just made by this
+/// process, and `/dev/shm` is sticky, so only this user (or root) could
+/// have replaced it in between.
+pub(crate) fn sem_chmod(path: &CStr, mode: u32) -> io::Result<()> {
+    // SAFETY: `path` is NUL-terminated.
+    cvt(unsafe { libc::chmod(path.as_ptr(), mode as libc::mode_t) })?;
+    Ok(())
+}
