@@ -16,7 +16,8 @@
 //! * One errno mapping ([`map_acquire`]) serves `lock`, `try_lock` and the
 //!   timed lock: a path that forgot `EOWNERDEAD` would leave its caller
 //!   holding a lock with no guard.
-//! * `try_lock` is `pthread_mutex_clocklock` with a deadline of now, never
+//! * `try_lock` is `pthread_mutex_clocklock` with a deadline that has
+//!   passed (`tv_sec = -1`, see [`EXPIRED`]), never
 //!   `pthread_mutex_trylock`: glibc 2.36's trylock on a not-recoverable
 //!   robust mutex leaves the caller's tid in the lock word, wedging it.
 //! * Timed locks use `CLOCK_MONOTONIC`.
@@ -60,6 +61,16 @@ pub struct RobustMutex {
 unsafe impl Sync for RobustMutex {}
 // SAFETY: as above; the value has no thread affinity while unlocked.
 unsafe impl Send for RobustMutex {}
+
+/// A deadline that has always passed. glibc's robust clocklock still tries
+/// the lock word and reports `EOWNERDEAD` / `ENOTRECOVERABLE` / `EDEADLK`,
+/// but answers `ETIMEDOUT` for a held lock *without* entering the kernel
+/// when `tv_sec < 0` (a deadline of "now" made the kernel arm a timer: about
+/// 80 µs per failed try, measured).
+const EXPIRED: libc::timespec = libc::timespec {
+    tv_sec: -1,
+    tv_nsec: 0,
+};
 
 /// The one errno mapping of every acquire path.
 #[inline]
@@ -112,13 +123,20 @@ impl RobustMutex {
             // SAFETY: see above.
             Acquire::Block => unsafe { sys::pthread::mutex_lock(self.raw()) },
             Acquire::Try => {
-                // A deadline of now, never pthread_mutex_trylock (module docs).
-                let now = Monotonic::now().to_timespec();
+                // A deadline that has passed, never pthread_mutex_trylock
+                // (module docs).
                 // SAFETY: see above.
-                unsafe { sys::pthread::mutex_clocklock_monotonic(self.raw(), &now) }
+                unsafe { sys::pthread::mutex_clocklock_monotonic(self.raw(), &EXPIRED) }
             }
             Acquire::Until(deadline) => {
-                let ts = deadline.to_timespec();
+                // An expired deadline goes the same way as `Try`: asking the
+                // kernel to wait until a past time costs a timer interrupt
+                // (~80 µs with the default timer slack) for nothing.
+                let ts = if deadline <= Monotonic::now() {
+                    EXPIRED
+                } else {
+                    deadline.to_timespec()
+                };
                 // SAFETY: see above.
                 unsafe { sys::pthread::mutex_clocklock_monotonic(self.raw(), &ts) }
             }
