@@ -109,7 +109,7 @@ pub enum Error {
     },
 
     /// Any other operating-system error, with the operation that failed.
-    #[error("{op} failed")]
+    #[error("{op} failed: {source}")]
     Io {
         /// The operation (usually the system call) that failed.
         op: &'static str,
@@ -122,7 +122,7 @@ pub enum Error {
 impl Error {
     /// Maps the error of an operation on the object called `name` to the
     /// typed variants (`ENOENT`, `EEXIST`, `EACCES`/`EPERM`,
-    /// `ENAMETOOLONG`/`EINVAL`), everything else to [`Error::Io`].
+    /// `ENAMETOOLONG`), everything else to [`Error::Io`].
     pub(crate) fn from_io(op: &'static str, name: &str, err: io::Error) -> Error {
         match err.raw_os_error() {
             Some(libc::ENOENT) => Error::NotFound { name: name.into() },

@@ -47,7 +47,10 @@
 //!   `Initialising`; [`ShmCell::open`] reports [`Error::AbandonedInit`] and
 //!   [`ShmCell::open_or_create`] takes it over safely.
 //! * Short, foreign, damaged or other-type objects are refused with a
-//!   distinct [`Error`] *before* anything is mapped — never `SIGBUS`.
+//!   distinct [`Error`] *before* anything is mapped, so opening one never
+//!   raises `SIGBUS`. (A process with write access that later *shrinks* a
+//!   segment under its attachers can still make their accesses fault: POSIX
+//!   shared memory cannot be sealed against that.)
 //!
 //! ## Layers
 //!

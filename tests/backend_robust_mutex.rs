@@ -15,16 +15,16 @@ fn main() {
         ("thread_exit_while_holding", thread_exit_while_holding),
         ("exec_while_holding", exec_while_holding),
         (
-            "fork_with_guard_does_not_unlock",
-            fork_with_guard_does_not_unlock,
-        ),
-        (
             "forgotten_guard_and_dropped_handle",
             forgotten_guard_and_dropped_handle,
         ),
         (
             "relock_same_thread_is_deadlock",
             relock_same_thread_is_deadlock,
+        ),
+        (
+            "dropping_other_handles_while_held_leaks_nothing",
+            dropping_other_handles_while_held_leaks_nothing,
         ),
     ];
     let all: Vec<_> = suite.into_iter().chain(own).collect();
@@ -91,39 +91,6 @@ fn exec_while_holding() {
     child.kill();
 }
 
-/// A process forked while its parent holds a guard drops its copy: the lock
-/// stays held by the parent.
-fn fork_with_guard_does_not_unlock() {
-    let name = TestName::new("fork");
-    let cell = ShmCell::<Ledger>::create(name.as_str(), ledger()).unwrap();
-    let guard = cell.lock().unwrap();
-    let (guard_ref, cell_ref) = (&guard, &cell);
-    let mut child = Child::spawn(move |_| {
-        // SAFETY: the child owns a copy of the parent's memory; dropping
-        // its copy of the guard is what unwinding through the frame would do.
-        drop(unsafe { std::ptr::read(guard_ref) });
-        // Still held by the parent's thread.
-        assert_eq!(
-            cell_ref.try_lock().err().map(|e| e.kind()),
-            Some("WouldBlock")
-        );
-    });
-    child.join();
-    let n = name.0.clone();
-    Child::spawn(move |_| {
-        let c = ShmCell::<Ledger>::open(&n).unwrap();
-        assert_eq!(c.try_lock().err().map(|e| e.kind()), Some("WouldBlock"));
-    })
-    .join();
-    drop(guard);
-    let n = name.0.clone();
-    Child::spawn(move |_| {
-        let c = ShmCell::<Ledger>::open(&n).unwrap();
-        assert!(c.try_lock().is_ok());
-    })
-    .join();
-}
-
 /// `mem::forget(guard)` then dropping the handle must not unmap the held
 /// mutex: when the process dies, the next locker gets OwnerDied, not a hang.
 fn forgotten_guard_and_dropped_handle() {
@@ -155,6 +122,7 @@ fn relock_same_thread_is_deadlock() {
     let cell = ShmCell::<Ledger>::create(name.as_str(), ledger()).unwrap();
     let g = cell.lock().unwrap();
     assert_eq!(cell.lock().err().map(|e| e.kind()), Some("Deadlock"));
+    assert_eq!(cell.try_lock().err().map(|e| e.kind()), Some("Deadlock"));
     assert_eq!(
         cell.lock_timeout(Duration::from_millis(10))
             .err()
@@ -163,4 +131,44 @@ fn relock_same_thread_is_deadlock() {
     );
     drop(g);
     assert!(cell.try_lock().is_ok());
+}
+
+fn fd_and_map_counts() -> (usize, usize) {
+    let fds = std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let maps = std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("shmsync-t-"))
+        .count();
+    (fds, maps)
+}
+
+/// A forgotten-guard leak must be precise: handles dropped while *another*
+/// handle of this process holds the lock are unmapped and closed.
+fn dropping_other_handles_while_held_leaks_nothing() {
+    let name = TestName::new("noleak");
+    let cell = ShmCell::<Ledger>::create(name.as_str(), ledger()).unwrap();
+    let guard = cell.lock().unwrap();
+    let before = fd_and_map_counts();
+    for _ in 0..100 {
+        let other = ShmCell::<Ledger>::open(name.as_str()).unwrap();
+        assert_eq!(other.try_lock().err().map(|e| e.kind()), Some("Deadlock"));
+        drop(other);
+    }
+    assert_eq!(
+        fd_and_map_counts(),
+        before,
+        "dropped handles leaked fds or mappings"
+    );
+    drop(guard);
+    // And the deliberate leak: a forgotten guard keeps its handle's mapping.
+    let other = ShmCell::<Ledger>::open(name.as_str()).unwrap();
+    std::mem::forget(other.lock().unwrap());
+    drop(other);
+    let after = fd_and_map_counts();
+    assert_eq!(
+        (after.0, after.1),
+        (before.0 + 1, before.1 + 1),
+        "a forgotten guard's mapping must stay"
+    );
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{Child, TestName};
 use shmsync::segment::{InitStep, LockKind};
-use shmsync::{CreateOptions, Error, LockError, Segment, ShmCell, ShmSafe};
+use shmsync::{CreateOptions, Error, Segment, ShmCell, ShmSafe};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[repr(C)]
@@ -86,6 +86,19 @@ fn main() {
             "attach_lock_tracks_live_handles",
             attach_lock_tracks_live_handles,
         ),
+        (
+            "creator_descheduled_before_its_lock",
+            creator_descheduled_before_its_lock,
+        ),
+        (
+            "zero_filled_foreign_object_is_never_taken_over",
+            zero_filled_foreign_object_is_never_taken_over,
+        ),
+        (
+            "unlink_refuses_foreign_objects",
+            unlink_refuses_foreign_objects,
+        ),
+        ("io_errors_show_the_os_error", io_errors_show_the_os_error),
     ]);
 }
 
@@ -162,12 +175,35 @@ fn other_value_type() {
     );
 }
 
+/// A standalone segment's lock is the user's (`External`): `ShmCell`
+/// refuses it (its zeroed mutex would be neither robust nor shared), and a
+/// standalone segment cannot claim a managed lock kind it did not
+/// initialise.
 fn other_lock_kind() {
     let name = TestName::new("kind");
     let mut spec = ShmCell::<Rec>::spec();
-    spec.lock_kind = LockKind::FileLock;
+    for managed in [
+        LockKind::RobustMutex,
+        LockKind::FileLock,
+        LockKind::NamedSemaphore,
+    ] {
+        spec.lock_kind = managed;
+        assert!(matches!(
+            Segment::create(name.as_str(), &spec, &CreateOptions::new()),
+            Err(Error::Unsupported { .. })
+        ));
+        assert!(matches!(
+            ShmCell::<Rec>::open(name.as_str()),
+            Err(Error::NotFound { .. })
+        ));
+    }
+    spec.lock_kind = LockKind::External;
     let _seg = Segment::create(name.as_str(), &spec, &CreateOptions::new()).unwrap();
     expect_incompatible(ShmCell::<Rec>::open(name.as_str()), "lock_kind");
+    expect_incompatible(
+        ShmCell::<Rec>::open_or_create(name.as_str(), REC),
+        "lock_kind",
+    );
 }
 
 fn other_format_version() {
@@ -305,13 +341,11 @@ fn corrupt_every_header_byte() {
                 continue;
             }
             f.write_at(&[val], off).unwrap();
-            let before = (ok, refused);
             match ShmCell::<Rec>::open(name.as_str()) {
                 Ok(_) => ok += 1,
                 Err(_) => refused += 1,
             }
             check_corrupted_open(&name, &reference, &format!("byte {off} = {val:#x}"));
-            assert_ne!(before, (ok, refused));
             f.write_at(&[orig], off).unwrap();
         }
     }
@@ -473,7 +507,8 @@ fn creator_killed_at_each_init_step() {
             }
             Err(Error::AbandonedInit { creator_pid, .. }) => {
                 assert!(!published, "{step:?}");
-                let written = !matches!(step, InitStep::Created | InitStep::Sized);
+                let written =
+                    !matches!(step, InitStep::Opened | InitStep::Created | InitStep::Sized);
                 assert_eq!(
                     creator_pid == creator.pid,
                     written,
@@ -499,7 +534,10 @@ fn racing_takeover_of_abandoned_init() {
     let name = TestName::new("race");
     let n = name.0.clone();
     let mut creator = Child::spawn(move |_| {
-        KILL_AT.store(2, Ordering::SeqCst); // HeaderWritten
+        let at = InitStep::ALL
+            .iter()
+            .position(|s| *s == InitStep::HeaderWritten);
+        KILL_AT.store(at.unwrap() as u8, Ordering::SeqCst);
         shmsync::segment::set_init_hook(Some(kill_at_step));
         let _ = ShmCell::<Rec>::create(&n, REC);
     });
@@ -514,7 +552,10 @@ fn racing_takeover_of_abandoned_init() {
             let mut c = Child::spawn(move |ctx| {
                 ctx.reached_and_wait(b'R');
                 let c = ShmCell::<Rec>::open_or_create(&n, Rec { x: k, y: [0; 6] }).unwrap();
-                let x = c.lock().unwrap().x;
+                let mut g = c.lock().unwrap();
+                g.y[5] += 1; // lost if this racer got a segment nobody else sees
+                let x = g.x;
+                drop(g);
                 std::process::exit(x as i32 + 10);
             });
             assert_eq!(c.expect_reached(), b'R');
@@ -532,6 +573,13 @@ fn racing_takeover_of_abandoned_init() {
         seen.iter().all(|&s| s == seen[0] && (11..=14).contains(&s)),
         "racers disagree: {seen:?}"
     );
+    let later = ShmCell::<Rec>::open(name.as_str()).unwrap();
+    let g = later.lock().unwrap();
+    assert_eq!(
+        (g.x as i32 + 10, g.y[5]),
+        (seen[0], 4),
+        "a racer wrote to a segment the name does not reach"
+    );
 }
 
 /// Racing open_or_create on a fresh name: one creates, all agree.
@@ -544,7 +592,10 @@ fn racing_open_or_create() {
                 let mut c = Child::spawn(move |ctx| {
                     ctx.reached_and_wait(b'R');
                     let c = ShmCell::<Rec>::open_or_create(&n, Rec { x: k, y: [0; 6] }).unwrap();
-                    let x = c.lock().unwrap().x;
+                    let mut g = c.lock().unwrap();
+                    g.y[5] += 1;
+                    let x = g.x;
+                    drop(g);
                     std::process::exit(x as i32 + 10);
                 });
                 assert_eq!(c.expect_reached(), b'R');
@@ -562,11 +613,22 @@ fn racing_open_or_create() {
             seen.iter().all(|&s| s == seen[0] && (11..=14).contains(&s)),
             "racers disagree: {seen:?}"
         );
+        let later = ShmCell::<Rec>::open(name.as_str()).unwrap();
+        let g = later.lock().unwrap();
+        assert_eq!(
+            (g.x as i32 + 10, g.y[5]),
+            (seen[0], 4),
+            "a racer wrote to a segment the name does not reach"
+        );
     }
 }
 
-fn pause_at_header(step: InitStep) {
-    if step == InitStep::HeaderWritten {
+static PAUSE_AT: AtomicU8 = AtomicU8::new(u8::MAX);
+
+fn pause_at_step(step: InitStep) {
+    if InitStep::ALL.iter().position(|s| *s == step)
+        == Some(PAUSE_AT.load(Ordering::SeqCst) as usize)
+    {
         let fd = PAUSE_FD.load(Ordering::SeqCst);
         let mut b = [0u8; 1];
         // SAFETY: `fd` is the child's inherited pipe; block until the
@@ -575,8 +637,9 @@ fn pause_at_header(step: InitStep) {
     }
 }
 
-/// A creator paused mid-initialisation: an opener waits for it and then
-/// sees the whole value (never a half-built one).
+/// A creator paused mid-initialisation: `open` reports `InitTimedOut` after
+/// its bounded wait, and an opener running across the release sees the
+/// whole value (never a half-built one).
 fn open_waits_for_live_creator() {
     let name = TestName::new("wait");
     let (r, w) = {
@@ -588,7 +651,8 @@ fn open_waits_for_live_creator() {
     let n = name.0.clone();
     let mut creator = Child::spawn(move |ctx| {
         PAUSE_FD.store(r, Ordering::SeqCst);
-        shmsync::segment::set_init_hook(Some(pause_at_header));
+        PAUSE_AT.store(step_index(InitStep::HeaderWritten), Ordering::SeqCst);
+        shmsync::segment::set_init_hook(Some(pause_at_step));
         ctx.reached(b'C');
         ShmCell::<Rec>::create(&n, REC).unwrap();
     });
@@ -605,6 +669,12 @@ fn open_waits_for_live_creator() {
         assert_eq!(*c.lock().unwrap(), REC);
     });
     assert_eq!(opener.expect_reached(), b'O');
+    // Deterministic: while the creator is paused, an open here waits its
+    // bounded time and reports the live initialisation.
+    assert!(matches!(
+        ShmCell::<Rec>::open(name.as_str()),
+        Err(Error::InitTimedOut { .. })
+    ));
     // Release the creator (one byte on the pipe it blocks on).
     // SAFETY: writing one byte to our pipe.
     assert_eq!(unsafe { libc::write(w, [1u8].as_ptr().cast(), 1) }, 1);
@@ -656,5 +726,114 @@ fn attach_lock_tracks_live_handles() {
         ofd_write_lock_free(&name.path()),
         "the killed attacher's lock is gone"
     );
-    let _ = LockError::<()>::WouldBlock;
+}
+
+fn step_index(step: InitStep) -> u8 {
+    InitStep::ALL.iter().position(|s| *s == step).unwrap() as u8
+}
+
+/// A creator descheduled between its exclusive create and its lock for
+/// longer than an opener's grace: another process takes the empty object
+/// over. The slow creator must then neither initialise nor unlink it: one
+/// segment, one value, reachable by name.
+fn creator_descheduled_before_its_lock() {
+    let name = TestName::new("desched");
+    let (r, w) = {
+        let mut fds = [0; 2];
+        // SAFETY: room for two fds.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        (fds[0], fds[1])
+    };
+    let n = name.0.clone();
+    let mut slow = Child::spawn(move |ctx| {
+        PAUSE_FD.store(r, Ordering::SeqCst);
+        PAUSE_AT.store(step_index(InitStep::Opened), Ordering::SeqCst);
+        shmsync::segment::set_init_hook(Some(pause_at_step));
+        ctx.reached(b'C');
+        // Paused at Opened until the parent writes to the pipe.
+        assert!(matches!(
+            ShmCell::<Rec>::create(&n, REC),
+            Err(Error::AlreadyExists { .. })
+        ));
+        let c = ShmCell::<Rec>::open_or_create(&n, REC).unwrap();
+        let mut g = c.lock().unwrap();
+        assert_eq!(g.x, 77, "the slow creator sees the taker's value");
+        g.y[0] += 1;
+    });
+    assert_eq!(slow.expect_reached(), b'C');
+    // The object exists, empty and unlocked: wait (bounded) until it shows.
+    let deadline = std::time::Instant::now() + common::BOUND;
+    while std::fs::metadata(name.path()).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "creator never created"
+        );
+        std::thread::yield_now();
+    }
+    let taker = ShmCell::<Rec>::open_or_create(name.as_str(), Rec { x: 77, y: [0; 6] }).unwrap();
+    assert_eq!(taker.lock().unwrap().x, 77);
+    // SAFETY: one byte to our pipe releases the slow creator.
+    assert_eq!(unsafe { libc::write(w, [1u8].as_ptr().cast(), 1) }, 1);
+    slow.join();
+    assert_eq!(
+        taker.lock().unwrap().y[0],
+        1,
+        "the slow creator wrote to the same segment"
+    );
+    let later = ShmCell::<Rec>::open(name.as_str()).unwrap();
+    assert_eq!(
+        *later.lock().unwrap(),
+        Rec {
+            x: 77,
+            y: [1, 0, 0, 0, 0, 0]
+        }
+    );
+    // SAFETY: closing our pipe ends.
+    unsafe {
+        libc::close(r);
+        libc::close(w);
+    }
+}
+
+/// An all-zero object (another program's fresh `ftruncate`) is foreign:
+/// refused and never overwritten, whatever its size — unless it has
+/// exactly the size our own creator gives a segment of this type before
+/// writing the header.
+fn zero_filled_foreign_object_is_never_taken_over() {
+    let name = TestName::new("zeros");
+    let size = 4096; // not the 328 bytes of a Rec segment
+    write_object(&name, &vec![0u8; size]);
+    expect_incompatible(ShmCell::<Rec>::open(name.as_str()), "magic");
+    expect_incompatible(ShmCell::<Rec>::open_or_create(name.as_str(), REC), "magic");
+    assert_eq!(std::fs::read(name.path()).unwrap(), vec![0u8; size]);
+}
+
+fn unlink_refuses_foreign_objects() {
+    let name = TestName::new("foreign");
+    write_object(&name, &[0x5a; 4096]);
+    expect_incompatible(ShmCell::<Rec>::unlink(name.as_str()), "magic");
+    assert!(
+        std::fs::metadata(name.path()).is_ok(),
+        "a foreign object was removed"
+    );
+    write_object(&name, b"abc");
+    assert!(matches!(
+        ShmCell::<Rec>::unlink(name.as_str()),
+        Err(Error::TooSmall { .. })
+    ));
+    // The explicit, unconditional removal.
+    Segment::unlink(name.as_str()).unwrap();
+    assert!(std::fs::metadata(name.path()).is_err());
+}
+
+fn io_errors_show_the_os_error() {
+    let e = Error::Io {
+        op: "posix_fallocate",
+        source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+    };
+    let text = e.to_string();
+    assert!(
+        text.contains("posix_fallocate") && text.contains("No space left"),
+        "{text}"
+    );
 }

@@ -31,6 +31,7 @@ pub struct ShmGuard<'a, T: ShmSafe, L: LockBackend = RobustMutex> {
 impl<'a, T: ShmSafe, L: LockBackend> ShmGuard<'a, T, L> {
     #[inline]
     pub(crate) fn new(cell: &'a ShmCell<T, L>, owner_died: bool) -> Self {
+        cell.set_held(true);
         ShmGuard {
             cell,
             fork_gen: sys::proc::fork_generation(),
@@ -86,6 +87,7 @@ impl<T: ShmSafe, L: LockBackend> Drop for ShmGuard<'_, T, L> {
     #[inline]
     fn drop(&mut self) {
         if self.fork_gen == sys::proc::fork_generation() {
+            self.cell.set_held(false);
             // SAFETY: this thread holds the lock through this guard.
             unsafe { self.cell.release(!self.inconsistent.get()) };
         }

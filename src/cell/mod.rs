@@ -6,11 +6,12 @@ mod guard;
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::error::{Error, LockError};
 use crate::lock::{Acquire, Acquired, LockBackend, RobustMutex};
-use crate::segment::{CreateOptions, HeaderInfo, Init, Segment, SegmentSpec};
+use crate::segment::{header, CreateOptions, HeaderInfo, Init, Segment, SegmentSpec};
 use crate::shm_safe::ShmSafe;
 use crate::sys;
 use crate::sys::time::Monotonic;
@@ -70,6 +71,11 @@ const OPEN_OR_CREATE_ATTEMPTS: u32 = 64;
 pub struct ShmCell<T: ShmSafe, L: LockBackend = RobustMutex> {
     seg: ManuallyDrop<Segment>,
     local: L::Local,
+    /// Whether a guard of *this handle* holds the lock. Written only by the
+    /// thread holding the lock (set after acquiring, cleared before
+    /// releasing), so plain relaxed stores suffice — no read-modify-write
+    /// on the lock path. Read on drop: a forgotten guard leaves it set.
+    held: AtomicBool,
     _value: PhantomData<T>,
 }
 
@@ -113,8 +119,8 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     /// As [`create`](Self::create).
     pub fn create_with(name: &str, value: T, options: &CreateOptions) -> Result<Self, Error> {
         Self::check_name(name)?;
-        let mut value = Some(value);
-        let (mut lock, mut value) = (Self::lock_init(), Self::value_init(&mut value));
+        let value = ManuallyDrop::new(value);
+        let (mut lock, mut value) = (Self::lock_init(), Self::value_init(&value));
         let seg = Segment::create_with(
             name,
             &Self::spec(),
@@ -141,14 +147,17 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         crate::segment::name::validate(name, L::MAX_NAME).map(drop)
     }
 
-    fn value_init(value: &mut Option<T>) -> impl FnMut(NonNull<u8>) + '_ {
+    /// Writes a bitwise copy of `value` each time it is called, so that an
+    /// attempt that fails after writing (and a retry or take-over after it)
+    /// still has the caller's value. The value is never dropped: the copy
+    /// in shared memory is the value (`ShmSafe` types carry no resources).
+    fn value_init(value: &ManuallyDrop<T>) -> impl FnMut(NonNull<u8>) + '_ {
         move |p: NonNull<u8>| {
-            if let Some(v) = value.take() {
-                // SAFETY: the value area is aligned and sized for `T` and
-                // private to the creator; `ptr::write` does not drop the
-                // (zeroed) old contents.
-                unsafe { p.cast::<T>().as_ptr().write(v) };
-            }
+            // SAFETY: the value area is aligned and sized for `T` and
+            // private to the creator; copying does not drop the (zeroed) old
+            // contents, and `value` is never dropped, so no copy is dropped
+            // twice.
+            unsafe { std::ptr::copy_nonoverlapping::<T>(&**value, p.cast::<T>().as_ptr(), 1) };
         }
     }
 
@@ -192,8 +201,8 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     ) -> Result<Self, Error> {
         Self::check_name(name)?;
         let spec = Self::spec();
-        let mut value = Some(value);
-        let (mut lock, mut value) = (Self::lock_init(), Self::value_init(&mut value));
+        let value = ManuallyDrop::new(value);
+        let (mut lock, mut value) = (Self::lock_init(), Self::value_init(&value));
         let mut last = None;
         for _ in 0..OPEN_OR_CREATE_ATTEMPTS {
             match Segment::create_with(
@@ -214,6 +223,7 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
                     if let Some(seg) = Segment::take_over_abandoned(
                         name,
                         &spec,
+                        options,
                         Init {
                             lock: &mut lock,
                             value: &mut value,
@@ -233,14 +243,31 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     /// (which depend on the lock kind recorded in its header, whatever `L`
     /// is). Processes attached keep their mappings.
     ///
+    /// An object that was not made by shmsync is refused, not removed; use
+    /// [`Segment::unlink`] to remove any name unconditionally.
+    ///
     /// # Errors
     ///
     /// [`Error::InvalidName`], [`Error::NotFound`],
-    /// [`Error::PermissionDenied`], [`Error::Io`].
+    /// [`Error::PermissionDenied`], [`Error::Incompatible`] (`magic`: a
+    /// foreign object) or [`Error::TooSmall`] for an object that is not a
+    /// cell, [`Error::Io`].
     pub fn unlink(name: &str) -> Result<(), Error> {
         let kind = match crate::segment::peek(name) {
             Ok((_, Some(info))) => info.lock_kind(),
+            Ok((size, None)) if size > 0 => {
+                // Shorter than a header and not empty: not a cell.
+                return Err(Error::TooSmall {
+                    size,
+                    needed: header::HEADER_SIZE as u64,
+                });
+            }
+            // Not made by shmsync: refuse to remove someone else's object
+            // (`Segment::unlink` removes a name unconditionally).
+            Err(e @ Error::Incompatible { field: "magic", .. }) => return Err(e),
             Err(e @ (Error::NotFound { .. } | Error::InvalidName { .. })) => return Err(e),
+            // Empty (a creator that died at once), unreadable, or another
+            // format version: remove the name.
             _ => None,
         };
         // Companions first: while the segment still exists nobody can
@@ -258,6 +285,7 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         Ok(ShmCell {
             seg: ManuallyDrop::new(seg),
             local,
+            held: AtomicBool::new(false),
             _value: PhantomData,
         })
     }
@@ -326,6 +354,12 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         self.acquire(Acquire::Until(Monotonic::now().after(timeout)))
     }
 
+    /// Records whether a guard of this handle holds the lock (see `held`).
+    #[inline]
+    pub(crate) fn set_held(&self, held: bool) {
+        self.held.store(held, Ordering::Relaxed);
+    }
+
     #[inline]
     pub(crate) fn acquire(
         &self,
@@ -360,9 +394,10 @@ impl<T: ShmSafe, L: LockBackend> Drop for ShmCell<T, L> {
     fn drop(&mut self) {
         // SAFETY: `seg` is taken exactly once, here, and not used after.
         let seg = unsafe { ManuallyDrop::take(&mut self.seg) };
-        if L::held_by_this_process(self.shared_of(&seg), &self.local) {
-            // A guard was forgotten: unmapping would let the lock's memory
-            // vanish under the kernel's robust list. Keep it (leak).
+        if self.held.load(Ordering::Relaxed) {
+            // A guard of this handle was forgotten and still holds the lock:
+            // unmapping would let the lock's memory vanish under the
+            // kernel's robust list. Keep the mapping (and fd): leak them.
             seg.leak();
         }
     }

@@ -99,11 +99,6 @@ pub(crate) mod sealed {
         ///
         /// The calling thread holds the lock, acquired with `OwnerDied`.
         unsafe fn make_consistent(shared: &Self::Shared, local: &Self::Local, seg: &Segment);
-
-        /// Whether some thread of this process holds the lock now (checked
-        /// when a handle is dropped: a lock still held — a forgotten guard —
-        /// must not have its memory unmapped).
-        fn held_by_this_process(shared: &Self::Shared, local: &Self::Local) -> bool;
     }
 }
 
@@ -115,7 +110,7 @@ pub trait LockBackend: sealed::Backend {}
 /// Removes the objects a cell of lock kind `kind` made besides its segment.
 pub(crate) fn unlink_companions(kind: LockKind, name: &str) -> Result<(), Error> {
     match kind {
-        LockKind::RobustMutex | LockKind::FileLock => Ok(()),
+        LockKind::RobustMutex | LockKind::FileLock | LockKind::External => Ok(()),
         LockKind::NamedSemaphore => named_semaphore::unlink_cell_semaphore(name),
     }
 }

@@ -732,10 +732,6 @@ impl Backend for NamedSemaphore {
     unsafe fn make_consistent(shared: &SemLockState, _: &SemLocal, _: &Segment) {
         shared.state.store(CONSISTENT, Ordering::Relaxed);
     }
-
-    fn held_by_this_process(shared: &SemLockState, _: &SemLocal) -> bool {
-        shared.holder.load(Ordering::Relaxed) == own_identity()
-    }
 }
 
 impl LockBackend for NamedSemaphore {}

@@ -313,10 +313,6 @@ impl Backend for RobustMutex {
         // SAFETY: forwarded from the caller.
         unsafe { shared.consistent() }
     }
-
-    fn held_by_this_process(shared: &RobustMutex, _: &()) -> bool {
-        sys::proc::is_own_thread(shared.owner_tid())
-    }
 }
 
 impl LockBackend for RobustMutex {}

@@ -118,6 +118,9 @@ pub enum LockKind {
     FileLock,
     /// A named POSIX semaphore `sem.NAME`, with a holder record.
     NamedSemaphore,
+    /// No lock managed by shmsync: the lock area belongs to the user of a
+    /// standalone [`Segment`](crate::Segment) (a `ShmCell` refuses it).
+    External,
 }
 
 impl LockKind {
@@ -127,6 +130,7 @@ impl LockKind {
             LockKind::RobustMutex => 1,
             LockKind::FileLock => 2,
             LockKind::NamedSemaphore => 3,
+            LockKind::External => 4,
         }
     }
 
@@ -136,6 +140,7 @@ impl LockKind {
             1 => Some(LockKind::RobustMutex),
             2 => Some(LockKind::FileLock),
             3 => Some(LockKind::NamedSemaphore),
+            4 => Some(LockKind::External),
             _ => None,
         }
     }
@@ -146,6 +151,7 @@ impl LockKind {
             LockKind::RobustMutex => "robust-mutex",
             LockKind::FileLock => "flock",
             LockKind::NamedSemaphore => "semaphore",
+            LockKind::External => "external",
         }
     }
 }
@@ -304,6 +310,7 @@ pub(crate) fn build(spec: &SegmentSpec, layout: &Layout, creator_pid: u32) -> [u
 
 /// A header decoded from bytes: every field, as plain values.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HeaderInfo {
     /// Header format version.
     pub format_version: u32,

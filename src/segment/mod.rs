@@ -58,7 +58,9 @@ pub const DEFAULT_MODE: u32 = 0o600;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum InitStep {
-    /// The object exists (exclusive create) and is locked, still empty.
+    /// The object exists (exclusive create), empty and not yet locked.
+    Opened,
+    /// The object is locked by its creator, still empty.
     Created,
     /// Its size is set and its pages are reserved.
     Sized,
@@ -74,7 +76,8 @@ pub enum InitStep {
 
 impl InitStep {
     /// Every step, in order.
-    pub const ALL: [InitStep; 6] = [
+    pub const ALL: [InitStep; 7] = [
+        InitStep::Opened,
         InitStep::Created,
         InitStep::Sized,
         InitStep::HeaderWritten,
@@ -86,6 +89,7 @@ impl InitStep {
     /// A stable name for the step.
     pub fn name(self) -> &'static str {
         match self {
+            InitStep::Opened => "opened",
             InitStep::Created => "created",
             InitStep::Sized => "sized",
             InitStep::HeaderWritten => "header-written",
@@ -158,11 +162,40 @@ pub(crate) struct Init<'a> {
 /// The handle owns its file descriptor (which carries the attach lock) and
 /// its mapping; dropping it unmaps and closes but never unlinks the name.
 pub struct Segment {
+    // Field order matters: the mapping is unmapped before the fd (and with
+    // it the attach lock) is closed.
+    map: Mapping,
     fd: OwnedFd,
-    ptr: NonNull<u8>,
-    len: usize,
     name: String,
     info: HeaderInfo,
+}
+
+/// A shared mapping, unmapped on drop.
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(fd: BorrowedFd<'_>, len: usize) -> Result<Mapping, Error> {
+        let ptr = sys::mman::mmap_shared(fd, len).map_err(|e| Error::io("mmap", e))?;
+        Ok(Mapping { ptr, len })
+    }
+
+    fn header(&self) -> &header::RawHeader {
+        // SAFETY: every mapping is at least HEADER_SIZE bytes (validated or
+        // laid out so), page-aligned, and the header's fields are plain
+        // integers and atomics; bytes 0..144 are never written after Ready.
+        unsafe { self.ptr.cast::<header::RawHeader>().as_ref() }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made by mmap_shared with this length, and
+        // no borrow of it outlives its owner (guards borrow their cell).
+        let _ = unsafe { sys::mman::munmap(self.ptr, self.len) };
+    }
 }
 
 // SAFETY: the mapping is process-wide and shared memory is accessed through
@@ -177,26 +210,41 @@ impl std::fmt::Debug for Segment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Segment")
             .field("name", &self.name)
-            .field("len", &self.len)
+            .field("len", &self.map.len)
             .finish()
     }
 }
 
 impl Segment {
-    /// Creates the object `name` exclusively for `spec`, with zeroed lock
-    /// state and value (`shm_open(O_CREAT|O_EXCL)`, `ftruncate`,
+    /// Creates the object `name` exclusively for `spec`, with a zeroed lock
+    /// area and value (`shm_open(O_CREAT|O_EXCL)`, `ftruncate`,
     /// `posix_fallocate`, `mmap`).
+    ///
+    /// A standalone segment's lock area is the caller's to initialise (for
+    /// example with [`RobustMutex::init`](crate::RobustMutex::init)), so
+    /// `spec.lock_kind` must be [`LockKind::External`]; segments guarded by
+    /// a lock shmsync manages are made by [`ShmCell`](crate::ShmCell), which
+    /// refuses external ones.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidName`], [`Error::AlreadyExists`],
     /// [`Error::PermissionDenied`], [`Error::Unsupported`] for an impossible
-    /// layout, [`Error::Io`] (e.g. `ENOSPC` from `posix_fallocate`).
+    /// layout or a managed lock kind, [`Error::Io`] (e.g. `ENOSPC` from
+    /// `posix_fallocate`).
     pub fn create(
         name: &str,
         spec: &SegmentSpec,
         options: &CreateOptions,
     ) -> Result<Segment, Error> {
+        if spec.lock_kind != LockKind::External {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "Segment::create with lock kind {} (only ShmCell initialises managed locks; use LockKind::External)",
+                    spec.lock_kind.name()
+                ),
+            });
+        }
         Self::create_with(
             name,
             spec,
@@ -234,7 +282,7 @@ impl Segment {
 
     /// The mapped length in bytes.
     pub fn len(&self) -> usize {
-        self.len
+        self.map.len
     }
 
     /// Always false: a segment holds at least its header.
@@ -249,19 +297,19 @@ impl Segment {
 
     /// Start of the mapping. Valid for `len()` bytes while `self` lives.
     pub fn as_ptr(&self) -> NonNull<u8> {
-        self.ptr
+        self.map.ptr
     }
 
     /// The lock state area (`lock_size` bytes at `lock_offset`).
     pub fn lock_ptr(&self) -> NonNull<u8> {
         // SAFETY: the header was validated: lock_offset + lock_size ≤ len.
-        unsafe { self.ptr.add(self.info.lock_offset as usize) }
+        unsafe { self.map.ptr.add(self.info.lock_offset as usize) }
     }
 
     /// The value area (`value_size` bytes at `value_offset`, aligned).
     pub fn value_ptr(&self) -> NonNull<u8> {
         // SAFETY: the header was validated: value_offset + value_size ≤ len.
-        unsafe { self.ptr.add(self.info.value_offset as usize) }
+        unsafe { self.map.ptr.add(self.info.value_offset as usize) }
     }
 
     /// The file descriptor (carries the attach lock; never close it).
@@ -271,10 +319,7 @@ impl Segment {
 
     /// The live header words in the mapping.
     pub(crate) fn header(&self) -> &header::RawHeader {
-        // SAFETY: the mapping is at least HEADER_SIZE bytes, page-aligned,
-        // and the header's fields are plain integers and atomics; bytes
-        // 0..144 are never written after Ready.
-        unsafe { self.ptr.cast::<header::RawHeader>().as_ref() }
+        self.map.header()
     }
 
     /// Leaks the mapping and the descriptor: used when this process still
@@ -298,75 +343,111 @@ impl Segment {
             options.mode,
         )
         .map_err(|e| Error::from_io("shm_open", name, e))?;
-        let locked = sys::ofd::try_set(fd.as_fd(), OfdLock::Write, ATTACH_BYTE, 1)
-            .map_err(|e| Error::io("fcntl(F_OFD_SETLK)", e))?;
-        if !locked {
-            // Someone opened our brand-new object and locked it first: only
-            // a cleaner does that; give the name back.
-            let _ = sys::shm::shm_unlink(&cname);
-            return Err(Error::AlreadyExists { name: name.into() });
+        init_step(InitStep::Opened);
+        // Until we hold the write lock, the object is visibly empty and
+        // unlocked. An opener may hold a read lock for a moment while it
+        // looks at it (wait for that); if we were descheduled for longer
+        // than an opener's grace period, another process may have judged
+        // the object abandoned and initialised it: then it is theirs, and we
+        // neither touch nor unlink it.
+        let deadline = Monotonic::now().after(INIT_WAIT);
+        let mut backoff = Backoff::new();
+        loop {
+            let locked = sys::ofd::try_set(fd.as_fd(), OfdLock::Write, ATTACH_BYTE, 1)
+                .map_err(|e| Error::io("fcntl(F_OFD_SETLK)", e))?;
+            let st = sys::fd::fstat(fd.as_fd()).map_err(|e| Error::io("fstat", e))?;
+            if st.st_size != 0 || !same_inode(&st, &cname) {
+                return Err(Error::AlreadyExists { name: name.into() });
+            }
+            if locked {
+                break;
+            }
+            if Monotonic::now() >= deadline {
+                return Err(Error::InitTimedOut { name: name.into() });
+            }
+            backoff.sleep();
         }
         init_step(InitStep::Created);
-        let result = sys::fd::fchmod(fd.as_fd(), options.mode)
-            .map_err(|e| Error::io("fchmod", e))
-            .and_then(|()| Self::initialise(fd, name, spec, init));
-        if result.is_err() {
-            // Nobody can have attached (we hold the write lock): the name is
-            // ours to remove.
-            let _ = sys::shm::shm_unlink(&cname);
+        if let Err(e) = sys::fd::fchmod(fd.as_fd(), options.mode) {
+            unlink_if_same(fd.as_fd(), &cname);
+            return Err(Error::io("fchmod", e));
         }
-        result
+        Self::initialise(fd, &cname, name, spec, init, true)
     }
 
-    /// Sizes, maps and initialises `fd`, which this process holds the write
-    /// lock of; publishes Ready and converts to the attach (read) lock.
+    /// Sizes, maps and initialises `fd`, whose write lock this process
+    /// holds; publishes Ready and converts to the attach (read) lock. On
+    /// failure with `unlink_on_error`, the name is removed *while the lock
+    /// is still held* (so nobody can have attached), and only if it still
+    /// names this object.
     fn initialise(
         fd: OwnedFd,
+        cname: &CStr,
         name: &str,
         spec: &SegmentSpec,
         init: Init<'_>,
+        unlink_on_error: bool,
     ) -> Result<Segment, Error> {
+        let fail = |fd: BorrowedFd<'_>, e: Error| {
+            if unlink_on_error {
+                unlink_if_same(fd, cname);
+            }
+            e
+        };
         let layout = spec.layout()?;
         // Truncating to zero first makes every byte zero again when an
         // abandoned attempt is taken over.
-        sys::fd::ftruncate(fd.as_fd(), 0).map_err(|e| Error::io("ftruncate", e))?;
-        sys::fd::ftruncate(fd.as_fd(), layout.total_size).map_err(|e| Error::io("ftruncate", e))?;
-        sys::fd::posix_fallocate(fd.as_fd(), layout.total_size)
-            .map_err(|e| Error::io("posix_fallocate", e))?;
+        let sized = sys::fd::ftruncate(fd.as_fd(), 0)
+            .and_then(|()| sys::fd::ftruncate(fd.as_fd(), layout.total_size))
+            .map_err(|e| Error::io("ftruncate", e))
+            .and_then(|()| {
+                sys::fd::posix_fallocate(fd.as_fd(), layout.total_size)
+                    .map_err(|e| Error::io("posix_fallocate", e))
+            });
+        if let Err(e) = sized {
+            return Err(fail(fd.as_fd(), e));
+        }
         init_step(InitStep::Sized);
+        let map = match Mapping::new(fd.as_fd(), layout.total_size as usize) {
+            Ok(m) => m,
+            Err(e) => return Err(fail(fd.as_fd(), e)),
+        };
         let bytes = header::build(spec, &layout, sys::proc::getpid());
-        let len = layout.total_size as usize;
-        let ptr = sys::mman::mmap_shared(fd.as_fd(), len).map_err(|e| Error::io("mmap", e))?;
         let info = header::decode(&bytes);
         let seg = Segment {
+            map,
             fd,
-            ptr,
-            len,
             name: name.into(),
             info,
         };
-        // SAFETY: the mapping is `len ≥ HEADER_SIZE` bytes, freshly zeroed
-        // by the truncation, and nobody else maps it while we hold the write
-        // lock. The state word (offset 144) is stored separately, below.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), seg.ptr.as_ptr(), 144) };
-        seg.header()
-            .state
-            .store(STATE_INITIALISING, std::sync::atomic::Ordering::Release);
+        match Self::fill(&seg, &bytes, init) {
+            Ok(()) => Ok(seg),
+            Err(e) => Err(fail(seg.fd(), e)),
+        }
+    }
+
+    /// Writes header, lock and value into a fresh mapping, publishes Ready
+    /// and converts the write lock into the attach lock.
+    fn fill(seg: &Segment, bytes: &[u8; HEADER_SIZE], init: Init<'_>) -> Result<(), Error> {
+        // SAFETY: the mapping is `total_size ≥ HEADER_SIZE` bytes, freshly
+        // zeroed by the truncation, and nobody else maps it while we hold
+        // the write lock. The state word (offset 144) is stored below.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), seg.map.ptr.as_ptr(), 144) };
+        let state = &seg.header().state;
+        state.store(STATE_INITIALISING, std::sync::atomic::Ordering::Release);
         init_step(InitStep::HeaderWritten);
-        (init.lock)(seg.lock_ptr(), &seg).map_err(|e| Error::io("lock initialisation", e))?;
+        (init.lock)(seg.lock_ptr(), seg).map_err(|e| Error::io("lock initialisation", e))?;
         init_step(InitStep::LockInitialised);
         (init.value)(seg.value_ptr());
         init_step(InitStep::ValueWritten);
-        seg.header()
-            .state
-            .store(STATE_READY, std::sync::atomic::Ordering::Release);
+        state.store(STATE_READY, std::sync::atomic::Ordering::Release);
         init_step(InitStep::Published);
         // Atomic write → read conversion: no window in which a cleaner could
         // find the live segment unlocked.
-        let ok = sys::ofd::try_set(seg.fd.as_fd(), OfdLock::Read, ATTACH_BYTE, 1)
+        let ok = sys::ofd::try_set(seg.fd(), OfdLock::Read, ATTACH_BYTE, 1)
             .map_err(|e| Error::io("fcntl(F_OFD_SETLK)", e))?;
         debug_assert!(ok, "converting our own write lock cannot conflict");
-        Ok(seg)
+        Ok(())
     }
 
     fn open_inner(name: &str, expected: Option<&SegmentSpec>) -> Result<Segment, Error> {
@@ -379,13 +460,10 @@ impl Segment {
                 .map_err(|e| Error::from_io("shm_open", name, e))?;
             match Self::attach(&fd, name, &cname, expected)? {
                 Attach::Ready(info) => {
-                    let len = info.total_size as usize;
-                    let ptr = sys::mman::mmap_shared(fd.as_fd(), len)
-                        .map_err(|e| Error::io("mmap", e))?;
+                    let map = Mapping::new(fd.as_fd(), info.total_size as usize)?;
                     let seg = Segment {
+                        map,
                         fd,
-                        ptr,
-                        len,
                         name: name.into(),
                         info,
                     };
@@ -448,8 +526,12 @@ impl Segment {
         let mut bytes = [0u8; HEADER_SIZE];
         let n =
             sys::fd::pread_full(fd.as_fd(), &mut bytes, 0).map_err(|e| Error::io("pread", e))?;
-        if n >= HEADER_SIZE && bytes[..8] == [0u8; 8] && bytes[144..148] == [0u8; 4] {
-            // Sized by a creator that died before writing the header.
+        let our_size = expected
+            .and_then(|spec| spec.layout().ok())
+            .map(|l| l.total_size);
+        if n >= HEADER_SIZE && our_size == Some(size) && bytes.iter().all(|&b| b == 0) {
+            // Sized by a creator that died before writing the header (an
+            // all-zero object of another size is foreign: Incompatible).
             return Ok(Attach::Abandoned(0));
         }
         header::check_prefix(&bytes[..n.min(size as usize)])?;
@@ -488,6 +570,7 @@ impl Segment {
     pub(crate) fn take_over_abandoned(
         name: &str,
         spec: &SegmentSpec,
+        options: &CreateOptions,
         init: Init<'_>,
     ) -> Result<Option<Segment>, Error> {
         let cname = name::validate(name, MAX_SHM_NAME)?;
@@ -505,25 +588,51 @@ impl Segment {
         if !same_inode(&st, &cname) {
             return Ok(None);
         }
-        let mut bytes = [0u8; HEADER_SIZE];
-        let n =
-            sys::fd::pread_full(fd.as_fd(), &mut bytes, 0).map_err(|e| Error::io("pread", e))?;
-        if n >= 148
-            && u32::from_ne_bytes(bytes[144..148].try_into().expect("4 bytes")) == STATE_READY
-        {
-            // Completed after all (or not ours to judge): open it normally.
+        if !Self::is_abandoned_by_us(fd.as_fd(), st.st_size as u64, spec)? {
+            // Completed after all (or not ours to judge): open it normally,
+            // which reports whatever it is.
             return Ok(None);
         }
-        if n >= 8 && bytes[..8] != header::MAGIC && bytes[..8] != [0u8; 8] {
-            // Not a half-built segment of ours: never overwrite a foreign
-            // object.
-            return Err(Error::Incompatible {
-                field: "magic",
-                expected: "SHMSYNC".into(),
-                found: format!("{:02x?}", &bytes[..8]),
-            });
+        // Best effort: the taker's mode (the object may belong to another
+        // user who gave us write access).
+        let _ = sys::fd::fchmod(fd.as_fd(), options.mode);
+        Self::initialise(fd, &cname, name, spec, init, false).map(Some)
+    }
+
+    /// Whether an object (whose exclusive lock we hold) is a half-built
+    /// segment of ours: empty (the creator died right after creating it),
+    /// or with our magic and not Ready, or all zeros at exactly the size our
+    /// creator would have given it (it died between sizing and writing the
+    /// header). Anything else — a foreign object of any kind — is never
+    /// taken over.
+    fn is_abandoned_by_us(
+        fd: BorrowedFd<'_>,
+        size: u64,
+        spec: &SegmentSpec,
+    ) -> Result<bool, Error> {
+        if size == 0 {
+            return Ok(true);
         }
-        Self::initialise(fd, name, spec, init).map(Some)
+        let mut bytes = [0u8; HEADER_SIZE];
+        let n = sys::fd::pread_full(fd, &mut bytes, 0).map_err(|e| Error::io("pread", e))?;
+        if n < HEADER_SIZE {
+            return Ok(false);
+        }
+        let state = u32::from_ne_bytes(bytes[144..148].try_into().expect("4 bytes"));
+        let ours =
+            bytes[..8] == header::MAGIC && (state == STATE_UNINIT || state == STATE_INITIALISING);
+        let zero_sized_by_us = size == spec.layout()?.total_size && bytes.iter().all(|&b| b == 0);
+        Ok(ours || zero_sized_by_us)
+    }
+}
+
+/// Removes the name if it still names the object open as `fd` (the caller
+/// holds that object's exclusive lock, so nobody is attached to it).
+fn unlink_if_same(fd: BorrowedFd<'_>, cname: &CStr) {
+    if let Ok(st) = sys::fd::fstat(fd) {
+        if same_inode(&st, cname) {
+            let _ = sys::shm::shm_unlink(cname);
+        }
     }
 }
 
@@ -543,15 +652,6 @@ fn same_inode(st: &libc::stat, cname: &CStr) -> bool {
     match sys::fd::lstat(&path) {
         Ok(p) => p.st_dev == st.st_dev && p.st_ino == st.st_ino,
         Err(_) => false,
-    }
-}
-
-impl Drop for Segment {
-    fn drop(&mut self) {
-        // SAFETY: the mapping was made by mmap_shared with this length, and
-        // no borrow of it outlives `self` (guards borrow their cell).
-        let _ = unsafe { sys::mman::munmap(self.ptr, self.len) };
-        // The fd (and with it the attach lock) closes when `self.fd` drops.
     }
 }
 

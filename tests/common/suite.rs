@@ -260,58 +260,101 @@ impl Drop for SharedCounters {
     }
 }
 
-/// Cycles of a child transferring in a loop, SIGKILLed at a random moment;
-/// after each, recovery restores the invariant and no committed transfer
-/// (one whose unlock returned) is lost.
+/// Whether a ledger found after an owner death shows at most one
+/// interrupted transfer (the dead holder's): consistent, or stopped after
+/// `a -= 1`, or after `b += 1` but before `n += 1`.
+pub fn at_most_one_partial(l: &Ledger) -> bool {
+    consistent(l) || (l.a + 1 == A0 - l.n && l.b == l.n) || (l.a + 1 == A0 - l.n && l.b == l.n + 1)
+}
+
+/// Two workers transfer concurrently; each cycle one of them, chosen at
+/// random, is SIGKILLed at a random moment (usually inside the critical
+/// section, often while the other is blocked in `lock()`, so the "kernel
+/// hands a dead owner's lock to a waiter" path runs too). Workers repair
+/// what they find; after each kill the parent locks and checks that the
+/// state shows at most one interrupted transfer, that after repair it is
+/// consistent, and that no committed transfer (one whose unlock returned)
+/// was lost.
 pub fn kill_loop<L: LockBackend>() {
     const CYCLES: u32 = 200;
+    const WORKERS: usize = 2;
+    const SEEN_BY_WORKERS: usize = 10;
     let name = TestName::new("loop");
     let cell = ShmCell::<Ledger, L>::create(name.as_str(), ledger()).unwrap();
     let counters = SharedCounters::new();
-    let committed = counters.get(0);
+    let committed = |c: &SharedCounters| {
+        (0..WORKERS)
+            .map(|w| c.get(w).load(Ordering::SeqCst))
+            .sum::<u64>()
+    };
     let mut rng = super::Rng::new(0x5eed ^ std::process::id() as u64);
-    let (mut owner_died, mut clean) = (0, 0);
+    let mut workers: Vec<Option<Child>> = (0..WORKERS).map(|_| None).collect();
+    let (mut by_parent, mut clean) = (0u32, 0u32);
     for cycle in 0..CYCLES {
-        let target = committed.load(Ordering::SeqCst) + 1 + rng.below(40);
-        let spin = rng.below(400) as u32;
-        let n = name.0.clone();
-        let committed_ptr = committed as *const AtomicU64 as usize;
-        let mut child = Child::spawn(move |ctx| {
-            // SAFETY: the shared page is mapped in the child too (fork).
-            let committed = unsafe { &*(committed_ptr as *const AtomicU64) };
-            let c = ShmCell::<Ledger, L>::open(&n).unwrap();
-            ctx.reached(b'S');
-            loop {
-                let mut g = c.lock().expect("child finds a consistent lock");
-                g.a -= 1;
-                for _ in 0..spin {
-                    std::hint::spin_loop();
-                }
-                g.b += 1;
-                g.n += 1;
-                let n = g.n;
-                drop(g);
-                committed.store(n, Ordering::SeqCst);
+        for (w, slot) in workers.iter_mut().enumerate() {
+            if slot.is_none() {
+                let (inside, outside) = (rng.below(300) as u32, rng.below(300) as u32);
+                let n = name.0.clone();
+                let base = counters.ptr as usize;
+                let mut child = Child::spawn(move |ctx| {
+                    // SAFETY: the shared page is mapped in the child too.
+                    let counter = |i: usize| unsafe { &*(base as *const AtomicU64).add(i) };
+                    let c = ShmCell::<Ledger, L>::open(&n).unwrap();
+                    ctx.reached(b'S');
+                    loop {
+                        let mut g = match c.lock() {
+                            Ok(g) => g,
+                            Err(LockError::OwnerDied(mut g)) => {
+                                assert!(at_most_one_partial(&g), "worker found {:?}", *g);
+                                counter(SEEN_BY_WORKERS).fetch_add(1, Ordering::SeqCst);
+                                repair(&mut g);
+                                g.make_consistent();
+                                g
+                            }
+                            Err(e) => panic!("worker: {e}"),
+                        };
+                        assert!(consistent(&g), "worker found {:?} after a clean lock", *g);
+                        g.a -= 1;
+                        for _ in 0..inside {
+                            std::hint::spin_loop();
+                        }
+                        g.b += 1;
+                        g.n += 1;
+                        drop(g);
+                        counter(w).fetch_add(1, Ordering::SeqCst);
+                        for _ in 0..outside {
+                            std::hint::spin_loop();
+                        }
+                    }
+                });
+                assert_eq!(child.expect_reached(), b'S');
+                *slot = Some(child);
             }
-        });
-        assert_eq!(child.expect_reached(), b'S');
+        }
+        let target = committed(&counters) + 1 + rng.below(50);
         let deadline = std::time::Instant::now() + BOUND;
-        while committed.load(Ordering::SeqCst) < target {
+        while committed(&counters) < target {
             assert!(
                 std::time::Instant::now() < deadline,
-                "cycle {cycle}: child made no progress"
+                "cycle {cycle}: no progress"
             );
             std::thread::yield_now();
         }
-        child.kill();
-        let before = committed.load(Ordering::SeqCst);
+        let victim = rng.below(WORKERS as u64) as usize;
+        let status = workers[victim].take().expect("victim").kill();
+        assert!(
+            libc::WIFSIGNALED(status),
+            "cycle {cycle}: worker had ended: {}",
+            super::describe(status)
+        );
         let g = match cell.lock_timeout(BOUND) {
             Ok(g) => {
                 clean += 1;
                 g
             }
             Err(LockError::OwnerDied(mut g)) => {
-                owner_died += 1;
+                by_parent += 1;
+                assert!(at_most_one_partial(&g), "cycle {cycle}: {:?}", *g);
                 repair(&mut g);
                 g.make_consistent();
                 g
@@ -319,23 +362,72 @@ pub fn kill_loop<L: LockBackend>() {
             Err(e) => panic!("cycle {cycle}: {e}"),
         };
         assert!(consistent(&g), "cycle {cycle}: invariant broken: {:?}", *g);
+        // While we hold the lock nobody commits. Counters are bumped after
+        // the unlock, so each kill may leave one transfer committed but
+        // never counted, and a live worker may not have counted its last.
+        let c = committed(&counters);
+        let slack = u64::from(cycle) + 1 + WORKERS as u64;
         assert!(
-            g.n >= before,
-            "cycle {cycle}: committed transfer lost ({} < {before})",
+            g.n >= c,
+            "cycle {cycle}: committed transfer lost ({} < {c})",
             g.n
         );
         assert!(
-            g.n <= before + 1,
-            "cycle {cycle}: phantom transfer ({} > {before}+1)",
+            g.n <= c + slack,
+            "cycle {cycle}: phantom transfers ({} > {c}+{slack})",
             g.n
         );
-        committed.store(g.n, Ordering::SeqCst);
+        drop(g); // workers resume
     }
-    println!("    kill loop: {CYCLES} cycles, {owner_died} owner-died recoveries, {clean} clean");
-    assert!(
-        owner_died > 0,
-        "no kill landed inside the critical section in {CYCLES} cycles"
+    for w in workers.iter_mut().flatten() {
+        w.kill();
+    }
+    let by_workers = counters.get(SEEN_BY_WORKERS).load(Ordering::SeqCst);
+    println!(
+        "    kill loop: {CYCLES} kills, {by_workers} owner-died recoveries by a waiting worker, \
+         {by_parent} by the checker, {clean} clean; {} transfers",
+        committed(&counters)
     );
+    assert!(
+        by_workers + by_parent as u64 > 0,
+        "no kill landed inside the critical section"
+    );
+    assert!(
+        by_workers > 0,
+        "no worker ever recovered a dead holder's lock"
+    );
+}
+
+/// A process forked while its parent holds a guard drops its copy: the
+/// lock stays held by the parent (for `flock`, the child shares the open
+/// file description, so an unlock there would release the parent's lock).
+pub fn fork_with_guard_does_not_unlock<L: LockBackend>() {
+    let name = TestName::new("fork");
+    let cell = ShmCell::<Ledger, L>::create(name.as_str(), ledger()).unwrap();
+    let guard = cell.lock().unwrap();
+    let guard_ref = &guard;
+    let n = name.0.clone();
+    Child::spawn(move |_| {
+        // SAFETY: the child owns a copy of the parent's memory; dropping
+        // its copy of the guard is what unwinding through the frame would do.
+        drop(unsafe { std::ptr::read(guard_ref) });
+        let fresh = ShmCell::<Ledger, L>::open(&n).unwrap();
+        assert_eq!(fresh.try_lock().err().map(|e| e.kind()), Some("WouldBlock"));
+    })
+    .join();
+    let n = name.0.clone();
+    Child::spawn(move |_| {
+        let c = ShmCell::<Ledger, L>::open(&n).unwrap();
+        assert_eq!(c.try_lock().err().map(|e| e.kind()), Some("WouldBlock"));
+    })
+    .join();
+    drop(guard);
+    let n = name.0.clone();
+    Child::spawn(move |_| {
+        let c = ShmCell::<Ledger, L>::open(&n).unwrap();
+        assert!(c.try_lock().is_ok());
+    })
+    .join();
 }
 
 /// The suite for one backend, as `(name, fn)` pairs for [`super::run`].
@@ -359,6 +451,10 @@ macro_rules! backend_suite {
                 common::suite::not_recoverable_does_not_wedge::<$l>,
             ),
             ("kill_loop", common::suite::kill_loop::<$l>),
+            (
+                "fork_with_guard_does_not_unlock",
+                common::suite::fork_with_guard_does_not_unlock::<$l>,
+            ),
         ]
     };
 }
