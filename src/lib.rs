@@ -81,6 +81,9 @@ mod sys;
 
 pub use cell::{ShmCell, ShmGuard};
 pub use error::{Error, LockError};
-pub use lock::{LockBackend, RobustMutex, RobustMutexGuard};
+pub use lock::{
+    FileLock, FileLockGuard, FileLockOptions, FileLockSharedGuard, LockBackend, RobustMutex,
+    RobustMutexGuard,
+};
 pub use segment::{CreateOptions, Segment};
 pub use shm_safe::ShmSafe;

@@ -6,6 +6,7 @@
 //! held by a forked parent is never released by the child) depend on each
 //! backend's details.
 
+pub(crate) mod file_lock;
 pub(crate) mod robust_mutex;
 
 use std::io;
@@ -15,6 +16,7 @@ use crate::error::{Error, RawLockError};
 use crate::segment::{LockKind, Segment};
 use crate::sys::time::Monotonic;
 
+pub use file_lock::{FileLock, FileLockGuard, FileLockOptions, FileLockSharedGuard};
 pub use robust_mutex::{RobustMutex, RobustMutexGuard};
 
 /// How long an acquire may wait.
@@ -101,7 +103,8 @@ pub(crate) mod sealed {
 }
 
 /// A lock that can guard a [`ShmCell`](crate::ShmCell): [`RobustMutex`]
-/// (the default), and the backends added by later releases. Sealed.
+/// (the default), [`FileLock`], and the backends added by later releases.
+/// Sealed.
 pub trait LockBackend: sealed::Backend {}
 
 /// Removes the objects a cell of lock kind `kind` made besides its segment.

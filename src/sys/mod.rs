@@ -7,6 +7,7 @@
 //! and goes through [`cvt_pthread`].
 
 pub(crate) mod fd;
+pub(crate) mod flock;
 pub(crate) mod futex;
 pub(crate) mod mman;
 pub(crate) mod ofd;
