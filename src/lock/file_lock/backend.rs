@@ -82,6 +82,9 @@ struct BackendHandle {
     /// is used. In a forked child, a new description of the same object.
     own_fd: SwapFd,
     local: LocalMutex,
+    /// This process's pid (`getpid` is a system call; the handle is
+    /// rebuilt after a fork).
+    pid: u32,
 }
 
 impl BackendHandle {
@@ -89,6 +92,7 @@ impl BackendHandle {
         BackendHandle {
             own_fd,
             local: LocalMutex::default(),
+            pid: sys::proc::getpid(),
         }
     }
 
@@ -121,7 +125,7 @@ impl FlockLocal {
 /// marker to an acquire result, shared by every acquire path. On `Err` the
 /// caller releases the `flock`.
 #[inline]
-fn take_marker(shared: &FlockShared, seg: &Segment) -> Result<Acquired, RawLockError> {
+fn take_marker(shared: &FlockShared, seg: &Segment, pid: u32) -> Result<Acquired, RawLockError> {
     let found = shared.state.load(Ordering::Acquire);
     let acquired = match found {
         FREE => Acquired::Clean,
@@ -130,7 +134,6 @@ fn take_marker(shared: &FlockShared, seg: &Segment) -> Result<Acquired, RawLockE
         // update may have been interrupted: the caller must judge the value.
         _ => Acquired::OwnerDied,
     };
-    let pid = sys::proc::getpid();
     shared.holder_pid.store(pid, Ordering::Relaxed);
     seg.header().holder_pid.store(pid, Ordering::Relaxed);
     shared.state.store(
@@ -176,7 +179,7 @@ impl Backend for FileLock {
         h.local.lock(how)?;
         let fd = h.fd(seg);
         let taken = flock_acquire(fd, FlockOp::Exclusive, how).and_then(|()| {
-            let marker = take_marker(shared, seg);
+            let marker = take_marker(shared, seg, h.pid);
             if marker.is_err() {
                 unlock_fd(fd);
             }
