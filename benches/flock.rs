@@ -125,14 +125,14 @@ fn handoff<'a>(
             unlock();
             // Wait until the parent has had its turn.
             while round.load(Ordering::SeqCst) != u32::MAX - r {
-                std::hint::spin_loop();
+                std::thread::yield_now();
             }
         }
     });
     let mut lat = Vec::new();
     for r in 1..=rounds {
         while round.load(Ordering::SeqCst) != r {
-            std::hint::spin_loop();
+            std::thread::yield_now();
         }
         let release = parent_acquire();
         let got = mono_ns();
@@ -207,8 +207,13 @@ fn run(path: &std::path::Path, names: &[String; 2]) {
     println!("\n2. hand-off across processes: holder's release → waiter's return (200 rounds, holder holds 5–7 ms)");
     let hold = Duration::from_millis(5);
     let lock_path = path.to_path_buf();
+    // The child opens its handle once (the statics are the child's own
+    // copies after the fork).
+    static CHILD_LOCK: std::sync::OnceLock<FileLock> = std::sync::OnceLock::new();
+    static CHILD_CELL: std::sync::OnceLock<ShmCell<u64, FileLock>> = std::sync::OnceLock::new();
     let child_side = || -> Box<dyn FnOnce()> {
-        let l = Box::leak(Box::new(FileLock::open(&lock_path).unwrap()));
+        let l = CHILD_LOCK
+            .get_or_init(|| FileLock::from_file(std::fs::File::open(&lock_path).unwrap()).unwrap());
         let g = l.lock_exclusive().unwrap();
         Box::new(move || drop(g))
     };

@@ -16,7 +16,11 @@ type Cell = ShmCell<Ledger, FileLock>;
 
 fn main() {
     let suite = backend_suite!(FileLock);
-    let own: [(&str, common::TestFn); 10] = [
+    let own: [(&str, common::TestFn); 11] = [
+        (
+            "foreign_flock_excludes_the_cell",
+            foreign_flock_excludes_the_cell,
+        ),
         ("exec_while_holding", exec_while_holding),
         (
             "forgotten_guard_and_dropped_handle",
@@ -340,4 +344,47 @@ fn timed_lock_waits_for_a_release() {
     assert_eq!(g.a, 2, "the holder's last write is visible");
     drop(g);
     holder.join();
+}
+
+/// Interoperation: a program that `flock`s the object itself (here raw
+/// `flock(2)` on `/dev/shm/NAME`, as `flock(1)` would) excludes the cell's
+/// lockers and is excluded by them. It writes no marker, so its death is
+/// not an owner death of the cell.
+fn foreign_flock_excludes_the_cell() {
+    use std::os::fd::AsRawFd;
+    let name = TestName::new("foreign");
+    let cell = Cell::create(name.as_str(), ledger()).unwrap();
+    for kill in [false, true] {
+        let path = name.path();
+        let mut foreign = Child::spawn(move |ctx| {
+            let f = std::fs::File::open(&path).unwrap();
+            // SAFETY: plain system call on an open descriptor.
+            assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+            ctx.reached_and_wait(b'X');
+            // SAFETY: as above.
+            assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) }, 0);
+        });
+        assert_eq!(foreign.expect_reached(), b'X');
+        assert_eq!(cell.try_lock().err().map(|e| e.kind()), Some("WouldBlock"));
+        if kill {
+            foreign.kill();
+        } else {
+            foreign.command(b'R');
+            foreign.join();
+        }
+        let g = cell
+            .lock_timeout(BOUND)
+            .expect("clean: the foreign holder wrote no marker");
+        assert_eq!(*g, ledger());
+        // And the other way round: the cell's holder excludes a raw flock.
+        let path = name.path();
+        Child::spawn(move |_| {
+            let f = std::fs::File::open(&path).unwrap();
+            // SAFETY: plain system call on an open descriptor.
+            let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            assert_eq!(r, -1, "the cell's holder must exclude a foreign flock");
+        })
+        .join();
+        drop(g);
+    }
 }

@@ -24,7 +24,12 @@
 //! handle while a guard was forgotten. In each case the holder never wrote
 //! `FREE`, so the next locker finds `HELD` and reports
 //! [`OwnerDied`](crate::LockError::OwnerDied). `holder_pid` names the last
-//! acquirer (diagnostics only: the `flock` itself says whether it is free).
+//! acquirer (diagnostics only: the `flock` itself says whether it is free;
+//! the header's `holder_pid` word gets the same value).
+//!
+//! A foreign program that `flock`s the object (`flock(1)` on
+//! `/dev/shm/NAME`) excludes the cell's lockers and is excluded by them; it
+//! writes no marker, so its death is not reported as an owner death.
 //!
 //! # Memory ordering
 //!
