@@ -24,6 +24,12 @@ use crate::sys::flock::FlockOp;
 use crate::sys::time::Monotonic;
 use local::{Begin, LocalRw, Mode, PerProcess, SwapFd};
 
+// A handle is shared by the threads of a process; guards are not.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<FileLock>();
+};
+
 /// First pause of a timed wait after a failed `LOCK_NB` attempt.
 const BACKOFF_MIN: Duration = Duration::from_micros(50);
 /// Longest pause between two attempts of a timed wait: the worst extra
@@ -297,8 +303,10 @@ impl FileLockOptions {
         self
     }
 
-    /// Opens (or creates) the file at `path` (`open(O_RDONLY|O_CLOEXEC)`)
-    /// for locking. Locks by path check, after each acquisition, that the
+    /// Opens (or creates) the file at `path`
+    /// (`open(O_RDONLY|O_CLOEXEC|O_NONBLOCK|O_NOCTTY)`: the descriptor is
+    /// only ever locked, so a FIFO or a terminal cannot block or adopt the
+    /// caller) for locking. Locks by path check, after each acquisition, that the
     /// path still names the locked file.
     ///
     /// # Errors
@@ -345,18 +353,18 @@ enum OpenError {
     Refused(Error),
 }
 
+/// Flags of every open of a lock file (`O_CLOEXEC` is added by `sys`).
+const OPEN_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY;
+
 impl PathSpec {
     /// Opens the path (creating it if asked) and checks its filesystem.
     fn open(&self) -> Result<OwnedFd, OpenError> {
         let fd = match self.create_mode {
-            None => sys::flock::open(&self.cpath, libc::O_RDONLY, 0)
+            None => sys::flock::open(&self.cpath, OPEN_FLAGS, 0)
                 .map_err(|e| OpenError::Io("open", e))?,
             Some(mode) => {
-                match sys::flock::open(
-                    &self.cpath,
-                    libc::O_RDONLY | libc::O_CREAT | libc::O_EXCL,
-                    mode,
-                ) {
+                match sys::flock::open(&self.cpath, OPEN_FLAGS | libc::O_CREAT | libc::O_EXCL, mode)
+                {
                     Ok(fd) => {
                         // Ours: the mode is exactly what was asked.
                         sys::fd::fchmod(fd.as_fd(), mode)
@@ -364,7 +372,7 @@ impl PathSpec {
                         fd
                     }
                     Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                        sys::flock::open(&self.cpath, libc::O_RDONLY, 0)
+                        sys::flock::open(&self.cpath, OPEN_FLAGS, 0)
                             .map_err(|e| OpenError::Io("open", e))?
                     }
                     Err(e) => return Err(OpenError::Io("open", e)),
@@ -396,7 +404,7 @@ impl PathSpec {
 
 impl FileLock {
     /// Opens the existing file at `path` for locking
-    /// (`open(O_RDONLY|O_CLOEXEC)`).
+    /// (`open(O_RDONLY|O_CLOEXEC)`, see [`FileLockOptions::open`]).
     ///
     /// # Errors
     ///

@@ -108,12 +108,12 @@ pub(crate) fn same_file(a: &libc::stat, b: &libc::stat) -> bool {
 }
 
 /// A new open file description for the file `fd` refers to
-/// (`open("/proc/self/fd/N", O_RDONLY|O_CLOEXEC)`), so that a lock taken
-/// through it conflicts with locks taken through `fd`.
+/// (`open("/proc/self/fd/N", O_RDONLY|O_NONBLOCK|O_NOCTTY|O_CLOEXEC)`), so
+/// that a lock taken through it conflicts with locks taken through `fd`.
 pub(crate) fn reopen(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let path = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
         .expect("no NUL in a number");
-    open(&path, libc::O_RDONLY, 0)
+    open(&path, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY, 0)
 }
 
 #[cfg(test)]

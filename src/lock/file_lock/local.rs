@@ -154,10 +154,22 @@ impl<T> PerProcess<T> {
     ) -> io::Result<&T> {
         // SAFETY: as in `get`.
         let inherited = unsafe { &*p };
-        let fresh = Box::into_raw(Box::new(Slot {
-            generation: sys::proc::fork_generation(),
-            value: rebind(&inherited.value)?,
-        }));
+        let generation = sys::proc::fork_generation();
+        let value = match rebind(&inherited.value) {
+            Ok(v) => v,
+            Err(e) => {
+                // Another thread of this child may have rebound (and retired
+                // the inherited descriptor) under us: use its slot.
+                let current = self.slot.load(Ordering::Acquire);
+                // SAFETY: as in `get`.
+                if current != p && unsafe { (*current).generation } == generation {
+                    // SAFETY: as in `get`.
+                    return Ok(unsafe { &(*current).value });
+                }
+                return Err(e);
+            }
+        };
+        let fresh = Box::into_raw(Box::new(Slot { generation, value }));
         match self
             .slot
             .compare_exchange(p, fresh, Ordering::AcqRel, Ordering::Acquire)
