@@ -185,8 +185,8 @@ fn check_filesystem(fd: BorrowedFd<'_>, allow: bool) -> Result<(), Error> {
 /// | CPU while waiting | none | 13 ms per s (1.3 % of a core) |
 /// | free lock | one `flock` | one `flock` |
 ///
-/// The signal design's bookkeeping alone (`timer_create` + `timer_settime`
-/// + `timer_delete`) measured 2.1 µs per timed call — two `flock` pairs —
+/// The signal design's bookkeeping alone (`timer_create`, `timer_settime`
+/// and `timer_delete`) measured 2.1 µs per timed call — two `flock` pairs —
 /// before any signal is delivered. Under contention, blocking waiters are
 /// woken by the kernel first, so a timed waiter can lose the race to them;
 /// it never waits past its deadline. A timeout of `Duration::MAX` (or
