@@ -235,9 +235,7 @@ fn run(path: &std::path::Path, names: &[String; 2]) {
     );
     let cell_name = names[1].clone();
     let cell_child = || -> Box<dyn FnOnce()> {
-        let c = Box::leak(Box::new(
-            ShmCell::<u64, FileLock>::open(&cell_name).unwrap(),
-        ));
+        let c = CHILD_CELL.get_or_init(|| ShmCell::<u64, FileLock>::open(&cell_name).unwrap());
         let g = c.lock().unwrap();
         Box::new(move || drop(g))
     };

@@ -129,8 +129,9 @@ fn check_filesystem(fd: BorrowedFd<'_>, allow: bool) -> Result<(), Error> {
 ///
 /// # As a `ShmCell` backend: what differs from the robust mutex
 ///
-/// * **Cost**: every lock and unlock is a system call (`flock`), about 40–70×
-///   an uncontended robust mutex (which stays in user space). Its use is
+/// * **Cost**: every lock and unlock is a system call (`flock`): an
+///   uncontended lock + unlock measured 45–70× the robust mutex's (which
+///   stays in user space), within 10 % of a bare `flock` pair. Its use is
 ///   interoperation: any program that `flock`s the object (for example
 ///   `flock(1)` on `/dev/shm/NAME`) is excluded by it and excludes it.
 /// * **A thread that exits holding the lock** (its guard forgotten) is not
@@ -175,20 +176,20 @@ fn check_filesystem(fd: BorrowedFd<'_>, allow: bool) -> Result<(), Error> {
 /// The timed variants therefore poll: one `flock(LOCK_NB)` first (a free lock
 /// costs exactly what `try_lock` costs), then sleeps of 50 µs doubling up to
 /// 1 ms between attempts, never past the deadline. Measured with
-/// `cargo bench --bench flock` on a shared 2-core VM (one run; ratios are
-/// what carry over to other machines):
+/// `cargo bench --bench flock` on a shared 2-core VM (ranges over four
+/// runs; ratios are what carry over to other machines):
 ///
 /// | | blocking `flock` | timed (`LOCK_NB` + backoff) |
 /// |---|---|---|
-/// | release → waiter returns, median | 22 µs | 0.56 ms |
-/// | release → waiter returns, max of 200 | 72 µs | 1.08 ms |
-/// | CPU while waiting | none | 13 ms per s (1.3 % of a core) |
+/// | release → waiter returns, median | 8–22 µs | 0.52–0.59 ms |
+/// | release → waiter returns, 90th percentile | 15–46 µs | 0.90–1.0 ms |
+/// | CPU while waiting | none | 13–15 ms per s (1.3–1.5 % of a core) |
 /// | free lock | one `flock` | one `flock` |
 ///
 /// The signal design's bookkeeping alone (`timer_create`, `timer_settime`
-/// and `timer_delete`) measured 2.1 µs per timed call — two `flock` pairs —
-/// before any signal is delivered. Under contention, blocking waiters are
-/// woken by the kernel first, so a timed waiter can lose the race to them;
+/// and `timer_delete`) measured 1.5–2.8 µs per timed call, two to three
+/// times a whole `flock` lock + unlock pair (0.6–1.0 µs), before any
+/// signal is delivered. Under contention, blocking waiters are woken by the kernel first, so a timed waiter can lose the race to them;
 /// it never waits past its deadline. A timeout of `Duration::MAX` (or
 /// anything beyond ~136 years) waits like the blocking variant.
 ///
