@@ -189,9 +189,10 @@ fn check_filesystem(fd: BorrowedFd<'_>, allow: bool) -> Result<(), Error> {
 /// The signal design's bookkeeping alone (`timer_create`, `timer_settime`
 /// and `timer_delete`) measured 1.5–2.8 µs per timed call, two to three
 /// times a whole `flock` lock + unlock pair (0.6–1.0 µs), before any
-/// signal is delivered. Under contention, blocking waiters are woken by the kernel first, so a timed waiter can lose the race to them;
-/// it never waits past its deadline. A timeout of `Duration::MAX` (or
-/// anything beyond ~136 years) waits like the blocking variant.
+/// signal is delivered. Under contention, blocking waiters are woken by
+/// the kernel first, so a timed waiter can lose the race to them; it never
+/// waits past its deadline. A timeout of `Duration::MAX` (or anything
+/// beyond ~136 years) waits like the blocking variant.
 ///
 /// # References
 ///
