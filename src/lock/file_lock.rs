@@ -118,8 +118,8 @@ fn check_filesystem(fd: BorrowedFd<'_>, allow: bool) -> Result<(), Error> {
 /// [`open_or_create`](Self::open_or_create), [`options`](Self::options)) or
 /// on a descriptor it takes over ([`from_file`](Self::from_file),
 /// [`from_fd`](Self::from_fd)). The threads of a process share one handle
-/// by reference (it is `Sync`); the module docs list the pitfalls of `flock`
-/// it handles.
+/// by reference (it is `Sync`); the sections below list the pitfalls of
+/// `flock` it handles.
 ///
 /// `FileLock` is also a lock backend of [`ShmCell`](crate::ShmCell):
 /// `ShmCell::<T, FileLock>` locks the segment with `flock(LOCK_EX)` and keeps
@@ -159,7 +159,7 @@ fn check_filesystem(fd: BorrowedFd<'_>, allow: bool) -> Result<(), Error> {
 /// | an `exec`'d program inherits the descriptor and with it the lock | every descriptor is opened `O_CLOEXEC` |
 /// | the file at the path is replaced (`rename`) or removed while a process waits, so two processes "hold" locks on different inodes | after locking by path, `fstat(fd)` is compared with `stat(path)` (device + inode); on a mismatch the lock is dropped, the path reopened and locked again |
 /// | shared → exclusive is *not* atomic (`flock(2)`: the old lock is removed first) | there is no upgrade method; asking for an exclusive lock while the same thread holds a shared one answers [`LockError::Deadlock`] |
-/// | on NFS `flock` is emulated with byte-range locks (and interacts with them), on SMB/CIFS it is local or mandatory | network filesystems are refused with [`Error::Unsupported`] unless [`FileLockOptions::allow_network_fs`] |
+/// | on NFS `flock` is emulated with whole-file byte-range locks on the server (and conflicts with `fcntl` locks); on SMB/CIFS it maps to the server's byte-range locks or stays local to the client, depending on the mount | network filesystems are refused with [`Error::Unsupported`] unless [`FileLockOptions::allow_network_fs`] |
 /// | `flock` has no timeout | timed variants poll with `LOCK_NB` and a bounded exponential backoff (see below) |
 ///
 /// # Timed waits
@@ -169,7 +169,8 @@ fn check_filesystem(fd: BorrowedFd<'_>, allow: bool) -> Result<(), Error> {
 /// signal way needs a process-wide signal handler installed without
 /// `SA_RESTART` (a library must not own a signal disposition; whichever
 /// signal it picks may be the application's), a per-thread timer
-/// (`timer_create` + `SIGEV_THREAD_ID`, two more system calls per wait),
+/// (`timer_create` with `SIGEV_THREAD_ID`, `timer_settime`, `timer_delete`:
+/// three more system calls per wait),
 /// and it still races: a signal that lands just before the thread enters
 /// `flock` is lost, so the timer must repeat anyway.
 ///
