@@ -85,7 +85,8 @@ mod sys;
 pub use cell::{ShmCell, ShmGuard};
 pub use error::{Error, LockError};
 pub use lock::{
-    LockBackend, NamedSemaphore, RobustMutex, RobustMutexGuard, SemaphoreError, SemaphoreOptions,
+    FileLock, FileLockGuard, FileLockOptions, FileLockSharedGuard, LockBackend, NamedSemaphore,
+    RobustMutex, RobustMutexGuard, SemaphoreError, SemaphoreOptions,
 };
 pub use segment::{CreateOptions, Segment};
 pub use shm_safe::ShmSafe;

@@ -624,11 +624,14 @@ fn racing_open_or_create() {
 }
 
 static PAUSE_AT: AtomicU8 = AtomicU8::new(u8::MAX);
+static PAUSED_FD: AtomicI32 = AtomicI32::new(-1);
 
 fn pause_at_step(step: InitStep) {
     if InitStep::ALL.iter().position(|s| *s == step)
         == Some(PAUSE_AT.load(Ordering::SeqCst) as usize)
     {
+        // SAFETY: the child's report pipe: tell the parent we are paused.
+        unsafe { libc::write(PAUSED_FD.load(Ordering::SeqCst), [b'P'].as_ptr().cast(), 1) };
         let fd = PAUSE_FD.load(Ordering::SeqCst);
         let mut b = [0u8; 1];
         // SAFETY: `fd` is the child's inherited pipe; block until the
@@ -651,12 +654,12 @@ fn open_waits_for_live_creator() {
     let n = name.0.clone();
     let mut creator = Child::spawn(move |ctx| {
         PAUSE_FD.store(r, Ordering::SeqCst);
+        PAUSED_FD.store(ctx.report_fd(), Ordering::SeqCst);
         PAUSE_AT.store(step_index(InitStep::HeaderWritten), Ordering::SeqCst);
         shmsync::segment::set_init_hook(Some(pause_at_step));
-        ctx.reached(b'C');
         ShmCell::<Rec>::create(&n, REC).unwrap();
     });
-    assert_eq!(creator.expect_reached(), b'C');
+    assert_eq!(creator.expect_reached(), b'P'); // paused mid-initialisation
     let n = name.0.clone();
     let mut opener = Child::spawn(move |ctx| {
         ctx.reached(b'O');
@@ -747,9 +750,9 @@ fn creator_descheduled_before_its_lock() {
     let n = name.0.clone();
     let mut slow = Child::spawn(move |ctx| {
         PAUSE_FD.store(r, Ordering::SeqCst);
+        PAUSED_FD.store(ctx.report_fd(), Ordering::SeqCst);
         PAUSE_AT.store(step_index(InitStep::Opened), Ordering::SeqCst);
         shmsync::segment::set_init_hook(Some(pause_at_step));
-        ctx.reached(b'C');
         // Paused at Opened until the parent writes to the pipe.
         assert!(matches!(
             ShmCell::<Rec>::create(&n, REC),
@@ -760,8 +763,8 @@ fn creator_descheduled_before_its_lock() {
         assert_eq!(g.x, 77, "the slow creator sees the taker's value");
         g.y[0] += 1;
     });
-    assert_eq!(slow.expect_reached(), b'C');
-    // The object exists, empty and unlocked: wait (bounded) until it shows.
+    assert_eq!(slow.expect_reached(), b'P'); // paused before its lock
+                                             // The object exists, empty and unlocked: wait (bounded) until it shows.
     let deadline = std::time::Instant::now() + common::BOUND;
     while std::fs::metadata(name.path()).is_err() {
         assert!(

@@ -6,6 +6,7 @@
 //! held by a forked parent is never released by the child) depend on each
 //! backend's details.
 
+pub(crate) mod file_lock;
 pub(crate) mod named_semaphore;
 pub(crate) mod robust_mutex;
 
@@ -16,6 +17,7 @@ use crate::error::{Error, RawLockError};
 use crate::segment::{LockKind, Segment};
 use crate::sys::time::Monotonic;
 
+pub use file_lock::{FileLock, FileLockGuard, FileLockOptions, FileLockSharedGuard};
 pub use named_semaphore::{NamedSemaphore, SemaphoreError, SemaphoreOptions, MAX_SEM_NAME};
 pub use robust_mutex::{RobustMutex, RobustMutexGuard};
 
@@ -68,6 +70,11 @@ pub(crate) mod sealed {
         /// it yet (the creator holds the initialisation lock).
         unsafe fn init_shared(p: NonNull<Self::Shared>, seg: &Segment) -> io::Result<()>;
 
+        /// Whether a handle dropped while one of its guards still holds the
+        /// lock (a `mem::forget`ten guard) must keep its mapping: true when
+        /// the kernel keeps a pointer into it (the robust-futex list).
+        const KEEP_MAPPING_WHILE_HELD: bool = true;
+
         /// Builds the per-handle state of a handle to `seg`.
         fn attach(seg: &Segment) -> Result<Self::Local, Error>;
 
@@ -103,8 +110,7 @@ pub(crate) mod sealed {
 }
 
 /// A lock that can guard a [`ShmCell`](crate::ShmCell): [`RobustMutex`]
-/// (the default), [`NamedSemaphore`], and the backends added by later
-/// releases. Sealed.
+/// (the default), [`FileLock`], [`NamedSemaphore`]. Sealed.
 pub trait LockBackend: sealed::Backend {}
 
 /// Removes the objects a cell of lock kind `kind` made besides its segment.

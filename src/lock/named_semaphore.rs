@@ -659,6 +659,9 @@ pub(crate) fn unlink_cell_semaphore(name: &str) -> Result<(), Error> {
 #[allow(private_interfaces)] // sealed trait, see lock/mod.rs
 impl Backend for NamedSemaphore {
     const KIND: LockKind = LockKind::NamedSemaphore;
+    // The holder record names the process, not a mapping: unmapping a
+    // forgotten guard's view changes nothing for other processes.
+    const KEEP_MAPPING_WHILE_HELD: bool = false;
     const MAX_NAME: usize = MAX_SEM_NAME;
     type Shared = SemLockState;
     type Local = SemLocal;

@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod fd;
+pub(crate) mod flock;
 pub(crate) mod futex;
 pub(crate) mod mman;
 pub(crate) mod ofd;

@@ -216,6 +216,12 @@ pub struct ChildCtx {
 }
 
 impl ChildCtx {
+    /// The raw report pipe, for code that cannot hold the context (an
+    /// `fn` hook): writing one byte there is a `reached`.
+    pub fn report_fd(&self) -> i32 {
+        self.report.as_raw_fd()
+    }
+
     /// Tells the parent the child reached point `tag` (one byte).
     pub fn reached(&mut self, tag: u8) {
         self.report.write_all(&[tag]).expect("report to parent");

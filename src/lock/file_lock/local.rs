@@ -1,0 +1,455 @@
+//! What a `flock` handle keeps per process: the open file description it
+//! locks through, and the process-local lock that queues this process's
+//! own threads in front of `flock`.
+//!
+//! # Why a process-local lock
+//!
+//! `flock` belongs to the open file description, not to a thread: a second
+//! `flock(LOCK_EX)` through the same description *succeeds* (it converts the
+//! lock it already holds). Threads that share one handle therefore exclude
+//! each other only through a lock of ours, taken before `flock` and released
+//! after `LOCK_UN`. It is a `std::sync::Mutex` + `Condvar`, which park with
+//! private futexes: fine here, because it only ever queues threads of this
+//! process. Waiting across processes is always the kernel's `flock`.
+//!
+//! # Why per process
+//!
+//! A forked child shares its parent's open file descriptions. A lock taken
+//! through the inherited descriptor would not conflict with the parent's, and
+//! `LOCK_UN` there would release the parent's lock. So a handle keeps its
+//! state in a [`PerProcess`] slot stamped with the fork generation: the first
+//! use in a child opens a *new* description of the same file and starts
+//! fresh local state (the parent's copy may have been locked by one of the
+//! parent's threads at the moment of the fork; it is never touched again).
+
+use std::io;
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+
+use crate::error::RawLockError;
+use crate::lock::Acquire;
+use crate::sys;
+
+/// An identity of the calling thread that costs no system call: the
+/// address of a thread-local byte (distinct among live threads).
+#[inline]
+pub(crate) fn thread_key() -> usize {
+    thread_local! {
+        static KEY: u8 = const { 0 };
+    }
+    KEY.with(|k| k as *const u8 as usize)
+}
+
+/// A descriptor that the holder of a lock's token may replace (a lock file
+/// replaced on disk is reopened). `-1` = none. Closed on drop.
+pub(crate) struct SwapFd(AtomicI32);
+
+impl SwapFd {
+    pub(crate) fn new(fd: Option<OwnedFd>) -> SwapFd {
+        SwapFd(AtomicI32::new(
+            fd.map_or(-1, std::os::fd::IntoRawFd::into_raw_fd),
+        ))
+    }
+
+    /// The descriptor, if any.
+    ///
+    /// # Safety
+    ///
+    /// No other thread may [`replace`](Self::replace) it while the borrow
+    /// lives: the caller holds the local token of its handle (or is the
+    /// only user, as in `Drop`).
+    #[inline]
+    pub(crate) unsafe fn borrow(&self) -> Option<BorrowedFd<'_>> {
+        let raw = self.0.load(Ordering::Acquire);
+        // SAFETY: a non-negative value is an open descriptor we own, and the
+        // caller guarantees it is not closed while the borrow lives.
+        (raw >= 0).then(|| unsafe { BorrowedFd::borrow_raw(raw) })
+    }
+
+    /// The raw number, for building `/proc/self/fd/N`.
+    pub(crate) fn raw(&self) -> Option<RawFd> {
+        let raw = self.0.load(Ordering::Acquire);
+        (raw >= 0).then_some(raw)
+    }
+
+    /// Puts `fd` in and returns the previous descriptor.
+    pub(crate) fn replace(&self, fd: Option<OwnedFd>) -> Option<OwnedFd> {
+        let new = fd.map_or(-1, std::os::fd::IntoRawFd::into_raw_fd);
+        let old = self.0.swap(new, Ordering::AcqRel);
+        // SAFETY: `old` was a descriptor we owned and nobody else took out.
+        (old >= 0).then(|| unsafe { OwnedFd::from_raw_fd(old) })
+    }
+}
+
+impl Drop for SwapFd {
+    fn drop(&mut self) {
+        drop(self.replace(None));
+    }
+}
+
+impl std::fmt::Debug for SwapFd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SwapFd({})", self.0.load(Ordering::Relaxed))
+    }
+}
+
+struct Slot<T> {
+    generation: u32,
+    value: T,
+}
+
+/// A value that belongs to one process: read in a forked child, it is
+/// rebuilt from the inherited one (the first time) and the inherited one is
+/// retired and never used again there.
+pub(crate) struct PerProcess<T> {
+    slot: AtomicPtr<Slot<T>>,
+}
+
+// SAFETY: the slot is a `Box<Slot<T>>` shared by reference only; `T: Send +
+// Sync` makes that sound from any thread.
+unsafe impl<T: Send + Sync> Send for PerProcess<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send + Sync> Sync for PerProcess<T> {}
+
+impl<T> PerProcess<T> {
+    pub(crate) fn new(value: T) -> PerProcess<T> {
+        sys::proc::register_fork_handler();
+        let slot = Box::new(Slot {
+            generation: sys::proc::fork_generation(),
+            value,
+        });
+        PerProcess {
+            slot: AtomicPtr::new(Box::into_raw(slot)),
+        }
+    }
+
+    /// This process's value: one relaxed load and a compare on the fast
+    /// path. In a forked child the first call builds a new value with
+    /// `rebind(inherited)` and, if it wins the race to install it, calls
+    /// `retire(inherited)`; the inherited slot is then leaked (a thread of
+    /// the parent may have held its local lock at the fork).
+    #[inline]
+    pub(crate) fn get(
+        &self,
+        rebind: impl FnOnce(&T) -> io::Result<T>,
+        retire: impl FnOnce(&T),
+    ) -> io::Result<&T> {
+        let p = self.slot.load(Ordering::Acquire);
+        // SAFETY: the slot is a live Box: slots are freed only in `Drop`
+        // (`&mut self`) and replaced ones are leaked.
+        let slot = unsafe { &*p };
+        if slot.generation == sys::proc::fork_generation() {
+            return Ok(&slot.value);
+        }
+        self.rebind(p, rebind, retire)
+    }
+
+    #[cold]
+    fn rebind(
+        &self,
+        p: *mut Slot<T>,
+        rebind: impl FnOnce(&T) -> io::Result<T>,
+        retire: impl FnOnce(&T),
+    ) -> io::Result<&T> {
+        // SAFETY: as in `get`.
+        let inherited = unsafe { &*p };
+        let generation = sys::proc::fork_generation();
+        let value = match rebind(&inherited.value) {
+            Ok(v) => v,
+            Err(e) => {
+                // Another thread of this child may have rebound (and retired
+                // the inherited descriptor) under us: use its slot.
+                let current = self.slot.load(Ordering::Acquire);
+                // SAFETY: as in `get`.
+                if current != p && unsafe { (*current).generation } == generation {
+                    // SAFETY: as in `get`.
+                    return Ok(unsafe { &(*current).value });
+                }
+                return Err(e);
+            }
+        };
+        let fresh = Box::into_raw(Box::new(Slot { generation, value }));
+        match self
+            .slot
+            .compare_exchange(p, fresh, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => {
+                retire(&inherited.value);
+                // SAFETY: just installed; freed only in `Drop`.
+                Ok(unsafe { &(*fresh).value })
+            }
+            Err(current) => {
+                // Another thread of this (child) process rebound first: its
+                // slot has this generation (ours cannot change under us).
+                // SAFETY: `fresh` was never shared.
+                drop(unsafe { Box::from_raw(fresh) });
+                // SAFETY: as in `get`.
+                Ok(unsafe { &(*current).value })
+            }
+        }
+    }
+}
+
+impl<T> Drop for PerProcess<T> {
+    fn drop(&mut self) {
+        // SAFETY: the current slot is a Box we own; replaced slots were
+        // leaked on purpose and are not freed here.
+        drop(unsafe { Box::from_raw(self.slot.load(Ordering::Acquire)) });
+    }
+}
+
+fn lock_state<S>(m: &Mutex<S>) -> MutexGuard<'_, S> {
+    // Nothing panics while holding these mutexes; a poisoned one is still
+    // consistent.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Waits on `cv` as `how` allows. `Err` when the caller must give up
+/// (`Try` → `WouldBlock`, a passed deadline → `TimedOut`).
+fn wait<'a, S>(
+    cv: &Condvar,
+    st: MutexGuard<'a, S>,
+    how: Acquire,
+) -> Result<MutexGuard<'a, S>, (MutexGuard<'a, S>, RawLockError)> {
+    match how {
+        Acquire::Try => Err((st, RawLockError::WouldBlock)),
+        Acquire::Block => Ok(cv.wait(st).unwrap_or_else(PoisonError::into_inner)),
+        Acquire::Until(deadline) => {
+            let left = deadline.remaining();
+            if left.is_zero() {
+                return Err((st, RawLockError::TimedOut));
+            }
+            Ok(cv
+                .wait_timeout(st, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0)
+        }
+    }
+}
+
+/// The process-local exclusive lock of a `ShmCell<T, FileLock>` handle.
+/// Holding it is the *token*: only its holder calls `flock` on the handle's
+/// descriptor.
+#[derive(Default)]
+pub(crate) struct LocalMutex {
+    state: Mutex<MutexState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct MutexState {
+    /// [`thread_key`] of the holder, 0 when free.
+    owner: usize,
+    waiters: u32,
+}
+
+impl LocalMutex {
+    /// Takes the local lock; `Deadlock` if the calling thread holds it.
+    #[inline]
+    pub(crate) fn lock(&self, how: Acquire) -> Result<(), RawLockError> {
+        let me = thread_key();
+        let mut st = lock_state(&self.state);
+        loop {
+            if st.owner == 0 {
+                st.owner = me;
+                return Ok(());
+            }
+            if st.owner == me {
+                return Err(RawLockError::Deadlock);
+            }
+            st.waiters += 1;
+            let r = wait(&self.cv, st, how);
+            st = match r {
+                Ok(s) => s,
+                Err((s, e)) => {
+                    let mut s = s;
+                    s.waiters -= 1;
+                    return Err(e);
+                }
+            };
+            st.waiters -= 1;
+        }
+    }
+
+    /// Releases the local lock (after the caller's `LOCK_UN`).
+    #[inline]
+    pub(crate) fn unlock(&self) {
+        let mut st = lock_state(&self.state);
+        st.owner = 0;
+        let wake = st.waiters > 0;
+        drop(st);
+        if wake {
+            self.cv.notify_one();
+        }
+    }
+}
+
+/// Which lock a thread wants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Shared,
+    Exclusive,
+}
+
+/// The process-local shared/exclusive lock of a standalone `FileLock`.
+///
+/// States: `Free` → (one thread takes the token) `Acquiring` → `Shared`
+/// (threads join without a system call) or `Exclusive` → `Free` after the
+/// last holder's `LOCK_UN`. Only the token holder (`Acquiring`), the
+/// exclusive holder, or the last shared holder (under the mutex) touches
+/// the descriptor.
+#[derive(Default)]
+pub(crate) struct LocalRw {
+    state: Mutex<RwState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct RwState {
+    phase: Phase,
+    /// The exclusive holder, or the thread acquiring.
+    writer: usize,
+    /// Threads holding shared, with how many guards each.
+    readers: Vec<(usize, u32)>,
+    writers_waiting: u32,
+    waiters: u32,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Phase {
+    #[default]
+    Free,
+    Acquiring,
+    Shared,
+    Exclusive,
+}
+
+/// What [`LocalRw::begin`] decided.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Begin {
+    /// A shared lock is held already by this process: joined, nothing to do.
+    Joined,
+    /// The caller holds the token and must call `flock`, then
+    /// [`LocalRw::finish`].
+    MustLock,
+}
+
+impl RwState {
+    fn reader_count(&self, me: usize) -> u32 {
+        self.readers
+            .iter()
+            .find(|(t, _)| *t == me)
+            .map_or(0, |(_, n)| *n)
+    }
+}
+
+impl LocalRw {
+    /// The process-local half of an acquire.
+    pub(crate) fn begin(&self, mode: Mode, how: Acquire) -> Result<Begin, RawLockError> {
+        let me = thread_key();
+        let mut st = lock_state(&self.state);
+        loop {
+            // A thread asking again for what it holds (or for an exclusive
+            // lock while it holds a shared one: flock has no atomic
+            // upgrade) would wait for itself.
+            let mine = st.reader_count(me);
+            if (st.phase == Phase::Exclusive && st.writer == me)
+                || (mode == Mode::Exclusive && mine > 0)
+            {
+                return Err(RawLockError::Deadlock);
+            }
+            match (mode, st.phase) {
+                (_, Phase::Free) => {
+                    st.phase = Phase::Acquiring;
+                    st.writer = me;
+                    return Ok(Begin::MustLock);
+                }
+                // Join a shared lock, unless a writer of this process waits
+                // (so readers cannot starve it) — recursion and `try` join
+                // anyway.
+                (Mode::Shared, Phase::Shared)
+                    if st.writers_waiting == 0 || mine > 0 || matches!(how, Acquire::Try) =>
+                {
+                    match st.readers.iter_mut().find(|(t, _)| *t == me) {
+                        Some((_, n)) => *n += 1,
+                        None => st.readers.push((me, 1)),
+                    }
+                    return Ok(Begin::Joined);
+                }
+                _ => {}
+            }
+            let writer = mode == Mode::Exclusive;
+            st.waiters += 1;
+            st.writers_waiting += u32::from(writer);
+            let r = wait(&self.cv, st, how);
+            let (mut s, err) = match r {
+                Ok(s) => (s, None),
+                Err((s, e)) => (s, Some(e)),
+            };
+            s.waiters -= 1;
+            s.writers_waiting -= u32::from(writer);
+            if let Some(e) = err {
+                // Readers held back for a writer that gives up may go on.
+                if writer && s.waiters > 0 {
+                    self.cv.notify_all();
+                }
+                return Err(e);
+            }
+            st = s;
+        }
+    }
+
+    /// Ends the acquire the token holder began: `locked` tells whether its
+    /// `flock` succeeded.
+    pub(crate) fn finish(&self, mode: Mode, locked: bool) {
+        let me = thread_key();
+        let mut st = lock_state(&self.state);
+        debug_assert!(st.phase == Phase::Acquiring && st.writer == me);
+        match (locked, mode) {
+            (false, _) => {
+                st.phase = Phase::Free;
+                st.writer = 0;
+            }
+            (true, Mode::Exclusive) => st.phase = Phase::Exclusive,
+            (true, Mode::Shared) => {
+                st.phase = Phase::Shared;
+                st.writer = 0;
+                st.readers.push((me, 1));
+            }
+        }
+        if st.waiters > 0 {
+            self.cv.notify_all();
+        }
+    }
+
+    /// Releases the calling thread's hold; `unlock_fd` (the `LOCK_UN`) runs
+    /// under the local mutex when this was the process's last hold.
+    pub(crate) fn release(&self, mode: Mode, unlock_fd: impl FnOnce()) {
+        let me = thread_key();
+        let mut st = lock_state(&self.state);
+        let last = match mode {
+            Mode::Exclusive => {
+                debug_assert!(st.phase == Phase::Exclusive && st.writer == me);
+                true
+            }
+            Mode::Shared => {
+                if let Some(i) = st.readers.iter().position(|(t, _)| *t == me) {
+                    st.readers[i].1 -= 1;
+                    if st.readers[i].1 == 0 {
+                        st.readers.swap_remove(i);
+                    }
+                }
+                st.readers.is_empty()
+            }
+        };
+        if last {
+            unlock_fd();
+            st.phase = Phase::Free;
+            st.writer = 0;
+            if st.waiters > 0 {
+                self.cv.notify_all();
+            }
+        }
+    }
+}
