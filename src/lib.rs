@@ -79,7 +79,7 @@ pub mod segment;
 mod shm_safe;
 mod sys;
 
-pub use cell::{ShmCell, ShmGuard};
+pub use cell::{ShmCell, ShmGuard, WaitTimeoutResult};
 pub use error::{Error, LockError};
 pub use lock::{
     LockBackend, NamedSemaphore, RobustMutex, RobustMutexGuard, SemaphoreError, SemaphoreOptions,

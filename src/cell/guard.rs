@@ -59,6 +59,18 @@ impl<'a, T: ShmSafe, L: LockBackend> ShmGuard<'a, T, L> {
     pub fn cell(&self) -> &'a ShmCell<T, L> {
         self.cell
     }
+
+    /// Consumes the guard *without* releasing the lock (for `wait.rs`,
+    /// which releases and re-acquires it itself). Returns the cell and
+    /// whether the value is consistent, or `None` for a guard copied into a
+    /// process forked while it was held (that process holds nothing).
+    #[inline]
+    pub(super) fn disarm(self) -> Option<(&'a ShmCell<T, L>, bool)> {
+        let held = self.fork_gen == sys::proc::fork_generation();
+        let (cell, consistent) = (self.cell, !self.inconsistent.get());
+        std::mem::forget(self);
+        held.then_some((cell, consistent))
+    }
 }
 
 impl<T: ShmSafe, L: LockBackend> Deref for ShmGuard<'_, T, L> {

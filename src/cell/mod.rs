@@ -2,6 +2,7 @@
 //! by a lock every process can take.
 
 mod guard;
+mod wait;
 
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
@@ -16,6 +17,7 @@ use crate::sys;
 use crate::sys::time::Monotonic;
 
 pub use guard::ShmGuard;
+pub use wait::WaitTimeoutResult;
 
 /// How many times `open_or_create` retries when other processes create,
 /// remove or take over the name under it.
