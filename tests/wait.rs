@@ -37,7 +37,24 @@ fn main() {
             dead_notifier_holding_lock_found_by_timeout,
         ),
         ("notify_one_wakes_a_waiter", notify_one_wakes_a_waiter),
+        (
+            "notify_all_wakes_every_waiter",
+            notify_all_wakes_every_waiter,
+        ),
+        (
+            "signals_do_not_shorten_the_timeout",
+            signals_do_not_shorten_the_timeout,
+        ),
+        (
+            "waiting_on_unrepaired_guard_is_not_recoverable",
+            waiting_on_unrepaired_guard_is_not_recoverable,
+        ),
+        (
+            "forked_copy_of_guard_cannot_wait",
+            forked_copy_of_guard_cannot_wait,
+        ),
         ("writer_reader_end_to_end", writer_reader_end_to_end),
+        ("demo_succeeds_and_cleans_up", demo_succeeds_and_cleans_up),
     ]);
 }
 
@@ -325,6 +342,138 @@ fn notify_one_wakes_a_waiter() {
     waiter.join();
 }
 
+/// Three processes wait for `full` to become 1; one `notify_all` after the
+/// change wakes them all.
+fn notify_all_wakes_every_waiter() {
+    const WAITERS: u32 = 3;
+    let name = TestName::new("all");
+    let cell = ShmCell::<Slot>::create(name.as_str(), EMPTY).unwrap();
+    let mut children: Vec<Child> = (0..WAITERS)
+        .map(|_| {
+            let n = name.0.clone();
+            Child::spawn(move |_| {
+                let c = ShmCell::<Slot>::open(&n).unwrap();
+                let mut s = c.lock().unwrap();
+                s.pad += 1; // "I am about to wait"
+                c.notify_all();
+                let s = s.wait_while(|s| s.full == 0).unwrap();
+                assert_eq!(s.full, 1);
+            })
+        })
+        .collect();
+    // Once all three have counted themselves, each is registered or asleep
+    // (it released the lock only inside wait_while).
+    let mut s = cell
+        .lock()
+        .and_then(|g| g.wait_while(|s| s.pad < WAITERS))
+        .unwrap_or_else(|e| panic!("{e}"));
+    s.full = 1;
+    drop(s);
+    cell.notify_all();
+    for c in &mut children {
+        c.join();
+    }
+}
+
+static ALARMS: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn count_alarm(_: libc::c_int) {
+    ALARMS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A signal every 5 ms interrupts the futex wait (`EINTR`, no
+/// `SA_RESTART`); the wait still lasts its whole timeout.
+fn signals_do_not_shorten_the_timeout() {
+    let name = TestName::new("eintr");
+    let cell = ShmCell::<u64>::create(name.as_str(), 0).unwrap();
+    // SAFETY: installing a handler that only does an atomic add; all-zero
+    // is a valid sigaction and itimerval.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = count_alarm as extern "C" fn(libc::c_int) as usize;
+        sa.sa_flags = 0;
+        assert_eq!(libc::sigaction(libc::SIGALRM, &sa, std::ptr::null_mut()), 0);
+        let mut it: libc::itimerval = std::mem::zeroed();
+        it.it_interval.tv_usec = 5_000;
+        it.it_value.tv_usec = 5_000;
+        assert_eq!(
+            libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut()),
+            0
+        );
+    }
+    let timeout = Duration::from_millis(300);
+    let started = Instant::now();
+    let (g, res) = cell
+        .lock()
+        .unwrap()
+        .wait_while_timeout(|v| *v == 0, timeout)
+        .unwrap();
+    let elapsed = started.elapsed();
+    // SAFETY: stopping the timer (all-zero itimerval).
+    unsafe {
+        let off: libc::itimerval = std::mem::zeroed();
+        libc::setitimer(libc::ITIMER_REAL, &off, std::ptr::null_mut());
+    }
+    let alarms = ALARMS.load(Ordering::Relaxed);
+    println!("    {alarms} signals during the wait");
+    assert!(alarms > 1, "the timer did not interrupt the wait");
+    assert!(res.timed_out());
+    assert!(
+        elapsed >= timeout,
+        "returned after {elapsed:?} < {timeout:?}"
+    );
+    assert_eq!(*g, 0);
+}
+
+/// Waiting releases the lock like a drop does: an owner-died guard that was
+/// not made consistent leaves the lock not recoverable.
+fn waiting_on_unrepaired_guard_is_not_recoverable() {
+    let name = TestName::new("unrep");
+    let cell = ShmCell::<u64>::create(name.as_str(), 0).unwrap();
+    let n = name.0.clone();
+    let mut holder = Child::spawn(move |ctx| {
+        let c = ShmCell::<u64>::open(&n).unwrap();
+        let _g = c.lock().unwrap();
+        ctx.reached_and_wait(b'H');
+    });
+    assert_eq!(holder.expect_reached(), b'H');
+    holder.kill();
+    let g = cell
+        .lock()
+        .err()
+        .and_then(LockError::into_owner_died)
+        .expect("OwnerDied");
+    let r = g.wait_while_timeout(|v| *v == 0, Duration::from_millis(10));
+    assert_eq!(r.err().map(|e| e.kind()), Some("NotRecoverable"));
+    assert_eq!(
+        cell.try_lock().err().map(|e| e.kind()),
+        Some("NotRecoverable")
+    );
+}
+
+/// A guard copied into a forked child belongs to the parent: waiting with it
+/// is refused (`EPERM`) and does not release the parent's lock.
+fn forked_copy_of_guard_cannot_wait() {
+    let name = TestName::new("forkw");
+    let cell = ShmCell::<u64>::create(name.as_str(), 0).unwrap();
+    let guard = cell.lock().unwrap();
+    let (guard_ref, cell_ref) = (&guard, &cell);
+    Child::spawn(move |_| {
+        // SAFETY: the child's copy of the parent's guard, used once.
+        let copy = unsafe { std::ptr::read(guard_ref) };
+        match copy.wait_while(|v| *v == 0) {
+            Err(LockError::Os(e)) => assert_eq!(e.raw_os_error(), Some(libc::EPERM)),
+            other => panic!("expected EPERM, got {:?}", other.map(|_| ())),
+        }
+        assert_eq!(
+            cell_ref.try_lock().err().map(|e| e.kind()),
+            Some("WouldBlock")
+        );
+    })
+    .join();
+    drop(guard);
+}
+
 /// The built `reader` and `writer` examples, as processes: lines in, the
 /// same lines out, a long line refused, `end` stops both, nothing left in
 /// `/dev/shm`.
@@ -405,6 +554,32 @@ fn writer_reader_end_to_end() {
         "the reader left {}",
         name.path()
     );
+}
+
+/// The README's first command: the demo (a writer killed holding the lock
+/// included) exits 0 and leaves its segment removed.
+fn demo_succeeds_and_cleans_up() {
+    let mut demo = Proc(
+        Command::new(example("demo"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start demo"),
+    );
+    let pid = demo.0.id();
+    let mut out = String::new();
+    demo.0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let status = demo.wait();
+    assert!(status.success(), "demo: {status}\n{out}");
+    assert!(out.contains("died holding the lock"), "{out}");
+    assert!(out.ends_with("demo: success\n"), "{out}");
+    let path = format!("/dev/shm/shmsync-demo-{pid}");
+    assert!(!std::path::Path::new(&path).exists(), "{path} left behind");
 }
 
 /// A process started with `Command`: waited for within `BOUND`, and killed
