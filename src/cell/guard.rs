@@ -20,6 +20,10 @@ use crate::sys;
 /// * A guard that came with [`LockError::OwnerDied`](crate::LockError) is
 ///   *inconsistent* until [`make_consistent`](Self::make_consistent) is
 ///   called; dropping it before that leaves the lock not recoverable.
+/// * [`wait_while`](Self::wait_while) and
+///   [`wait_while_timeout`](Self::wait_while_timeout) sleep until the value
+///   changes. Dropping a guard does **not** wake them, even after a change:
+///   call [`ShmCell::notify_all`] once the value is changed.
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct ShmGuard<'a, T: ShmSafe, L: LockBackend = RobustMutex> {
     cell: &'a ShmCell<T, L>,
