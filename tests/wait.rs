@@ -10,44 +10,73 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Child, TestName, BOUND};
-use shmsync::{LockError, ShmCell, ShmSafe};
+use shmsync::{LockBackend, LockError, NamedSemaphore, RobustMutex, ShmCell, ShmSafe};
 
 fn main() {
+    // The waiting protocol relies only on the lock backend trait: the tests
+    // that involve the lock run for every backend.
     common::run(&[
-        ("handoff_100k_in_order", handoff_100k_in_order),
+        (
+            "handoff_100k_in_order/robust_mutex",
+            handoff_100k_in_order::<RobustMutex>,
+        ),
+        (
+            "handoff_100k_in_order/named_semaphore",
+            handoff_100k_in_order::<NamedSemaphore>,
+        ),
         ("idle_waiter_uses_no_cpu", idle_waiter_uses_no_cpu),
         (
-            "timeout_returns_with_lock_held",
-            timeout_returns_with_lock_held,
+            "timeout_returns_with_lock_held/robust_mutex",
+            timeout_returns_with_lock_held::<RobustMutex>,
+        ),
+        (
+            "timeout_returns_with_lock_held/named_semaphore",
+            timeout_returns_with_lock_held::<NamedSemaphore>,
         ),
         (
             "predicate_false_returns_at_once",
             predicate_false_returns_at_once,
         ),
         (
-            "notifier_killed_holding_lock_gives_owner_died",
-            notifier_killed_holding_lock_gives_owner_died,
+            "notifier_killed_holding_lock_gives_owner_died/robust_mutex",
+            notifier_killed_holding_lock_gives_owner_died::<RobustMutex>,
+        ),
+        (
+            "notifier_killed_holding_lock_gives_owner_died/named_semaphore",
+            notifier_killed_holding_lock_gives_owner_died::<NamedSemaphore>,
         ),
         (
             "dead_notifier_timeout_returns",
             dead_notifier_timeout_returns,
         ),
         (
-            "dead_notifier_holding_lock_found_by_timeout",
-            dead_notifier_holding_lock_found_by_timeout,
+            "dead_notifier_holding_lock_found_by_timeout/robust_mutex",
+            dead_notifier_holding_lock_found_by_timeout::<RobustMutex>,
+        ),
+        (
+            "dead_notifier_holding_lock_found_by_timeout/named_semaphore",
+            dead_notifier_holding_lock_found_by_timeout::<NamedSemaphore>,
         ),
         ("notify_one_wakes_a_waiter", notify_one_wakes_a_waiter),
         (
-            "notify_all_wakes_every_waiter",
-            notify_all_wakes_every_waiter,
+            "notify_all_wakes_every_waiter/robust_mutex",
+            notify_all_wakes_every_waiter::<RobustMutex>,
+        ),
+        (
+            "notify_all_wakes_every_waiter/named_semaphore",
+            notify_all_wakes_every_waiter::<NamedSemaphore>,
         ),
         (
             "signals_do_not_shorten_the_timeout",
             signals_do_not_shorten_the_timeout,
         ),
         (
-            "waiting_on_unrepaired_guard_is_not_recoverable",
-            waiting_on_unrepaired_guard_is_not_recoverable,
+            "waiting_on_unrepaired_guard_is_not_recoverable/robust_mutex",
+            waiting_on_unrepaired_guard_is_not_recoverable::<RobustMutex>,
+        ),
+        (
+            "waiting_on_unrepaired_guard_is_not_recoverable/named_semaphore",
+            waiting_on_unrepaired_guard_is_not_recoverable::<NamedSemaphore>,
         ),
         (
             "forked_copy_of_guard_cannot_wait",
@@ -101,14 +130,14 @@ fn watchdog(progress: &'static AtomicU64, stall: Duration) {
 
 /// 100,000 hand-offs between two processes through one slot: every message
 /// arrives once and in order, and nobody sleeps forever.
-fn handoff_100k_in_order() {
+fn handoff_100k_in_order<L: LockBackend>() {
     const N: u64 = 100_000;
     static PROGRESS: AtomicU64 = AtomicU64::new(0);
     let name = TestName::new("handoff");
-    let cell = ShmCell::<Slot>::create(name.as_str(), EMPTY).unwrap();
+    let cell = ShmCell::<Slot, L>::create(name.as_str(), EMPTY).unwrap();
     let n = name.0.clone();
     let mut producer = Child::spawn(move |_| {
-        let c = ShmCell::<Slot>::open(&n).unwrap();
+        let c = ShmCell::<Slot, L>::open(&n).unwrap();
         for i in 1..=N {
             let mut s = c
                 .lock()
@@ -168,9 +197,9 @@ fn idle_waiter_uses_no_cpu() {
 
 /// With nothing changing, `wait_while_timeout` returns after the timeout
 /// (not before), timed out, holding the lock again.
-fn timeout_returns_with_lock_held() {
+fn timeout_returns_with_lock_held<L: LockBackend>() {
     let name = TestName::new("tmo");
-    let cell = ShmCell::<u64>::create(name.as_str(), 0).unwrap();
+    let cell = ShmCell::<u64, L>::create(name.as_str(), 0).unwrap();
     let timeout = Duration::from_millis(300);
     let started = Instant::now();
     let (mut g, res) = cell
@@ -189,7 +218,7 @@ fn timeout_returns_with_lock_held() {
     *g = 7;
     let n = name.0.clone();
     Child::spawn(move |_| {
-        let c = ShmCell::<u64>::open(&n).unwrap();
+        let c = ShmCell::<u64, L>::open(&n).unwrap();
         assert_eq!(c.try_lock().err().map(|e| e.kind()), Some("WouldBlock"));
     })
     .join();
@@ -197,7 +226,7 @@ fn timeout_returns_with_lock_held() {
     // …until it is dropped, and the write made through it is there.
     let n = name.0.clone();
     Child::spawn(move |_| {
-        let c = ShmCell::<u64>::open(&n).unwrap();
+        let c = ShmCell::<u64, L>::open(&n).unwrap();
         assert_eq!(*c.try_lock().unwrap(), 7);
     })
     .join();
@@ -219,14 +248,14 @@ fn predicate_false_returns_at_once() {
 
 /// The notifier changes the value, notifies and is SIGKILLed still holding
 /// the lock: the waiter's re-acquire reports OwnerDied, with the value.
-fn notifier_killed_holding_lock_gives_owner_died() {
+fn notifier_killed_holding_lock_gives_owner_died<L: LockBackend>() {
     let name = TestName::new("nkill");
-    let cell = ShmCell::<u64>::create(name.as_str(), 0).unwrap();
+    let cell = ShmCell::<u64, L>::create(name.as_str(), 0).unwrap();
     let g = cell.lock().unwrap();
     let n = name.0.clone();
     // The child blocks in lock() until the waiter below releases the lock.
     let mut child = Child::spawn(move |_| {
-        let c = ShmCell::<u64>::open(&n).unwrap();
+        let c = ShmCell::<u64, L>::open(&n).unwrap();
         let mut v = c.lock().unwrap();
         *v = 1;
         c.notify_all();
@@ -275,13 +304,13 @@ fn dead_notifier_timeout_returns() {
 /// without notifying. The kernel's robust list marks the lock but wakes no
 /// sequence waiter: a waiter sleeping in timeout slices finds out at its
 /// next re-acquire, as OwnerDied.
-fn dead_notifier_holding_lock_found_by_timeout() {
+fn dead_notifier_holding_lock_found_by_timeout<L: LockBackend>() {
     let name = TestName::new("nhold");
-    let cell = ShmCell::<u64>::create(name.as_str(), 0).unwrap();
+    let cell = ShmCell::<u64, L>::create(name.as_str(), 0).unwrap();
     let mut g = cell.lock().unwrap();
     let n = name.0.clone();
     let mut child = Child::spawn(move |_| {
-        let c = ShmCell::<u64>::open(&n).unwrap();
+        let c = ShmCell::<u64, L>::open(&n).unwrap();
         let mut v = c.lock().unwrap();
         *v = 1; // half-done, never notified
                 // SAFETY: signalling ourselves, holding the lock.
@@ -344,15 +373,15 @@ fn notify_one_wakes_a_waiter() {
 
 /// Three processes wait for `full` to become 1; one `notify_all` after the
 /// change wakes them all.
-fn notify_all_wakes_every_waiter() {
+fn notify_all_wakes_every_waiter<L: LockBackend>() {
     const WAITERS: u32 = 3;
     let name = TestName::new("all");
-    let cell = ShmCell::<Slot>::create(name.as_str(), EMPTY).unwrap();
+    let cell = ShmCell::<Slot, L>::create(name.as_str(), EMPTY).unwrap();
     let mut children: Vec<Child> = (0..WAITERS)
         .map(|_| {
             let n = name.0.clone();
             Child::spawn(move |_| {
-                let c = ShmCell::<Slot>::open(&n).unwrap();
+                let c = ShmCell::<Slot, L>::open(&n).unwrap();
                 let mut s = c.lock().unwrap();
                 s.pad += 1; // "I am about to wait"
                 c.notify_all();
@@ -427,12 +456,12 @@ fn signals_do_not_shorten_the_timeout() {
 
 /// Waiting releases the lock like a drop does: an owner-died guard that was
 /// not made consistent leaves the lock not recoverable.
-fn waiting_on_unrepaired_guard_is_not_recoverable() {
+fn waiting_on_unrepaired_guard_is_not_recoverable<L: LockBackend>() {
     let name = TestName::new("unrep");
-    let cell = ShmCell::<u64>::create(name.as_str(), 0).unwrap();
+    let cell = ShmCell::<u64, L>::create(name.as_str(), 0).unwrap();
     let n = name.0.clone();
     let mut holder = Child::spawn(move |ctx| {
-        let c = ShmCell::<u64>::open(&n).unwrap();
+        let c = ShmCell::<u64, L>::open(&n).unwrap();
         let _g = c.lock().unwrap();
         ctx.reached_and_wait(b'H');
     });
