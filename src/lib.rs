@@ -46,6 +46,11 @@
 //! * A creator that dies half-way through initialising a segment leaves it
 //!   `Initialising`; [`ShmCell::open`] reports [`Error::AbandonedInit`] and
 //!   [`ShmCell::open_or_create`] takes it over safely.
+//! * Waiting for the value to change ([`ShmGuard::wait_while`], woken by
+//!   [`ShmCell::notify_all`]) sleeps on a futex, not in a loop. **A waiter is
+//!   not woken when the process that would notify it dies** — the robust
+//!   list only marks the lock — so when the other side may die, wait with
+//!   [`ShmGuard::wait_while_timeout`] and check on it at each timeout.
 //! * Short, foreign, damaged or other-type objects are refused with a
 //!   distinct [`Error`] *before* anything is mapped, so opening one never
 //!   raises `SIGBUS`. (A process with write access that later *shrinks* a
@@ -82,7 +87,7 @@ pub mod segment;
 mod shm_safe;
 mod sys;
 
-pub use cell::{ShmCell, ShmGuard};
+pub use cell::{ShmCell, ShmGuard, WaitTimeoutResult};
 pub use error::{Error, LockError};
 pub use lock::{
     FileLock, FileLockGuard, FileLockOptions, FileLockSharedGuard, LockBackend, NamedSemaphore,

@@ -660,24 +660,21 @@ fn open_waits_for_live_creator() {
         ShmCell::<Rec>::create(&n, REC).unwrap();
     });
     assert_eq!(creator.expect_reached(), b'P'); // paused mid-initialisation
-    let n = name.0.clone();
-    let mut opener = Child::spawn(move |ctx| {
-        ctx.reached(b'O');
-        let c = loop {
-            match ShmCell::<Rec>::open(&n) {
-                Err(Error::NotFound { .. }) => std::thread::yield_now(),
-                other => break other.expect("open during init"),
-            }
-        };
-        assert_eq!(*c.lock().unwrap(), REC);
-    });
-    assert_eq!(opener.expect_reached(), b'O');
-    // Deterministic: while the creator is paused, an open here waits its
-    // bounded time and reports the live initialisation.
+                                                // Deterministic: while the creator is paused, an open waits its bounded
+                                                // time and reports the live initialisation.
     assert!(matches!(
         ShmCell::<Rec>::open(name.as_str()),
         Err(Error::InitTimedOut { .. })
     ));
+    // An opener started now waits for the creator, which is released
+    // right after: it must see the whole value.
+    let n = name.0.clone();
+    let mut opener = Child::spawn(move |ctx| {
+        ctx.reached(b'O');
+        let c = ShmCell::<Rec>::open(&n).expect("open across the release");
+        assert_eq!(*c.lock().unwrap(), REC);
+    });
+    assert_eq!(opener.expect_reached(), b'O');
     // Release the creator (one byte on the pipe it blocks on).
     // SAFETY: writing one byte to our pipe.
     assert_eq!(unsafe { libc::write(w, [1u8].as_ptr().cast(), 1) }, 1);

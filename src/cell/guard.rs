@@ -20,6 +20,10 @@ use crate::sys;
 /// * A guard that came with [`LockError::OwnerDied`](crate::LockError) is
 ///   *inconsistent* until [`make_consistent`](Self::make_consistent) is
 ///   called; dropping it before that leaves the lock not recoverable.
+/// * [`wait_while`](Self::wait_while) and
+///   [`wait_while_timeout`](Self::wait_while_timeout) sleep until the value
+///   changes. Dropping a guard does **not** wake them, even after a change:
+///   call [`ShmCell::notify_all`] once the value is changed.
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct ShmGuard<'a, T: ShmSafe, L: LockBackend = RobustMutex> {
     cell: &'a ShmCell<T, L>,
@@ -60,6 +64,18 @@ impl<'a, T: ShmSafe, L: LockBackend> ShmGuard<'a, T, L> {
     pub fn cell(&self) -> &'a ShmCell<T, L> {
         self.cell
     }
+
+    /// Consumes the guard *without* releasing the lock (for `wait.rs`,
+    /// which releases and re-acquires it itself). Returns the cell and
+    /// whether the value is consistent, or `None` for a guard copied into a
+    /// process forked while it was held (that process holds nothing).
+    #[inline]
+    pub(super) fn disarm(self) -> Option<(&'a ShmCell<T, L>, bool)> {
+        let held = self.fork_gen == sys::proc::fork_generation();
+        let (cell, consistent) = (self.cell, !self.inconsistent.get());
+        std::mem::forget(self);
+        held.then_some((cell, consistent))
+    }
 }
 
 impl<T: ShmSafe, L: LockBackend> Deref for ShmGuard<'_, T, L> {
@@ -87,7 +103,6 @@ impl<T: ShmSafe, L: LockBackend> Drop for ShmGuard<'_, T, L> {
     #[inline]
     fn drop(&mut self) {
         if self.fork_gen == sys::proc::fork_generation() {
-            self.cell.set_held(false);
             // SAFETY: this thread holds the lock through this guard.
             unsafe { self.cell.release(!self.inconsistent.get()) };
         }

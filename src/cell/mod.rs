@@ -2,6 +2,7 @@
 //! by a lock every process can take.
 
 mod guard;
+mod wait;
 
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
@@ -17,6 +18,7 @@ use crate::sys;
 use crate::sys::time::Monotonic;
 
 pub use guard::ShmGuard;
+pub use wait::WaitTimeoutResult;
 
 /// How many times `open_or_create` retries when other processes create,
 /// remove or take over the name under it.
@@ -377,6 +379,9 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     /// The calling thread holds the lock through this handle.
     #[inline]
     pub(crate) unsafe fn release(&self, consistent: bool) {
+        // Cleared before the release: after it, another thread of this
+        // process may take the lock through this handle and set it again.
+        self.set_held(false);
         // SAFETY: forwarded from the caller.
         unsafe { L::release(self.shared(), &self.local, &self.seg, consistent) }
     }

@@ -293,7 +293,7 @@ pub fn kill_loop<L: LockBackend>() {
     for cycle in 0..CYCLES {
         for (w, slot) in workers.iter_mut().enumerate() {
             if slot.is_none() {
-                let (inside, outside) = (rng.below(300) as u32, rng.below(300) as u32);
+                let (inside, outside) = (100 + rng.below(400) as u32, rng.below(100) as u32);
                 let n = name.0.clone();
                 let base = counters.ptr as usize;
                 let mut child = Child::spawn(move |ctx| {
@@ -347,6 +347,12 @@ pub fn kill_loop<L: LockBackend>() {
             "cycle {cycle}: worker had ended: {}",
             super::describe(status)
         );
+        // Every other cycle the checker stays out of the way, so that the
+        // surviving worker is the one to find a dead holder's lock (and the
+        // next cycle's progress requires it to recover).
+        if cycle % 2 == 1 {
+            continue;
+        }
         let g = match cell.lock_timeout(BOUND) {
             Ok(g) => {
                 clean += 1;
