@@ -16,7 +16,8 @@
 //! * One errno mapping ([`map_acquire`]) serves `lock`, `try_lock` and the
 //!   timed lock: a path that forgot `EOWNERDEAD` would leave its caller
 //!   holding a lock with no guard.
-//! * `try_lock` is `pthread_mutex_clocklock` with a deadline of now, never
+//! * `try_lock` is `pthread_mutex_clocklock` with a deadline that has
+//!   already passed (0 s on `CLOCK_MONOTONIC`: no clock read), never
 //!   `pthread_mutex_trylock`: glibc 2.36's trylock on a not-recoverable
 //!   robust mutex leaves the caller's tid in the lock word, wedging it.
 //! * Timed locks use `CLOCK_MONOTONIC`.
@@ -109,12 +110,10 @@ impl RobustMutex {
             // SAFETY: `self` is an initialised mutex (type invariant)
             // borrowed for the call, so its memory stays mapped.
             Acquire::Block => unsafe { sys::pthread::mutex_lock(self.raw()) },
-            Acquire::Try => {
-                // A deadline of now, never pthread_mutex_trylock (module docs).
-                let now = Monotonic::now().to_timespec();
-                // SAFETY: as above.
-                unsafe { sys::pthread::mutex_clocklock_monotonic(self.raw(), &now) }
-            }
+            // A deadline already past, never pthread_mutex_trylock (module
+            // docs); a constant one spares a clock read per try.
+            // SAFETY: as above.
+            Acquire::Try => unsafe { sys::pthread::mutex_clocklock_expired(self.raw()) },
             Acquire::Until(deadline) => {
                 let ts = deadline.to_timespec();
                 // SAFETY: as above.
@@ -164,6 +163,7 @@ impl RobustMutex {
     /// [`LockError::OwnerDied`] with the guard when the previous holder
     /// died; [`LockError::NotRecoverable`]; [`LockError::Deadlock`] if this
     /// thread holds it already; [`LockError::Os`].
+    #[inline]
     pub fn lock(&self) -> Result<RobustMutexGuard<'_>, LockError<RobustMutexGuard<'_>>> {
         self.guarded(Acquire::Block)
     }
@@ -173,6 +173,7 @@ impl RobustMutex {
     /// # Errors
     ///
     /// As [`lock`](Self::lock), plus [`LockError::WouldBlock`].
+    #[inline]
     pub fn try_lock(&self) -> Result<RobustMutexGuard<'_>, LockError<RobustMutexGuard<'_>>> {
         self.guarded(Acquire::Try)
     }
@@ -182,6 +183,7 @@ impl RobustMutex {
     /// # Errors
     ///
     /// As [`lock`](Self::lock), plus [`LockError::TimedOut`].
+    #[inline]
     pub fn lock_timeout(
         &self,
         timeout: Duration,

@@ -81,6 +81,23 @@ pub(crate) unsafe fn mutex_clocklock_monotonic(
     unsafe { pthread_mutex_clocklock(m, libc::CLOCK_MONOTONIC, abstime) }
 }
 
+/// `pthread_mutex_clocklock(CLOCK_MONOTONIC, 0 s)`: a deadline that has
+/// always passed, so a free mutex is taken and a held one answers
+/// `ETIMEDOUT` without sleeping — `try_lock` without reading the clock.
+///
+/// # Safety
+///
+/// `m` must point to an initialised mutex that stays mapped for the call.
+#[inline]
+pub(crate) unsafe fn mutex_clocklock_expired(m: *mut libc::pthread_mutex_t) -> libc::c_int {
+    const EXPIRED: libc::timespec = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: guaranteed by the caller; `EXPIRED` is a valid timespec.
+    unsafe { pthread_mutex_clocklock(m, libc::CLOCK_MONOTONIC, &EXPIRED) }
+}
+
 /// `pthread_mutex_unlock`.
 ///
 /// # Safety
