@@ -55,7 +55,9 @@ pub struct Case<'a> {
     pub name: String,
     /// The row this one's ratio is taken against (its `name`).
     pub baseline: Option<String>,
-    /// Robust to a holder's death: "yes", "no" or "n/a".
+    /// What a holder's death does: "yes" (the next locker is told, as with
+    /// `OwnerDied`), "freed" (the kernel releases it silently: `flock`),
+    /// "no" (the lock is lost or wedged), "n/a" (not a lock).
     pub robust: &'static str,
     /// `None`: a slot for a row that comes with another branch.
     pub run: Option<RunFn<'a>>,

@@ -1,14 +1,15 @@
 //! `cargo bench --bench locks`: shmsync's primitives against the raw OS
 //! calls and the peer crates, in one run of interleaved rounds.
 //!
-//! * `cargo bench --bench locks` — the full run (15 rounds, about two
-//!   minutes on 2 cores);
-//!   `SHMSYNC_BENCH_SMOKE=1` or `-- --smoke` — tiny counts, a few seconds
-//!   (CI); `-- --rounds N`; `-- WORD…` keeps the sections or rows whose id
-//!   or name contains a word.
+//! * `cargo bench --bench locks`: the full run (15 rounds, about a minute
+//!   on 2 cores). `SHMSYNC_BENCH_SMOKE=1` or `-- --smoke`: tiny counts,
+//!   about a second (CI). `-- --rounds N`. `-- WORD…` keeps the rows whose
+//!   `SECTION/NAME` contains a word (`uncontended`, `raw_sync`,
+//!   `uncontended/ShmCell`).
 //! * Prints the table and writes `target/shmsync-bench/locks.json`
-//!   (`locks-smoke.json` in smoke mode); `scripts/bench_chart.py` turns it
-//!   into the chart of `BENCHMARKS.md`.
+//!   (`locks-smoke.json` in smoke mode, `locks-partial.json` when
+//!   filtered); `scripts/bench_chart.py` turns it into the chart and the
+//!   table of `BENCHMARKS.md`.
 //!
 //! Cross-process rows fork their children from this single-threaded
 //! process (`harness = false`), pin them with `sched_setaffinity`, bound
@@ -162,7 +163,7 @@ fn register<'a>(b: &mut Bench<'a>, big: &'a str) {
     );
     b.row(&UNCONTENDED, RAW_SYNC, rb, "no", raw_sync_lock);
     b.row(&UNCONTENDED, PROCESS_SYNC, rb, "no", process_sync_lock);
-    b.row(&UNCONTENDED, RAW_FLOCK, rb, "yes", raw_flock_lock);
+    b.row(&UNCONTENDED, RAW_FLOCK, rb, "freed", raw_flock_lock);
     b.row(&UNCONTENDED, RAW_SEM, rb, "no", raw_sem_lock);
     // SLOT(flock): b.row(&UNCONTENDED, "ShmCell<FileLock>::lock", Some(RAW_FLOCK), "yes", cell_lock::<shmsync::FileLock>);
     b.slot(
@@ -196,7 +197,7 @@ fn register<'a>(b: &mut Bench<'a>, big: &'a str) {
     b.row(&CONTENDED, PROCESS_SYNC, rb, "no", move |p| {
         process_sync_contended(p, &c2(p), LOCK_OPS)
     });
-    b.row(&CONTENDED, RAW_FLOCK, rb, "yes", move |p| {
+    b.row(&CONTENDED, RAW_FLOCK, rb, "freed", move |p| {
         flock_contended(p, &c2(p), FLOCK_OPS)
     });
     b.row(&CONTENDED, RAW_SEM, rb, "no", move |p| {
@@ -340,21 +341,45 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-/// Runs `f` `n / 10` times untimed, then `n` times timed; ns per call.
-/// One loop, so that `f` has one call site and is inlined alike for every
-/// row (a closure called from two loops may stay a call, which would charge
-/// some rows a function call per iteration and not others).
+/// Timed batches per measurement of a one-process row.
+const BATCHES: u64 = 5;
+
+/// What [`time_loop`] measured.
+struct Timed {
+    /// ns per call in the fastest batch.
+    ns: f64,
+    /// Calls made, warm-up included (for the counter check).
+    calls: u64,
+}
+
+/// Calls `f` `n / 10` times untimed, then `n` times in [`BATCHES`] timed
+/// batches; ns per call in the fastest batch. On a shared machine noise
+/// only ever adds time (preemption, a neighbour's cache traffic), so the
+/// fastest batch is the row's cost in this round; the median over rounds
+/// and the in-round ratios are taken from it.
+///
+/// One call site, so that `f` is inlined alike for every row (a closure
+/// called from two loops may stay a call, which would charge some rows a
+/// function call per iteration and not others).
 #[inline(always)]
-fn time_loop(n: u64, mut f: impl FnMut()) -> f64 {
-    let warm = n / 10;
-    let mut t0 = Instant::now();
-    for i in 0..warm + n {
-        if i == warm {
-            t0 = Instant::now();
+fn time_loop(n: u64, mut f: impl FnMut()) -> Timed {
+    let per = (n / BATCHES).max(1);
+    let warm = (n / 10).max(1);
+    let mut best = f64::INFINITY;
+    for batch in 0..=BATCHES {
+        let len = if batch == 0 { warm } else { per };
+        let t = Instant::now();
+        for _ in 0..len {
+            f();
         }
-        f();
+        if batch > 0 {
+            best = best.min(t.elapsed().as_nanos() as f64 / len as f64);
+        }
     }
-    t0.elapsed().as_nanos() as f64 / n as f64
+    Timed {
+        ns: best,
+        calls: warm + per * BATCHES,
+    }
 }
 
 /// A failed lock inside a timed loop: out of line, so it does not weigh
@@ -363,11 +388,6 @@ fn time_loop(n: u64, mut f: impl FnMut()) -> f64 {
 #[inline(never)]
 fn fail(what: &str, e: impl std::fmt::Display) -> ! {
     panic!("{what}: {e}")
-}
-
-/// Warm-up count `time_loop` adds to `n`.
-fn with_warmup(n: u64) -> u64 {
-    n + n / 10
 }
 
 /// A cell name that is unlinked when dropped (in the parent only).
@@ -423,24 +443,24 @@ fn cell_lock<L: LockBackend>(p: &Params) -> Result<f64, String> {
     let name = CellName::new();
     let cell = ShmCell::<u64, L>::create(&name.name, 0).map_err(err)?;
     let n = p.iters(2_000_000);
-    let ns = time_loop(n, || match cell.lock() {
+    let t = time_loop(n, || match cell.lock() {
         Ok(mut g) => *g += 1,
         Err(e) => fail("lock", e),
     });
-    expect_count(*cell.lock().map_err(err)?, with_warmup(n))?;
-    Ok(ns)
+    expect_count(*cell.lock().map_err(err)?, t.calls)?;
+    Ok(t.ns)
 }
 
 fn cell_try_lock<L: LockBackend>(p: &Params) -> Result<f64, String> {
     let name = CellName::new();
     let cell = ShmCell::<u64, L>::create(&name.name, 0).map_err(err)?;
     let n = p.iters(1_000_000);
-    let ns = time_loop(n, || match cell.try_lock() {
+    let t = time_loop(n, || match cell.try_lock() {
         Ok(mut g) => *g += 1,
         Err(e) => fail("try_lock", e),
     });
-    expect_count(*cell.lock().map_err(err)?, with_warmup(n))?;
-    Ok(ns)
+    expect_count(*cell.lock().map_err(err)?, t.calls)?;
+    Ok(t.ns)
 }
 
 fn robust_mutex_lock(p: &Params) -> Result<f64, String> {
@@ -450,12 +470,12 @@ fn robust_mutex_lock(p: &Params) -> Result<f64, String> {
     unsafe { RobustMutex::init(std::ptr::NonNull::from(&a.get().lock)) }.map_err(err)?;
     let (m, c) = (&a.get().lock, &a.get().counter);
     let n = p.iters(2_000_000);
-    let ns = time_loop(n, || match m.lock() {
+    let t = time_loop(n, || match m.lock() {
         Ok(_g) => bump(c),
         Err(e) => fail("lock", e),
     });
-    expect_count(c.load(Ordering::Relaxed), with_warmup(n))?;
-    Ok(ns)
+    expect_count(c.load(Ordering::Relaxed), t.calls)?;
+    Ok(t.ns)
 }
 
 #[derive(Clone, Copy)]
@@ -478,7 +498,7 @@ fn raw_lock(kind: MutexKind, how: Raw) -> impl FnMut(&Params) -> Result<f64, Str
         let a = raw_arena(kind);
         let (m, c) = (&a.get().lock, &a.get().counter);
         let n = p.iters(2_000_000);
-        let ns = match how {
+        let t = match how {
             Raw::Lock => time_loop(n, || {
                 if m.lock() != 0 {
                     fail("lock", "error")
@@ -501,8 +521,8 @@ fn raw_lock(kind: MutexKind, how: Raw) -> impl FnMut(&Params) -> Result<f64, Str
                 m.unlock();
             }),
         };
-        expect_count(c.load(Ordering::Relaxed), with_warmup(n))?;
-        Ok(ns)
+        expect_count(c.load(Ordering::Relaxed), t.calls)?;
+        Ok(t.ns)
     }
 }
 
@@ -528,14 +548,14 @@ fn raw_sync_lock(p: &Params) -> Result<f64, String> {
     let a = unsafe { SharedAnon::<PeerArena>::zeroed() };
     let m = raw_sync_new(&a)?;
     let n = p.iters(2_000_000);
-    let ns = time_loop(n, || {
+    let t = time_loop(n, || {
         let g = m.lock().expect("raw_sync lock");
         let v = *g as *mut u64;
         // SAFETY: `v` is the counter, guarded by the lock we hold.
         unsafe { *v += 1 };
     });
-    expect_count(a.get().counter.load(Ordering::Relaxed), with_warmup(n))?;
-    Ok(ns)
+    expect_count(a.get().counter.load(Ordering::Relaxed), t.calls)?;
+    Ok(t.ns)
 }
 
 fn process_sync_lock(p: &Params) -> Result<f64, String> {
@@ -543,13 +563,13 @@ fn process_sync_lock(p: &Params) -> Result<f64, String> {
     // SAFETY: a zeroed atomic is valid.
     let c = unsafe { SharedAnon::<AtomicU64>::zeroed() };
     let n = p.iters(2_000_000);
-    let ns = time_loop(n, || {
+    let t = time_loop(n, || {
         m.lock().expect("process-sync lock");
         bump(c.get());
         m.unlock().expect("process-sync unlock");
     });
-    expect_count(c.get().load(Ordering::Relaxed), with_warmup(n))?;
-    Ok(ns)
+    expect_count(c.get().load(Ordering::Relaxed), t.calls)?;
+    Ok(t.ns)
 }
 
 fn raw_flock_lock(p: &Params) -> Result<f64, String> {
@@ -557,27 +577,27 @@ fn raw_flock_lock(p: &Params) -> Result<f64, String> {
     let f = raw::FlockFile::open(&name);
     let c = AtomicU64::new(0);
     let n = p.iters(50_000);
-    let ns = time_loop(n, || {
+    let t = time_loop(n, || {
         f.lock();
         bump(&c);
         f.unlock();
     });
     raw::FlockFile::remove(&name);
-    expect_count(c.load(Ordering::Relaxed), with_warmup(n))?;
-    Ok(ns)
+    expect_count(c.load(Ordering::Relaxed), t.calls)?;
+    Ok(t.ns)
 }
 
 fn raw_sem_lock(p: &Params) -> Result<f64, String> {
     let s = raw::NamedSem::create(&fresh_name());
     let c = AtomicU64::new(0);
     let n = p.iters(2_000_000);
-    let ns = time_loop(n, || {
+    let t = time_loop(n, || {
         s.wait();
         bump(&c);
         s.post();
     });
-    expect_count(c.load(Ordering::Relaxed), with_warmup(n))?;
-    Ok(ns)
+    expect_count(c.load(Ordering::Relaxed), t.calls)?;
+    Ok(t.ns)
 }
 
 // --------------------------------------------------------------- contended
@@ -910,28 +930,28 @@ fn futex_pair(p: &Params, two: bool) -> Result<f64, String> {
 
 // ------------------------------------------------------------------- attach
 
-/// Times `batches` batches of `per` attaches (each kept until the batch is
-/// timed, then released untimed); µs per attach.
+/// Times [`BATCHES`] batches of `per` attaches (each kept until its batch
+/// is timed, then released untimed); µs per attach in the fastest batch
+/// (see [`time_loop`]).
 fn time_attach<H>(
     p: &Params,
     mut open: impl FnMut() -> Result<H, String>,
     mut close: impl FnMut(H),
 ) -> Result<f64, String> {
     let per = if p.smoke { 10 } else { 200 };
-    let batches = if p.smoke { 1 } else { 5 };
-    let mut total = 0u128;
+    let mut best = f64::INFINITY;
     let mut held = Vec::with_capacity(per);
-    for _ in 0..batches {
+    for _ in 0..BATCHES {
         let t = Instant::now();
         for _ in 0..per {
             held.push(open()?);
         }
-        total += t.elapsed().as_nanos();
+        best = best.min(t.elapsed().as_nanos() as f64 / 1e3 / per as f64);
         for h in held.drain(..) {
             close(h);
         }
     }
-    Ok(total as f64 / 1e3 / (per * batches) as f64)
+    Ok(best)
 }
 
 fn cell_open(p: &Params) -> Result<f64, String> {
@@ -960,7 +980,8 @@ fn cell_4k_lock(p: &Params) -> Result<f64, String> {
     Ok(time_loop(n, || match cell.lock() {
         Ok(mut g) => g[0] = g[0].wrapping_add(1),
         Err(e) => fail("lock", e),
-    }))
+    })
+    .ns)
 }
 
 fn big_lock(p: &Params, big: &str) -> Result<f64, String> {
@@ -969,7 +990,8 @@ fn big_lock(p: &Params, big: &str) -> Result<f64, String> {
     Ok(time_loop(n, || match cell.lock() {
         Ok(mut g) => g[0] = g[0].wrapping_add(1),
         Err(e) => fail("lock", e),
-    }))
+    })
+    .ns)
 }
 
 /// Creates the 64 MiB cell once. `create` takes the value by value, so a
@@ -1045,7 +1067,6 @@ fn loadavg() -> String {
 
 fn run(params: &Params, filters: &[String]) -> Result<(), String> {
     let big = CellName::new();
-    create_big(&big.name)?;
     let mut b = Bench::default();
     register(&mut b, &big.name);
     b.validate()?;
@@ -1053,12 +1074,18 @@ fn run(params: &Params, filters: &[String]) -> Result<(), String> {
         for c in &mut b.cases {
             if !filters
                 .iter()
-                .any(|f| c.section.id.contains(f.as_str()) || c.name.contains(f.as_str()))
+                .any(|f| key(c.section, &c.name).contains(f.as_str()))
             {
                 c.run = None;
                 c.skipped = true;
             }
         }
+    }
+    if b.cases
+        .iter()
+        .any(|c| c.run.is_some() && c.name.contains("64 MiB"))
+    {
+        create_big(&big.name)?;
     }
     let load_before = loadavg();
     eprintln!(
@@ -1072,6 +1099,9 @@ fn run(params: &Params, filters: &[String]) -> Result<(), String> {
     let load_after = loadavg();
     let table = b.table();
     println!("{table}");
+    if params.smoke {
+        println!("SMOKE counts: a check that the bench runs, not a measurement.");
+    }
     let meta = [
         (
             "date_unix",
@@ -1099,7 +1129,14 @@ fn run(params: &Params, filters: &[String]) -> Result<(), String> {
         ("loadavg_after", load_after),
         ("seconds", format!("{:.1}", t0.elapsed().as_secs_f64())),
     ];
-    let path = results_path(params.smoke);
+    // A smoke or filtered run never overwrites the full results.
+    let path = results_path(if params.smoke {
+        "locks-smoke.json"
+    } else if !filters.is_empty() {
+        "locks-partial.json"
+    } else {
+        "locks.json"
+    });
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
@@ -1131,8 +1168,8 @@ fn glibc_version() -> String {
 }
 
 /// `$CARGO_TARGET_DIR`, else the `target/` this binary was built in
-/// (`target/release/deps/locks-HASH`).
-fn results_path(smoke: bool) -> std::path::PathBuf {
+/// (`target/release/deps/locks-HASH`), then `shmsync-bench/FILE`.
+fn results_path(file: &str) -> std::path::PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .or_else(|| {
@@ -1143,9 +1180,5 @@ fn results_path(smoke: bool) -> std::path::PathBuf {
         .unwrap_or_else(|| {
             std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target"))
         });
-    target.join("shmsync-bench").join(if smoke {
-        "locks-smoke.json"
-    } else {
-        "locks.json"
-    })
+    target.join("shmsync-bench").join(file)
 }
