@@ -185,6 +185,7 @@ impl RobustMutex {
     /// [`LockError::OwnerDied`] with the guard when the previous holder
     /// died; [`LockError::NotRecoverable`]; [`LockError::Deadlock`] if this
     /// thread holds it already; [`LockError::Os`].
+    #[inline]
     pub fn lock(&self) -> Result<RobustMutexGuard<'_>, LockError<RobustMutexGuard<'_>>> {
         self.guarded(Acquire::Block)
     }
@@ -194,6 +195,7 @@ impl RobustMutex {
     /// # Errors
     ///
     /// As [`lock`](Self::lock), plus [`LockError::WouldBlock`].
+    #[inline]
     pub fn try_lock(&self) -> Result<RobustMutexGuard<'_>, LockError<RobustMutexGuard<'_>>> {
         self.guarded(Acquire::Try)
     }
@@ -203,6 +205,7 @@ impl RobustMutex {
     /// # Errors
     ///
     /// As [`lock`](Self::lock), plus [`LockError::TimedOut`].
+    #[inline]
     pub fn lock_timeout(
         &self,
         timeout: Duration,
