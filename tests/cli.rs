@@ -54,6 +54,16 @@ fn child_main(role: &str, name: &str) -> ! {
             }
             ready();
         }
+        // Take the lock from a dead owner and keep it, not yet repaired.
+        "recover-hold" => {
+            let cell = ShmCell::<u64>::open(name).expect("open");
+            let _guard = match cell.lock() {
+                Err(LockError::OwnerDied(guard)) => guard,
+                other => panic!("expected OwnerDied, got {:?}", other.map(|_| ())),
+            };
+            ready();
+            wait_for_eof();
+        }
         // Attach to an existing cell and stay attached.
         "open-hold" => {
             let _cell = ShmCell::<u64>::open(name).expect("open");
@@ -386,6 +396,59 @@ fn not_recoverable_cell_is_shown() {
     assert!(!exists(&name));
 }
 
+fn recovering_and_holder_dead_cells_are_shown() {
+    let p = Prefix::new("recov");
+    let (recov, gone) = (p.name("recovering"), p.name("gone"));
+
+    // Recovering: a live process took the lock with OwnerDied and has not
+    // made it consistent yet.
+    ChildGuard::spawn("hold-locked", &recov).kill();
+    let mut fixer = ChildGuard::spawn("recover-hold", &recov);
+    let e = entry(&list(&p), &recov).clone();
+    assert_eq!(e["state"], "recovering");
+    assert_eq!(e["lock_state"], "recovering");
+    assert_eq!(e["owner_word"], 0x7fff_ffff_u32);
+    assert_eq!(e["holder_pid"], fixer.pid());
+    assert_eq!(e["holder_alive"], true);
+    assert_eq!(e["stale"], false);
+    // ... and dies: owner died again.
+    fixer.kill();
+    let e = entry(&list(&p), &recov).clone();
+    assert_eq!(e["state"], "owner-died");
+    assert_eq!(e["stale"], true);
+
+    // Holder dead: a lock word naming a thread that cannot exist (above
+    // pid_max) and no owner-died mark, as the kernel leaves it when it
+    // could not process the holder's robust list.
+    drop(ShmCell::<u64>::create(&gone, 1).expect("create"));
+    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .expect("pid_max")
+        .trim()
+        .parse()
+        .expect("number");
+    let v: Value = serde_json::from_str(&ok(&["inspect", "--json", &gone])).expect("json");
+    let lock_offset = v["header"]["lock_offset"].as_u64().expect("lock_offset");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path_of(&gone))
+            .expect("open for writing");
+        f.write_all_at(&(pid_max + 1).to_ne_bytes(), lock_offset)
+            .expect("write lock word");
+    }
+    let e = entry(&list(&p), &gone).clone();
+    assert_eq!(e["state"], "holder-dead");
+    assert_eq!(e["lock_state"], "held");
+    assert_eq!(e["holder_tid"], pid_max + 1);
+    assert_eq!(e["holder_alive"], false);
+    assert_eq!(e["stale"], true);
+
+    let done = clean(&p, false);
+    assert_eq!(action_for(&done, &recov), "removed");
+    assert_eq!(action_for(&done, &gone), "removed");
+}
+
 fn foreign_and_garbage_objects_are_listed_and_never_removed() {
     let p = Prefix::new("foreign");
     let text = p.name("text");
@@ -394,6 +457,7 @@ fn foreign_and_garbage_objects_are_listed_and_never_removed() {
     let damaged = p.name("damaged");
     let short = p.name("short");
     let link = p.name("link");
+    let newer = p.name("newer");
     std::fs::write(path_of(&text), b"hello, not a segment").expect("write");
     std::fs::write(path_of(&zeros), vec![0u8; 4096]).expect("write");
     std::fs::write(path_of(&empty), b"").expect("write");
@@ -404,6 +468,9 @@ fn foreign_and_garbage_objects_are_listed_and_never_removed() {
     garbage[144..148].copy_from_slice(&2u32.to_ne_bytes());
     std::fs::write(path_of(&damaged), &garbage).expect("write");
     std::fs::write(path_of(&short), b"SHMSYNC\0\x01\0\0\0 short").expect("write");
+    let mut future = garbage.clone();
+    future[8..12].copy_from_slice(&2u32.to_ne_bytes()); // format version 2
+    std::fs::write(path_of(&newer), &future).expect("write");
     std::os::unix::fs::symlink(path_of(&damaged), path_of(&link)).expect("symlink");
 
     let rows = list(&p);
@@ -413,6 +480,7 @@ fn foreign_and_garbage_objects_are_listed_and_never_removed() {
         (&empty, "foreign"),
         (&damaged, "damaged"),
         (&short, "damaged"),
+        (&newer, "incompatible"),
         (&link, "foreign"),
     ] {
         let e = entry(&rows, name);
@@ -433,7 +501,7 @@ fn foreign_and_garbage_objects_are_listed_and_never_removed() {
         .is_some_and(|r| r.contains("symbolic link")));
 
     let outcomes = clean(&p, false);
-    for name in [&text, &zeros, &empty, &damaged, &short, &link] {
+    for name in [&text, &zeros, &empty, &damaged, &short, &newer, &link] {
         assert_eq!(action_for(&outcomes, name), "skipped", "{name}");
         assert!(exists(name), "clean removed {name}");
     }
@@ -695,6 +763,10 @@ fn main() {
         }),
         ("not_recoverable_cell_is_shown", || {
             not_recoverable_cell_is_shown();
+            Some(())
+        }),
+        ("recovering_and_holder_dead_cells_are_shown", || {
+            recovering_and_holder_dead_cells_are_shown();
             Some(())
         }),
         (
