@@ -1,27 +1,27 @@
 //! End-to-end tests of the `shmsync` command, run as processes.
 //!
-//! `harness = false`: `main` runs the tests one after the other under a
-//! watchdog, and doubles as the child program (`cli --child ROLE NAME`):
-//! children are this binary re-executed, which create or open cells, report
-//! `ready` on stdout at a known point and then block reading stdin, where
-//! the parent SIGKILLs them (or they exit at EOF, so a dying parent never
-//! leaves them behind). Every object name is unique
+//! `harness = false`, on the shared runner of `tests/common` (each test in
+//! its own forked process group under a watchdog, `/dev/shm` swept for
+//! leftovers after each). `main` doubles as the child program (`cli --child
+//! ROLE NAME`): children are this binary re-executed, which create or open
+//! cells, report `ready` on stdout at a known point and then block reading
+//! stdin, where the parent SIGKILLs them (or they exit at EOF, so a dying
+//! parent never leaves them behind). Every object name is unique
 //! (`/shmsync-t-PID-N-…`) and removed by a guard even when a test fails;
 //! every child is killed and reaped by a guard. No sleeps order anything.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
 use serde_json::Value;
 use shmsync::segment::{InitStep, Segment};
-use shmsync::{LockError, ShmCell};
+use shmsync::{LockError, NamedSemaphore, ShmCell};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shmsync");
-const WATCHDOG: Duration = Duration::from_secs(120);
 
 // ---------------------------------------------------------------- children
 
@@ -61,6 +61,18 @@ fn child_main(role: &str, name: &str) -> ! {
                 Err(LockError::OwnerDied(guard)) => guard,
                 other => panic!("expected OwnerDied, got {:?}", other.map(|_| ())),
             };
+            ready();
+            wait_for_eof();
+        }
+        // The same two with the semaphore backend.
+        "sem-hold" => {
+            let _cell = ShmCell::<u64, NamedSemaphore>::create(name, 7).expect("create");
+            ready();
+            wait_for_eof();
+        }
+        "sem-hold-locked" => {
+            let cell = ShmCell::<u64, NamedSemaphore>::create(name, 7).expect("create");
+            let _guard = cell.lock().expect("lock");
             ready();
             wait_for_eof();
         }
@@ -258,8 +270,7 @@ const FIELDS: &[&str] = &[
     "holder_tid",
     "holder_pid",
     "holder_alive",
-    "lock_word",
-    "owner_word",
+    "lock_words",
     "creator_pid",
     "created_unix",
     "age_secs",
@@ -383,7 +394,7 @@ fn not_recoverable_cell_is_shown() {
     let e = entry(&list(&p), &name).clone();
     assert_eq!(e["state"], "not-recoverable");
     assert_eq!(e["lock_state"], "not-recoverable");
-    assert_eq!(e["owner_word"], 0x7fff_fffe_u32);
+    assert_eq!(e["lock_words"]["owner_word"], 0x7fff_fffe_u32);
     assert_eq!(e["attached"], "live");
     assert_eq!(e["stale"], false);
     assert_eq!(action_for(&clean(&p, false), &name), "skipped");
@@ -407,7 +418,7 @@ fn recovering_and_holder_dead_cells_are_shown() {
     let e = entry(&list(&p), &recov).clone();
     assert_eq!(e["state"], "recovering");
     assert_eq!(e["lock_state"], "recovering");
-    assert_eq!(e["owner_word"], 0x7fff_ffff_u32);
+    assert_eq!(e["lock_words"]["owner_word"], 0x7fff_ffff_u32);
     assert_eq!(e["holder_pid"], fixer.pid());
     assert_eq!(e["holder_alive"], true);
     assert_eq!(e["stale"], false);
@@ -447,6 +458,60 @@ fn recovering_and_holder_dead_cells_are_shown() {
     let done = clean(&p, false);
     assert_eq!(action_for(&done, &recov), "removed");
     assert_eq!(action_for(&done, &gone), "removed");
+}
+
+fn semaphore_cells_show_their_holder_and_go_with_their_semaphore() {
+    let p = Prefix::new("sem");
+    let (idle, locked) = (p.name("idle"), p.name("locked"));
+    let sem_file = |name: &str| format!("/sem.{}", &name[1..]);
+    // The semaphore files' prefix (its guard removes leftovers too).
+    let sem_prefix = Prefix(sem_file(&p.0));
+    let mut a = ChildGuard::spawn("sem-hold", &idle);
+    let mut b = ChildGuard::spawn("sem-hold-locked", &locked);
+
+    let rows = list(&p);
+    let e = entry(&rows, &idle);
+    assert_eq!(e["lock_kind"], "semaphore");
+    assert_eq!(
+        (e["state"].as_str(), e["lock_state"].as_str()),
+        (Some("ready"), Some("free"))
+    );
+    assert_eq!(e["attached"], "live");
+    let e = entry(&rows, &locked);
+    assert_eq!(e["lock_state"], "held");
+    assert_eq!(e["holder_pid"], b.pid());
+    assert_eq!(e["holder_alive"], true);
+    assert_eq!(e["stale"], false);
+    // The semaphore file is listed as the cell's companion.
+    let sems = list(&sem_prefix);
+    let e = entry(&sems, &sem_file(&locked));
+    assert_eq!(e["state"], "companion", "{e}");
+    assert_eq!(e["stale"], false);
+
+    a.kill();
+    b.kill();
+    let rows = list(&p);
+    assert_eq!(entry(&rows, &idle)["stale"], true);
+    let e = entry(&rows, &locked);
+    assert_eq!(e["state"], "owner-died");
+    assert_eq!(e["holder_pid"], b.pid());
+    assert_eq!(e["holder_alive"], false);
+    assert_eq!(e["stale"], true);
+
+    // Cleaning the cells removes their semaphores; cleaning the semaphore
+    // names alone never does.
+    let outcomes = clean(&sem_prefix, false);
+    assert_eq!(action_for(&outcomes, &sem_file(&idle)), "skipped");
+    assert!(exists(&sem_file(&idle)));
+    let outcomes = clean(&p, false);
+    assert_eq!(action_for(&outcomes, &idle), "removed");
+    assert_eq!(action_for(&outcomes, &locked), "removed");
+    for name in [&idle, &locked] {
+        assert!(
+            !exists(name) && !exists(&sem_file(name)),
+            "{name} left behind"
+        );
+    }
 }
 
 fn foreign_and_garbage_objects_are_listed_and_never_removed() {
@@ -693,19 +758,9 @@ fn usage_and_help() {
     assert!(!out.stderr.is_empty());
 }
 
-/// Run as an unprivileged user: another user's objects are unreadable and
-/// never cleaned. Needs root (to switch user); reported as skipped otherwise.
-fn other_users_objects_are_unreadable_and_kept() -> Option<()> {
-    // Our effective uid, from /proc (no libc call needed here).
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let euid_root = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(2))
-        == Some("0");
-    if !euid_root {
-        return None;
-    }
+/// Run as an unprivileged user (`nobody`): another user's objects are
+/// unreadable and never cleaned. Run only as root (to switch user).
+fn other_users_objects_are_unreadable_and_kept() {
     let p = Prefix::new("uid");
     let name = p.name("cell");
     ChildGuard::spawn("hold", &name).kill(); // stale, root's, mode 0600
@@ -726,106 +781,78 @@ fn other_users_objects_are_unreadable_and_kept() -> Option<()> {
     let out = run_as_nobody(&["clean", "--prefix", &p.0]);
     assert!(out.status.success(), "{out:?}");
     assert!(exists(&name), "an unprivileged clean removed root's object");
-    Some(())
 }
 
 // ----------------------------------------------------------------- runner
 
-/// A test: `Some(())` when it ran, `None` when it had to be skipped.
-type TestFn = fn() -> Option<()>;
+/// Whether we may switch to another user (for the unprivileged test).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() == 4 && args[1] == "--child" {
         child_main(&args[2], &args[3]);
     }
-    std::thread::spawn(|| {
-        std::thread::sleep(WATCHDOG);
-        eprintln!("watchdog: the cli tests did not finish in {WATCHDOG:?}");
-        std::process::abort();
-    });
-    let filter = args.iter().skip(1).find(|a| !a.starts_with('-')).cloned();
-    let tests: &[(&str, TestFn)] = &[
-        ("live_cells_are_attached_and_survive_clean", || {
-            live_cells_are_attached_and_survive_clean();
-            Some(())
-        }),
+    let mut tests: Vec<(&str, common::TestFn)> = vec![
+        (
+            "live_cells_are_attached_and_survive_clean",
+            live_cells_are_attached_and_survive_clean,
+        ),
         (
             "killed_attachers_leave_stale_cells_that_clean_removes",
-            || {
-                killed_attachers_leave_stale_cells_that_clean_removes();
-                Some(())
-            },
+            killed_attachers_leave_stale_cells_that_clean_removes,
         ),
-        ("initialising_then_abandoned_init", || {
-            initialising_then_abandoned_init();
-            Some(())
-        }),
-        ("not_recoverable_cell_is_shown", || {
-            not_recoverable_cell_is_shown();
-            Some(())
-        }),
-        ("recovering_and_holder_dead_cells_are_shown", || {
-            recovering_and_holder_dead_cells_are_shown();
-            Some(())
-        }),
+        (
+            "initialising_then_abandoned_init",
+            initialising_then_abandoned_init,
+        ),
+        (
+            "not_recoverable_cell_is_shown",
+            not_recoverable_cell_is_shown,
+        ),
+        (
+            "recovering_and_holder_dead_cells_are_shown",
+            recovering_and_holder_dead_cells_are_shown,
+        ),
+        (
+            "semaphore_cells_show_their_holder_and_go_with_their_semaphore",
+            semaphore_cells_show_their_holder_and_go_with_their_semaphore,
+        ),
         (
             "foreign_and_garbage_objects_are_listed_and_never_removed",
-            || {
-                foreign_and_garbage_objects_are_listed_and_never_removed();
-                Some(())
-            },
+            foreign_and_garbage_objects_are_listed_and_never_removed,
         ),
-        ("json_output_has_the_documented_fields", || {
-            json_output_has_the_documented_fields();
-            Some(())
-        }),
+        (
+            "json_output_has_the_documented_fields",
+            json_output_has_the_documented_fields,
+        ),
         (
             "clean_skips_a_name_replaced_between_check_and_unlink",
-            || {
-                clean_skips_a_name_replaced_between_check_and_unlink();
-                Some(())
-            },
+            clean_skips_a_name_replaced_between_check_and_unlink,
         ),
-        ("unlink_is_forced_and_warns_when_attached", || {
-            unlink_is_forced_and_warns_when_attached();
-            Some(())
-        }),
-        ("inspect_explains_every_field", || {
-            inspect_explains_every_field();
-            Some(())
-        }),
-        ("usage_and_help", || {
-            usage_and_help();
-            Some(())
-        }),
         (
+            "unlink_is_forced_and_warns_when_attached",
+            unlink_is_forced_and_warns_when_attached,
+        ),
+        ("inspect_explains_every_field", inspect_explains_every_field),
+        ("usage_and_help", usage_and_help),
+    ];
+    if is_root() {
+        tests.push((
             "other_users_objects_are_unreadable_and_kept",
             other_users_objects_are_unreadable_and_kept,
-        ),
-    ];
-    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
-    for (name, test) in tests {
-        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
-            continue;
-        }
-        match std::panic::catch_unwind(test) {
-            Ok(Some(())) => {
-                println!("test {name} ... ok");
-                passed += 1;
-            }
-            Ok(None) => {
-                println!("test {name} ... skipped (needs root)");
-                skipped += 1;
-            }
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed += 1;
-            }
-        }
+        ));
+    } else {
+        println!("note: other_users_objects_are_unreadable_and_kept needs root; not run");
     }
-    println!("{passed} passed, {failed} failed, {skipped} skipped");
-    if failed > 0 || !Path::new("/dev/shm").exists() {
-        std::process::exit(1);
-    }
+    common::run(&tests);
 }

@@ -29,7 +29,7 @@
 //! | `holder_tid` | int or null | thread holding (or that died holding) the lock |
 //! | `holder_pid` | int or null | its process |
 //! | `holder_alive` | bool or null | whether it still runs |
-//! | `lock_word`, `owner_word` | int or null | robust mutex: glibc `__lock` / `__owner` |
+//! | `lock_words` | object | the lock's raw words by name: `lock_word`, `owner_word` (robust mutex: glibc `__lock`, `__owner`); `sem_holder`, `sem_state`, `sem_waiters`, `sem_holder_tid` (semaphore); empty when not read |
 //! | `creator_pid` | int or null | creator's pid |
 //! | `created_unix` | int or null | creation time, seconds since 1970 |
 //! | `age_secs` | int or null | seconds since creation |
@@ -42,7 +42,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
-use shmsync::segment::inspect::{self, Attached, CleanAction, Inspection};
+use shmsync::segment::inspect::{self, Attached, CleanAction, Inspection, State};
 
 const ABOUT: &str = "List, inspect and safely clean the shared-memory objects made by shmsync";
 
@@ -263,7 +263,12 @@ fn run(command: Command) -> Result<ExitCode, String> {
                     "shmsync: warning: {name} had {n} attached handle(s); they keep their mapping until they close it"
                 );
             }
-            if !i.state.is_shmsync() {
+            if i.state == State::Companion {
+                eprintln!(
+                    "shmsync: warning: {name} was a companion object ({}): the cell is now unusable",
+                    i.reason.as_deref().unwrap_or("-")
+                );
+            } else if !i.state.is_shmsync() {
                 eprintln!(
                     "shmsync: warning: {name} was not a shmsync object ({}: {})",
                     i.state.name(),
@@ -308,11 +313,15 @@ fn entry_json(i: &Inspection) -> Value {
         "attached_handles": i.attached_handles,
         "lock_kind": i.lock.kind.map(|k| k.name()),
         "lock_state": i.lock.state.name(),
-        "holder_tid": holder.map(|h| h.tid),
+        "holder_tid": holder.and_then(|h| h.tid),
         "holder_pid": holder.and_then(|h| h.pid),
         "holder_alive": holder.and_then(|h| h.alive),
-        "lock_word": i.lock.lock_word,
-        "owner_word": i.lock.owner_word,
+        "lock_words": i
+            .lock
+            .words
+            .iter()
+            .map(|w| (w.name.to_string(), Value::from(w.value)))
+            .collect::<serde_json::Map<_, _>>(),
         "creator_pid": h.map(|h| h.creator_pid),
         "created_unix": h.map(|h| h.created_unix),
         "age_secs": i.age.map(|a| a.as_secs()),
@@ -370,10 +379,11 @@ fn holder_cell(i: &Inspection) -> String {
     let Some(h) = i.lock.holder else {
         return "-".into();
     };
-    let who = match h.pid {
-        Some(pid) if pid == h.tid => format!("pid {pid}"),
-        Some(pid) => format!("pid {pid} (tid {})", h.tid),
-        None => format!("tid {}", h.tid),
+    let who = match (h.pid, h.tid) {
+        (Some(pid), Some(tid)) if pid != tid => format!("pid {pid} (tid {tid})"),
+        (Some(pid), _) => format!("pid {pid}"),
+        (None, Some(tid)) => format!("tid {tid}"),
+        (None, None) => "?".into(),
     };
     match h.alive {
         Some(true) => format!("{who} alive"),

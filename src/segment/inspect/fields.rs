@@ -187,35 +187,24 @@ impl Inspection {
             self.lock.state.name().into(),
             "the lock, read without taking it",
         );
-        if let Some(w) = self.lock.lock_word {
-            f(
-                "lock_word",
-                format!("{w:#010x}"),
-                "glibc __lock: owner tid | OWNER_DIED 0x40000000 | WAITERS 0x80000000",
-            );
-        }
-        if let Some(w) = self.lock.owner_word {
-            f(
-                "owner_word",
-                format!("{w:#010x}"),
-                "glibc __owner: tid, 0x7fffffff inconsistent, 0x7ffffffe not recoverable",
-            );
+        for w in &self.lock.words {
+            f(w.name, format!("{:#x}", w.value), w.meaning);
         }
         let holder = self.lock.holder;
         f(
             "holder_tid",
-            opt(holder.map(|h| h.tid.to_string())),
-            "thread holding the lock (or that died holding it)",
+            opt(holder.and_then(|h| h.tid).map(|t| t.to_string())),
+            "thread holding the lock, or that died holding it",
         );
         f(
             "holder_pid",
             opt(holder.and_then(|h| h.pid).map(|p| p.to_string())),
-            "its process, from /proc/TID/status",
+            "its process (robust mutex: from /proc/TID/status)",
         );
         f(
             "holder_alive",
             opt(holder.and_then(|h| h.alive).map(|a| a.to_string())),
-            "whether that thread still runs",
+            "whether it still runs (a zombie or a reused pid is dead)",
         );
         out
     }

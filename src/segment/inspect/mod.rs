@@ -47,6 +47,7 @@
 //! | `holder-dead` | the lock word names a thread that no longer exists and the kernel did not mark it | yes |
 //! | `incompatible` | made by shmsync, but another format version or ABI | never |
 //! | `damaged` | shmsync's magic, but a bad checksum, size or state word | never |
+//! | `companion` | the semaphore `sem.NAME` of a semaphore-locked cell `/NAME` | with its cell only |
 //! | `foreign` | not made by shmsync (no magic, empty, a symbolic link, …) | never |
 //! | `unreadable` | could not be opened or read (the reason says why) | never |
 //!
@@ -137,6 +138,10 @@ pub enum State {
     Incompatible,
     /// Carries shmsync's magic but its header is damaged or inconsistent.
     Damaged,
+    /// An object a shmsync cell made besides its segment (the semaphore
+    /// `sem.NAME` of a semaphore-locked cell): removed with the cell, never
+    /// on its own.
+    Companion,
     /// Not made by shmsync.
     Foreign,
     /// Could not be opened or read.
@@ -157,6 +162,7 @@ impl State {
             State::HolderDead => "holder-dead",
             State::Incompatible => "incompatible",
             State::Damaged => "damaged",
+            State::Companion => "companion",
             State::Foreign => "foreign",
             State::Unreadable => "unreadable",
         }
@@ -165,7 +171,7 @@ impl State {
     /// Whether the object was recognised as one of this crate's (it carries
     /// the magic).
     pub fn is_shmsync(self) -> bool {
-        !matches!(self, State::Foreign | State::Unreadable)
+        !matches!(self, State::Companion | State::Foreign | State::Unreadable)
     }
 }
 
@@ -204,7 +210,7 @@ impl Attached {
 pub enum LockState {
     /// Nobody holds it.
     Free,
-    /// A thread holds it (see [`LockInfo::holder`]).
+    /// A thread or process holds it (see [`LockInfo::holder`]).
     Held,
     /// Its holder died; the kernel marked it, nobody has taken it since.
     OwnerDied,
@@ -232,23 +238,37 @@ impl LockState {
     }
 }
 
-/// The thread that holds (or last held) a lock.
+/// The process (and thread, when known) that holds a lock, or that died
+/// holding it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Holder {
     /// Its thread id, as recorded in the lock (in the holder's pid
-    /// namespace).
-    pub tid: u32,
-    /// The process it belongs to (`Tgid` in `/proc/TID/status`), `None`
-    /// when the thread is gone or cannot be looked up.
+    /// namespace), when the backend records one.
+    pub tid: Option<u32>,
+    /// The process it belongs to, `None` when it cannot be told (a robust
+    /// mutex's dead thread is gone from `/proc`).
     pub pid: Option<u32>,
-    /// Whether it still runs: `Some(false)` when the thread is gone or a
-    /// zombie, `None` when that cannot be known (`/proc` unreadable, or the
-    /// segment was made in another pid namespace).
+    /// Whether it still runs: `Some(false)` when it is gone, a zombie, or
+    /// its pid was reused; `None` when that cannot be known (`/proc`
+    /// unreadable, or the segment was made in another pid namespace).
     pub alive: Option<bool>,
 }
 
+/// One raw word of a lock's state, as read with `pread`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LockWord {
+    /// Its stable name (`lock_word`, `owner_word` for the robust mutex;
+    /// `sem_holder`, `sem_state`, `sem_waiters`, `sem_holder_tid` for the
+    /// semaphore).
+    pub name: &'static str,
+    /// Its value.
+    pub value: u64,
+    /// What it holds.
+    pub meaning: &'static str,
+}
+
 /// The lock of a cell, read without taking it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LockInfo {
     /// The backend recorded in the header (`None` if unknown or unreadable).
@@ -257,10 +277,8 @@ pub struct LockInfo {
     pub state: LockState,
     /// The current holder, or the one that died holding it.
     pub holder: Option<Holder>,
-    /// Robust mutex: glibc's `__lock` futex word as read.
-    pub lock_word: Option<u32>,
-    /// Robust mutex: glibc's `__owner` word as read.
-    pub owner_word: Option<u32>,
+    /// The backend's raw words, for `inspect`.
+    pub words: Vec<LockWord>,
 }
 
 impl LockInfo {
@@ -269,8 +287,7 @@ impl LockInfo {
             kind,
             state: LockState::Unknown,
             holder: None,
-            lock_word: None,
-            owner_word: None,
+            words: Vec::new(),
         }
     }
 }
@@ -417,7 +434,33 @@ pub fn inspect(name: &str) -> Result<Inspection, Error> {
         Ok(fd) => fd,
         Err(e) => return open_failure(name, e),
     };
-    Ok(examine(name, fd.as_fd()))
+    let mut i = examine(name, fd.as_fd());
+    if let Some(cell) = name.strip_prefix("/sem.").map(|rest| format!("/{rest}")) {
+        if i.state == State::Foreign {
+            semaphore_companion(&mut i, &cell);
+        }
+    }
+    Ok(i)
+}
+
+/// `/sem.X` is glibc's file for the named semaphore `/X`: the companion of
+/// the cell `/X` when that is a semaphore-locked shmsync cell.
+fn semaphore_companion(i: &mut Inspection, cell: &str) {
+    let owner = name::validate(cell, MAX_SHM_NAME).ok().and_then(|c| {
+        let fd = sys::shm::shm_open(&c, libc::O_RDONLY, 0).ok()?;
+        Some(examine(cell, fd.as_fd()))
+    });
+    match owner {
+        Some(o) if o.state.is_shmsync() && o.lock.kind == Some(LockKind::NamedSemaphore) => {
+            i.state = State::Companion;
+            i.reason = Some(format!("the semaphore of the cell {cell}; removed with it"));
+        }
+        _ => {
+            i.reason = Some(format!(
+                "a POSIX named semaphore (sem_open {cell}), not used by a shmsync cell"
+            ));
+        }
+    }
 }
 
 /// `lstat` of the path: symbolic links and anything but a regular file are

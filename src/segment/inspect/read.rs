@@ -4,8 +4,10 @@
 use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
-use super::{fill_stat, Attached, Holder, Inspection, LockInfo, LockState, State, ATTACH_BYTE};
+use super::ATTACH_BYTE;
+use super::{fill_stat, Attached, Holder, Inspection, LockInfo, LockState, LockWord, State};
 use crate::error::Error;
+use crate::lock::named_semaphore::{self, layout as sem};
 use crate::lock::robust_mutex::word;
 use crate::segment::header::{self, HeaderInfo, LockKind, HEADER_SIZE, MAGIC};
 use crate::segment::header::{STATE_INITIALISING, STATE_READY, STATE_UNINIT};
@@ -165,38 +167,57 @@ fn attachment(fd: BorrowedFd<'_>, st: &libc::stat) -> (Attached, Option<u32>) {
 /// The cell's lock, read without taking it. One arm per backend.
 fn read_lock(fd: BorrowedFd<'_>, info: &HeaderInfo) -> LockInfo {
     let kind = info.lock_kind();
+    let foreign_ns = info.pid_namespace != 0 && info.pid_namespace != sys::proc::pid_namespace();
     match kind {
-        Some(LockKind::RobustMutex) => read_robust_mutex(fd, info),
-        // TODO(flock backend): decode where the FileLock backend keeps its
-        // holder (e.g. the FLOCK records of `sys::procfs::locks_on` on the
-        // inode it locks, or a holder record in its `Shared` area) once that
-        // backend lands.
-        // TODO(semaphore backend): read the holder record (pid + start time)
-        // of the NamedSemaphore backend's `Shared` area once it lands.
+        Some(LockKind::RobustMutex) => read_robust_mutex(fd, info, foreign_ns),
+        Some(LockKind::NamedSemaphore) => read_semaphore(fd, info, foreign_ns),
+        // TODO(flock backend, not on main yet): its branch keeps `state`
+        // (FREE / HELD / HELD_INCONSISTENT / NOT_RECOVERABLE) and
+        // `holder_pid` in the lock area and flocks the segment's own inode;
+        // decode them here, with the holder from the FLOCK records of
+        // `sys::procfs::locks_on`, once it is merged.
         _ => LockInfo::unknown(kind),
     }
 }
 
-/// Reads glibc's `__lock` and `__owner` words of the robust mutex at the
-/// header's lock offset with `pread`.
-fn read_robust_mutex(fd: BorrowedFd<'_>, info: &HeaderInfo) -> LockInfo {
-    let mut out = LockInfo::unknown(Some(LockKind::RobustMutex));
-    if info.lock_size < (word::OWNER_OFFSET + 4) as u64 {
-        return out;
+/// `pread` of `N` bytes of the lock area, if the header says they exist.
+fn lock_bytes<const N: usize>(fd: BorrowedFd<'_>, info: &HeaderInfo) -> Option<[u8; N]> {
+    if info.lock_size < N as u64 {
+        return None;
     }
-    let mut b = [0u8; word::OWNER_OFFSET + 4];
+    let mut b = [0u8; N];
     match sys::fd::pread_full(fd, &mut b, info.lock_offset) {
-        Ok(n) if n == b.len() => {}
-        _ => return out,
+        Ok(n) if n == N => Some(b),
+        _ => None,
     }
-    let at = |off: usize| u32::from_ne_bytes(b[off..off + 4].try_into().expect("4 bytes"));
-    let lock = at(word::LOCK_OFFSET);
-    let owner = at(word::OWNER_OFFSET);
-    out.lock_word = Some(lock);
-    out.owner_word = Some(owner);
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_ne_bytes(b[off..off + 4].try_into().expect("4 bytes"))
+}
+
+/// Reads glibc's `__lock` and `__owner` words of the robust mutex.
+fn read_robust_mutex(fd: BorrowedFd<'_>, info: &HeaderInfo, foreign_ns: bool) -> LockInfo {
+    let mut out = LockInfo::unknown(Some(LockKind::RobustMutex));
+    let Some(b) = lock_bytes::<{ word::OWNER_OFFSET + 4 }>(fd, info) else {
+        return out;
+    };
+    let lock = u32_at(&b, word::LOCK_OFFSET);
+    let owner = u32_at(&b, word::OWNER_OFFSET);
+    out.words = vec![
+        LockWord {
+            name: "lock_word",
+            value: lock.into(),
+            meaning: "glibc __lock: owner tid | OWNER_DIED 0x40000000 | WAITERS 0x80000000",
+        },
+        LockWord {
+            name: "owner_word",
+            value: owner.into(),
+            meaning: "glibc __owner: tid, 0x7fffffff inconsistent, 0x7ffffffe not recoverable",
+        },
+    ];
     let tid = lock & word::TID_MASK;
-    let foreign_ns = info.pid_namespace != 0 && info.pid_namespace != sys::proc::pid_namespace();
-    let holder = |tid: u32| (tid != 0).then(|| holder_of(tid, foreign_ns));
+    let holder = |tid: u32| (tid != 0).then(|| thread_holder(tid, foreign_ns));
     (out.state, out.holder) = if owner == word::NOT_RECOVERABLE {
         // glibc leaves no tid behind; a tid in `__lock` is a locker that is
         // being refused (or wedged by an old trylock).
@@ -209,7 +230,7 @@ fn read_robust_mutex(fd: BorrowedFd<'_>, info: &HeaderInfo) -> LockInfo {
         // The kernel cleared the tid; glibc's `__owner` still names the
         // thread that died.
         let dead = (owner & word::TID_MASK != 0 && owner != word::INCONSISTENT).then_some(Holder {
-            tid: owner,
+            tid: Some(owner),
             pid: None,
             alive: Some(false),
         });
@@ -220,29 +241,89 @@ fn read_robust_mutex(fd: BorrowedFd<'_>, info: &HeaderInfo) -> LockInfo {
     out
 }
 
-fn holder_of(tid: u32, foreign_ns: bool) -> Holder {
-    if foreign_ns {
-        return Holder {
-            tid,
-            pid: None,
-            alive: None,
-        };
+/// The holder of a robust mutex: a thread, mapped to its process through
+/// `/proc/TID/status`.
+fn thread_holder(tid: u32, foreign_ns: bool) -> Holder {
+    let (pid, alive) = if foreign_ns {
+        (None, None)
+    } else {
+        match sys::procfs::thread_status(tid) {
+            Ok(Some(st)) => (Some(st.tgid), Some(!st.is_dead())),
+            Ok(None) => (None, Some(false)),
+            Err(_) => (None, None),
+        }
+    };
+    Holder {
+        tid: Some(tid),
+        pid,
+        alive,
     }
-    match sys::procfs::thread_status(tid) {
-        Ok(Some(st)) => Holder {
-            tid,
-            pid: Some(st.tgid),
-            alive: Some(!st.is_dead()),
+}
+
+/// Reads the semaphore backend's holder record (the holder word *is* the
+/// lock: pid and process start time) and its state word.
+fn read_semaphore(fd: BorrowedFd<'_>, info: &HeaderInfo, foreign_ns: bool) -> LockInfo {
+    let mut out = LockInfo::unknown(Some(LockKind::NamedSemaphore));
+    let Some(b) = lock_bytes::<{ sem::SIZE }>(fd, info) else {
+        return out;
+    };
+    let identity = u64::from_ne_bytes(b[sem::HOLDER..sem::HOLDER + 8].try_into().expect("8"));
+    let state = u32_at(&b, sem::STATE);
+    let tid = u32_at(&b, sem::HOLDER_TID);
+    out.words = vec![
+        LockWord {
+            name: "sem_holder",
+            value: identity,
+            meaning: "holder identity: pid (low 22 bits) | process start time << 22; 0 free",
         },
-        Ok(None) => Holder {
-            tid,
-            pid: None,
-            alive: Some(false),
+        LockWord {
+            name: "sem_state",
+            value: state.into(),
+            meaning: "0 consistent, 1 taken from a dead holder, 2 not recoverable",
         },
-        Err(_) => Holder {
-            tid,
-            pid: None,
-            alive: None,
+        LockWord {
+            name: "sem_waiters",
+            value: u32_at(&b, sem::WAITERS).into(),
+            meaning: "threads sleeping on the semaphore sem.NAME",
         },
+        LockWord {
+            name: "sem_holder_tid",
+            value: tid.into(),
+            meaning: "thread of the holder (0: free or not yet written)",
+        },
+    ];
+    let holder = (identity != 0).then(|| {
+        let (pid, start) = named_semaphore::decode_identity(identity);
+        Holder {
+            tid: (tid != 0).then_some(tid),
+            pid: Some(pid),
+            alive: if foreign_ns {
+                None
+            } else {
+                process_alive(pid, start)
+            },
+        }
+    });
+    out.state = match (state, holder.and_then(|h| h.alive)) {
+        (sem::NOT_RECOVERABLE, _) => LockState::NotRecoverable,
+        // A dead holder is taken over by the next locker, with OwnerDied.
+        (_, Some(false)) => LockState::OwnerDied,
+        (sem::OWNER_DIED, _) if holder.is_some() => LockState::Recovering,
+        _ if holder.is_some() => LockState::Held,
+        _ => LockState::Free,
+    };
+    out.holder = holder;
+    out
+}
+
+/// Whether the process `pid` that started at `start` (clock ticks, 0 =
+/// unknown) still runs: `None` when `/proc` cannot be read.
+fn process_alive(pid: u32, start: u64) -> Option<bool> {
+    match sys::proc::stat_state_and_start(pid) {
+        Ok(None) => Some(false),
+        Ok(Some((state, started))) => {
+            Some(!(state == b'Z' || state == b'X' || (start != 0 && started != start)))
+        }
+        Err(_) => None,
     }
 }
