@@ -753,6 +753,10 @@ fn usage_and_help() {
         );
         assert!(text.contains("shmsync"), "{sub} --help");
     }
+    let p = Prefix::new("usage");
+    let missing = p.name("missing");
+    let text = ok(&["clean", &missing]);
+    assert!(text.contains("no such object"), "{text}");
     let out = shmsync(&["frobnicate"]);
     assert_eq!(out.status.code(), Some(2), "bad usage exits 2");
     assert!(!out.stderr.is_empty());

@@ -176,10 +176,10 @@ fn run(command: Command) -> Result<ExitCode, String> {
     match command {
         Command::List { json, prefix } => {
             let prefix = prefix.map(|p| object_name(&p));
-            let mut rows = inspect::list().map_err(err)?;
-            if let Some(p) = &prefix {
-                rows.retain(|i| i.name.starts_with(p.as_str()));
-            }
+            let rows = inspect::list_matching(|n| {
+                prefix.as_ref().map_or(true, |p| n.starts_with(p.as_str()))
+            })
+            .map_err(err)?;
             if json {
                 print_json(&Value::Array(rows.iter().map(entry_json).collect()));
             } else {
@@ -214,7 +214,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
         } => {
             let prefix = prefix.map(|p| object_name(&p));
             let names: Vec<String> = names.iter().map(|n| object_name(n)).collect();
-            let outcomes = inspect::clean(
+            let mut outcomes = inspect::clean(
                 |n| {
                     prefix.as_ref().map_or(true, |p| n.starts_with(p.as_str()))
                         && (names.is_empty() || names.iter().any(|m| m == n))
@@ -222,6 +222,13 @@ fn run(command: Command) -> Result<ExitCode, String> {
                 dry_run,
             )
             .map_err(err)?;
+            let missing: Vec<&String> = names
+                .iter()
+                .filter(|n| !outcomes.iter().any(|o| &o.name == *n))
+                .collect();
+            for name in missing {
+                outcomes.push(inspect::CleanOutcome::skipped(name, "no such object"));
+            }
             let failed = outcomes.iter().any(|o| o.action == CleanAction::Failed);
             if json {
                 let v = outcomes

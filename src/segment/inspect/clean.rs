@@ -4,7 +4,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Mutex;
 
-use super::{examine, name, not_a_file, open_failure, Attached, Inspection, State};
+use super::{judge, name, not_a_file, open_failure, Attached, Inspection, State};
 use super::{ATTACH_BYTE, MAX_SHM_NAME};
 use crate::error::Error;
 use crate::sys;
@@ -49,6 +49,19 @@ pub struct CleanOutcome {
     pub reason: String,
     /// The object as it was judged (under the lock, when it was locked).
     pub inspection: Option<Inspection>,
+}
+
+impl CleanOutcome {
+    /// An object left alone for `reason`, with no inspection (for example
+    /// a name that does not exist).
+    pub fn skipped(name: &str, reason: &str) -> CleanOutcome {
+        CleanOutcome {
+            name: name.into(),
+            action: CleanAction::Skipped,
+            reason: reason.into(),
+            inspection: None,
+        }
+    }
 }
 
 static CLEAN_HOOK: Mutex<Option<fn(&str)>> = Mutex::new(None);
@@ -140,7 +153,7 @@ pub fn clean_one(name: &str, dry_run: bool) -> Result<CleanOutcome, Error> {
             return skipped(why, Some(i));
         }
     };
-    let before = examine(name, fd.as_fd());
+    let before = judge(name, fd.as_fd());
     if !before.stale {
         return skipped(keep_reason(&before), Some(before));
     }
@@ -159,7 +172,7 @@ pub fn clean_one(name: &str, dry_run: bool) -> Result<CleanOutcome, Error> {
     }
     // Under the exclusive lock nobody can attach, initialise or take it
     // over: judge again what we are about to remove.
-    let locked = examine(name, fd.as_fd());
+    let locked = judge(name, fd.as_fd());
     if !locked.stale {
         return skipped(keep_reason(&locked), Some(locked));
     }

@@ -93,7 +93,7 @@ mod fields;
 mod read;
 
 use std::ffi::CStr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
 use super::header::{HeaderInfo, LockKind};
@@ -389,27 +389,37 @@ pub fn names() -> Result<Vec<String>, Error> {
 ///
 /// [`Error::Io`] when `/dev/shm` cannot be read.
 pub fn list() -> Result<Vec<Inspection>, Error> {
+    list_matching(|_| true)
+}
+
+/// Like [`list`], for the objects whose name (with its leading `/`)
+/// `filter` accepts; the others are not even opened.
+///
+/// # Errors
+///
+/// [`Error::Io`] when `/dev/shm` cannot be read.
+pub fn list_matching(filter: impl Fn(&str) -> bool) -> Result<Vec<Inspection>, Error> {
     let dir = std::fs::read_dir(SHM_DIR).map_err(|e| Error::io("opendir(/dev/shm)", e))?;
     let mut out = Vec::new();
     for entry in dir {
         let entry = entry.map_err(|e| Error::io("readdir(/dev/shm)", e))?;
         let raw = entry.file_name();
-        let Some(utf8) = raw.to_str() else {
+        let name = format!("/{}", raw.to_string_lossy());
+        if !filter(&name) {
+            continue;
+        }
+        if raw.to_str().is_none() {
             out.push(Inspection::bare(
-                format!("/{}", raw.to_string_lossy()),
+                name,
                 State::Unreadable,
                 "name is not UTF-8",
             ));
             continue;
-        };
-        match inspect(&format!("/{utf8}")) {
+        }
+        match inspect(&name) {
             Ok(i) => out.push(i),
             Err(Error::NotFound { .. }) => {} // removed meanwhile
-            Err(e) => out.push(Inspection::bare(
-                format!("/{utf8}"),
-                State::Unreadable,
-                e.to_string(),
-            )),
+            Err(e) => out.push(Inspection::bare(name, State::Unreadable, e.to_string())),
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -434,13 +444,19 @@ pub fn inspect(name: &str) -> Result<Inspection, Error> {
         Ok(fd) => fd,
         Err(e) => return open_failure(name, e),
     };
-    let mut i = examine(name, fd.as_fd());
+    Ok(judge(name, fd.as_fd()))
+}
+
+/// [`examine`], and a foreign `/sem.X` recognised as the semaphore of the
+/// cell `/X`.
+fn judge(name: &str, fd: BorrowedFd<'_>) -> Inspection {
+    let mut i = examine(name, fd);
     if let Some(cell) = name.strip_prefix("/sem.").map(|rest| format!("/{rest}")) {
         if i.state == State::Foreign {
             semaphore_companion(&mut i, &cell);
         }
     }
-    Ok(i)
+    i
 }
 
 /// `/sem.X` is glibc's file for the named semaphore `/X`: the companion of
