@@ -29,10 +29,13 @@
 //!   (`PTHREAD_MUTEX_NOTRECOVERABLE`). The holder's thread id is mapped to
 //!   its process through `/proc/TID/status` (`Tgid`), and a thread that is
 //!   gone or a zombie counts as dead.
-//! * **Other lock kinds** — the kind is shown from the header; the state of
-//!   a `flock` or semaphore lock and its holder are
-//!   [`LockState::Unknown`] until those backends document where they keep
-//!   their holder record.
+//! * **The semaphore backend** — its holder record *is* the lock (pid and
+//!   process start time, see [`NamedSemaphore`](crate::NamedSemaphore)):
+//!   read with `pread`, a holder whose `/proc/PID/stat` is gone, a zombie,
+//!   or shows another start time is dead. Its semaphore file
+//!   `/dev/shm/sem.NAME` is shown as the cell's companion.
+//! * **Other lock kinds** (the `flock` backend, not merged yet) — the kind
+//!   is shown from the header, the lock's state is [`LockState::Unknown`].
 //!
 //! # States
 //!
@@ -67,10 +70,10 @@
 //! (`fstat` of its descriptor against `lstat` of `/dev/shm/NAME`). Another
 //! cleaner cannot race it (it would need the same exclusive lock), nor can
 //! a process open the segment meanwhile (it would need the shared one). The
-//! one window left is a *forced* removal and re-creation of the name between
-//! that check and `shm_unlink` (`shm_unlink` takes a name, not a
-//! descriptor); forced removal is for operators. Companion objects of the
-//! cell (e.g. its semaphore) go with it.
+//! one window left is a *forced* removal ([`unlink`], `ShmCell::unlink`)
+//! and re-creation of the name between that check and `shm_unlink`, which
+//! takes a name, not a descriptor. Companion objects of the cell (e.g. its
+//! semaphore) go with it.
 //!
 //! # Example
 //!

@@ -43,6 +43,8 @@ pub(super) fn examine(name: &str, fd: BorrowedFd<'_>) -> Inspection {
         i.reason = Some(why);
     };
     if n == 0 {
+        // Also what a shmsync creator killed right after its exclusive
+        // create leaves: not provably ours, so never cleaned.
         foreign(&mut i, "empty: no shmsync header".into());
         return i;
     }
