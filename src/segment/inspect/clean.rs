@@ -213,13 +213,17 @@ pub fn clean_one(name: &str, dry_run: bool) -> Result<CleanOutcome, Error> {
     })
 }
 
-/// An error and its sources, on one line.
+/// An error and its sources, on one line (a source whose text the message
+/// already shows is not repeated).
 pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
     let mut line = e.to_string();
     let mut src = e.source();
     while let Some(s) = src {
-        line.push_str(": ");
-        line.push_str(&s.to_string());
+        let text = s.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
         src = s.source();
     }
     line
