@@ -264,7 +264,6 @@ const FIELDS: &[&str] = &[
     "uid",
     "mode",
     "attached",
-    "attached_handles",
     "lock_kind",
     "lock_state",
     "holder_tid",
@@ -291,7 +290,6 @@ fn live_cells_are_attached_and_survive_clean() {
     let e = entry(&rows, &idle);
     assert_eq!(e["state"], "ready");
     assert_eq!(e["attached"], "live");
-    assert_eq!(e["attached_handles"], 1);
     assert_eq!(e["stale"], false);
     assert_eq!(e["lock_kind"], "robust-mutex");
     assert_eq!(e["lock_state"], "free");
@@ -331,7 +329,6 @@ fn killed_attachers_leave_stale_cells_that_clean_removes() {
     let e = entry(&rows, &idle);
     assert_eq!(e["state"], "ready");
     assert_eq!(e["attached"], "none");
-    assert_eq!(e["attached_handles"], 0);
     assert_eq!(e["stale"], true);
     let e = entry(&rows, &locked);
     assert_eq!(e["state"], "owner-died");

@@ -23,7 +23,6 @@
 //! | `uid` | int or null | owner (`fstat`) |
 //! | `mode` | string or null | permission bits in octal, e.g. `"0600"` |
 //! | `attached` | string | `live`, `creator`, `none`, `unknown` |
-//! | `attached_handles` | int or null | handles attached (`/proc/locks`) |
 //! | `lock_kind` | string or null | `robust-mutex`, `flock`, `semaphore` |
 //! | `lock_state` | string | `free`, `held`, `owner-died`, `recovering`, `not-recoverable`, `unknown` |
 //! | `holder_tid` | int or null | thread holding (or that died holding) the lock |
@@ -74,8 +73,7 @@ enum Command {
     /// Columns: NAME, SIZE (bytes), VALUE (size of the value type / its type
     /// tag), LOCK (backend), STATE (ready, initialising, abandoned-init,
     /// owner-died, recovering, not-recoverable, holder-dead, incompatible,
-    /// damaged, foreign, unreadable), ATTACHED (live(N handles), creator,
-    /// none), HOLDER (process or thread holding the lock, or that died
+    /// damaged, foreign, unreadable), ATTACHED (live, creator, none), HOLDER (process or thread holding the lock, or that died
     /// holding it), CREATOR (pid), AGE, UID, MODE, STALE (whether `clean`
     /// would remove it) and a REASON for objects that are not shmsync's or
     /// cannot be read.
@@ -263,11 +261,8 @@ fn run(command: Command) -> Result<ExitCode, String> {
             let done = inspect::unlink(&name).map_err(err)?;
             let i = &done.inspection;
             if matches!(i.attached, Attached::Live | Attached::Creator) {
-                let n = i
-                    .attached_handles
-                    .map_or_else(|| "some".to_string(), |n| n.to_string());
                 eprintln!(
-                    "shmsync: warning: {name} had {n} attached handle(s); they keep their mapping until they close it"
+                    "shmsync: warning: processes were still attached to {name}; they keep their mapping until they close it"
                 );
             }
             if i.state == State::Companion {
@@ -317,7 +312,6 @@ fn entry_json(i: &Inspection) -> Value {
         "uid": i.uid,
         "mode": i.mode.map(|m| format!("{m:04o}")),
         "attached": i.attached.name(),
-        "attached_handles": i.attached_handles,
         "lock_kind": i.lock.kind.map(|k| k.name()),
         "lock_state": i.lock.state.name(),
         "holder_tid": holder.and_then(|h| h.tid),
@@ -409,10 +403,9 @@ fn print_table(rows: &[Inspection]) {
         .iter()
         .map(|i| {
             let h = i.header.as_ref();
-            let attached = match (i.attached, i.attached_handles) {
-                (Attached::Live, Some(n)) => format!("live({n})"),
-                (a, _) if !i.state.is_shmsync() && a == Attached::Unknown => dash(),
-                (a, _) => a.name().into(),
+            let attached = match i.attached {
+                Attached::Unknown if !i.state.is_shmsync() => dash(),
+                a => a.name().into(),
             };
             vec![
                 i.name.clone(),

@@ -54,11 +54,6 @@ impl Inspection {
             self.attached.name().into(),
             "who holds the attach lock (OFD lock on byte 0): live handles, a creator, nobody",
         );
-        f(
-            "attached_handles",
-            opt(self.attached_handles.map(|n| n.to_string())),
-            "handles holding the attach lock, from /proc/locks",
-        );
         if let Some(h) = &self.header {
             f("magic", "SHMSYNC".into(), "bytes 0..8: made by shmsync");
             f(

@@ -19,8 +19,10 @@
 //!   holds a write lock there while it initialises. `fcntl(F_OFD_GETLK)` for
 //!   a write lock tells, without taking anything, whether anybody is
 //!   attached ([`Attached::Live`]), a creator is at work
-//!   ([`Attached::Creator`]) or nobody ([`Attached::None`]); the number of
-//!   handles comes from `/proc/locks` when it can be read.
+//!   ([`Attached::Creator`]) or nobody ([`Attached::None`]). (Not how
+//!   many: `/proc/locks` would tell, but it is not read atomically once it
+//!   is longer than a page, and under other processes' lock traffic it
+//!   repeats or skips entries.)
 //! * **The lock** — for the robust mutex, glibc's `__lock` and `__owner`
 //!   words are read with `pread` at the header's `lock_offset` (see
 //!   [`RobustMutex`](crate::RobustMutex)): free, held by a thread, owner
@@ -318,9 +320,6 @@ pub struct Inspection {
     pub mode: Option<u32>,
     /// Who holds the attach lock.
     pub attached: Attached,
-    /// How many handles are attached (read locks on byte 0 in
-    /// `/proc/locks`), `None` when it cannot be read.
-    pub attached_handles: Option<u32>,
     /// The decoded header, when the object carries shmsync's magic and is
     /// at least a header long.
     pub header: Option<HeaderInfo>,
@@ -343,7 +342,6 @@ impl Inspection {
             uid: None,
             mode: None,
             attached: Attached::Unknown,
-            attached_handles: None,
             header: None,
             lock: LockInfo::unknown(None),
             age: None,

@@ -13,7 +13,6 @@ use crate::segment::header::{self, HeaderInfo, LockKind, HEADER_SIZE, MAGIC};
 use crate::segment::header::{STATE_INITIALISING, STATE_READY, STATE_UNINIT};
 use crate::sys;
 use crate::sys::ofd::OfdLock;
-use crate::sys::procfs::LockClass;
 
 /// Reads and judges the object open on `fd`.
 pub(super) fn examine(name: &str, fd: BorrowedFd<'_>) -> Inspection {
@@ -62,7 +61,7 @@ pub(super) fn examine(name: &str, fd: BorrowedFd<'_>) -> Inspection {
         return i;
     }
     // Ours from here on: judged by the header code.
-    (i.attached, i.attached_handles) = attachment(fd, &st);
+    i.attached = attachment(fd);
     if let Err(e) = header::check_prefix(&bytes[..n]) {
         i.state = State::Incompatible;
         i.reason = Some(e.to_string());
@@ -147,23 +146,16 @@ pub(super) fn examine(name: &str, fd: BorrowedFd<'_>) -> Inspection {
     i
 }
 
-/// Who holds the attach lock, and how many handles do.
-fn attachment(fd: BorrowedFd<'_>, st: &libc::stat) -> (Attached, Option<u32>) {
-    let attached = match sys::ofd::conflicting(fd, OfdLock::Write, ATTACH_BYTE, 1) {
+/// Who holds the attach lock (`fcntl(F_OFD_GETLK)` for a write lock: the
+/// kernel reports one conflicting lock, a read lock of an attached handle or
+/// the write lock of a creator).
+fn attachment(fd: BorrowedFd<'_>) -> Attached {
+    match sys::ofd::conflicting(fd, OfdLock::Write, ATTACH_BYTE, 1) {
         Ok(None) => Attached::None,
         Ok(Some(OfdLock::Read)) => Attached::Live,
         Ok(Some(_)) => Attached::Creator,
         Err(_) => Attached::Unknown,
-    };
-    let handles = sys::procfs::locks_on(st.st_dev, st.st_ino)
-        .ok()
-        .map(|locks| {
-            locks
-                .iter()
-                .filter(|l| l.class == LockClass::Ofd && !l.write && l.start == ATTACH_BYTE)
-                .count() as u32
-        });
-    (attached, handles)
+    }
 }
 
 /// The cell's lock, read without taking it. One arm per backend.
@@ -177,7 +169,7 @@ fn read_lock(fd: BorrowedFd<'_>, info: &HeaderInfo) -> LockInfo {
         // (FREE / HELD / HELD_INCONSISTENT / NOT_RECOVERABLE) and
         // `holder_pid` in the lock area and flocks the segment's own inode;
         // decode them here, with the holder from the FLOCK records of
-        // `sys::procfs::locks_on`, once it is merged.
+        // `/proc/locks`, once it is merged.
         _ => LockInfo::unknown(kind),
     }
 }
