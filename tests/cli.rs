@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::Value;
 use shmsync::segment::{InitStep, Segment};
-use shmsync::{LockError, NamedSemaphore, ShmCell};
+use shmsync::{FileLock, LockError, NamedSemaphore, ShmCell};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shmsync");
 
@@ -72,6 +72,13 @@ fn child_main(role: &str, name: &str) -> ! {
         }
         "sem-hold-locked" => {
             let cell = ShmCell::<u64, NamedSemaphore>::create(name, 7).expect("create");
+            let _guard = cell.lock().expect("lock");
+            ready();
+            wait_for_eof();
+        }
+        // And with the flock backend.
+        "flock-hold-locked" => {
+            let cell = ShmCell::<u64, FileLock>::create(name, 7).expect("create");
             let _guard = cell.lock().expect("lock");
             ready();
             wait_for_eof();
@@ -511,6 +518,38 @@ fn semaphore_cells_show_their_holder_and_go_with_their_semaphore() {
     }
 }
 
+fn flock_cells_show_their_holder() {
+    let p = Prefix::new("flock");
+    let name = p.name("cell");
+    let mut holder = ChildGuard::spawn("flock-hold-locked", &name);
+    let e = entry(&list(&p), &name).clone();
+    assert_eq!(e["lock_kind"], "flock");
+    assert_eq!(
+        (e["state"].as_str(), e["lock_state"].as_str()),
+        (Some("ready"), Some("held"))
+    );
+    assert_eq!(e["holder_pid"], holder.pid());
+    assert_eq!(e["holder_alive"], true);
+    assert_eq!(e["lock_words"]["flock_state"], 1);
+    assert_eq!(e["stale"], false);
+
+    holder.kill();
+    let e = entry(&list(&p), &name).clone();
+    assert_eq!(e["state"], "owner-died");
+    assert_eq!(e["holder_pid"], holder.pid());
+    assert_eq!(e["holder_alive"], false);
+    assert_eq!(e["stale"], true);
+    // The next locker is told, as the listing said.
+    {
+        let cell = ShmCell::<u64, FileLock>::open(&name).expect("open");
+        assert!(matches!(cell.try_lock(), Err(LockError::OwnerDied(_))));
+    }
+    // That guard was dropped unrepaired: not recoverable.
+    let e = entry(&list(&p), &name).clone();
+    assert_eq!(e["state"], "not-recoverable");
+    assert_eq!(action_for(&clean(&p, false), &name), "removed");
+}
+
 fn foreign_and_garbage_objects_are_listed_and_never_removed() {
     let p = Prefix::new("foreign");
     let text = p.name("text");
@@ -827,6 +866,10 @@ fn main() {
         (
             "semaphore_cells_show_their_holder_and_go_with_their_semaphore",
             semaphore_cells_show_their_holder_and_go_with_their_semaphore,
+        ),
+        (
+            "flock_cells_show_their_holder",
+            flock_cells_show_their_holder,
         ),
         (
             "foreign_and_garbage_objects_are_listed_and_never_removed",

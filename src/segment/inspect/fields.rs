@@ -199,7 +199,7 @@ impl Inspection {
         f(
             "holder_alive",
             opt(holder.and_then(|h| h.alive).map(|a| a.to_string())),
-            "whether it still runs (a zombie or a reused pid is dead)",
+            "whether it still runs (flock: still holds the flock)",
         );
         out
     }

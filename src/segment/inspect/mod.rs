@@ -36,8 +36,13 @@
 //!   read with `pread`, a holder whose `/proc/PID/stat` is gone, a zombie,
 //!   or shows another start time is dead. Its semaphore file
 //!   `/dev/shm/sem.NAME` is shown as the cell's companion.
-//! * **Other lock kinds** (the `flock` backend, not merged yet) — the kind
-//!   is shown from the header, the lock's state is [`LockState::Unknown`].
+//! * **The `flock` backend** — its held marker and last holder's pid are
+//!   read with `pread` (see [`FileLock`](crate::FileLock)); whether that
+//!   process still holds the `flock` comes from the `lock:` lines of its
+//!   `/proc/PID/fdinfo` (a held marker whose holder no longer holds the
+//!   `flock` means the holder died: the next locker gets `OwnerDied`).
+//! * A bare [`Segment`](crate::Segment) (lock kind `external`): its lock is
+//!   its user's business, [`LockState::Unknown`].
 //!
 //! # States
 //!
@@ -255,7 +260,9 @@ pub struct Holder {
     pub pid: Option<u32>,
     /// Whether it still runs: `Some(false)` when it is gone, a zombie, or
     /// its pid was reused; `None` when that cannot be known (`/proc`
-    /// unreadable, or the segment was made in another pid namespace).
+    /// unreadable, or the segment was made in another pid namespace). For
+    /// the `flock` backend: whether that process still holds the `flock`
+    /// (its `/proc/PID/fdinfo` shows it).
     pub alive: Option<bool>,
 }
 

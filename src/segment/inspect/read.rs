@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::ATTACH_BYTE;
 use super::{fill_stat, Attached, Holder, Inspection, LockInfo, LockState, LockWord, State};
 use crate::error::Error;
+use crate::lock::file_lock::backend::layout as flk;
 use crate::lock::named_semaphore::{self, layout as sem};
 use crate::lock::robust_mutex::word;
 use crate::segment::header::{self, HeaderInfo, LockKind, HEADER_SIZE, MAGIC};
@@ -123,7 +124,7 @@ pub(super) fn examine(name: &str, fd: BorrowedFd<'_>) -> Inspection {
         );
         return i;
     }
-    i.lock = read_lock(fd, info);
+    i.lock = read_lock(fd, info, &st);
     let holder_alive = i.lock.holder.and_then(|h| h.alive);
     i.state = match i.lock.state {
         LockState::OwnerDied => State::OwnerDied,
@@ -159,17 +160,14 @@ fn attachment(fd: BorrowedFd<'_>) -> Attached {
 }
 
 /// The cell's lock, read without taking it. One arm per backend.
-fn read_lock(fd: BorrowedFd<'_>, info: &HeaderInfo) -> LockInfo {
+fn read_lock(fd: BorrowedFd<'_>, info: &HeaderInfo, st: &libc::stat) -> LockInfo {
     let kind = info.lock_kind();
     let foreign_ns = info.pid_namespace != 0 && info.pid_namespace != sys::proc::pid_namespace();
     match kind {
         Some(LockKind::RobustMutex) => read_robust_mutex(fd, info, foreign_ns),
         Some(LockKind::NamedSemaphore) => read_semaphore(fd, info, foreign_ns),
-        // TODO(flock backend, not on main yet): its branch keeps `state`
-        // (FREE / HELD / HELD_INCONSISTENT / NOT_RECOVERABLE) and
-        // `holder_pid` in the lock area and flocks the segment's own inode;
-        // decode them here, with the holder from the FLOCK records of
-        // `/proc/locks`, once it is merged.
+        Some(LockKind::FileLock) => read_flock(fd, info, foreign_ns, st),
+        // `External`: a bare `Segment` whose lock is its user's business.
         _ => LockInfo::unknown(kind),
     }
 }
@@ -307,6 +305,66 @@ fn read_semaphore(fd: BorrowedFd<'_>, info: &HeaderInfo, foreign_ns: bool) -> Lo
         _ => LockState::Free,
     };
     out.holder = holder;
+    out
+}
+
+/// Reads the flock backend's held marker and last holder, and asks
+/// `/proc/PID/fdinfo` whether that holder still holds the `flock` on this
+/// inode (the kernel drops it when the holder dies).
+fn read_flock(
+    fd: BorrowedFd<'_>,
+    info: &HeaderInfo,
+    foreign_ns: bool,
+    st: &libc::stat,
+) -> LockInfo {
+    let mut out = LockInfo::unknown(Some(LockKind::FileLock));
+    let Some(b) = lock_bytes::<{ flk::SIZE }>(fd, info) else {
+        return out;
+    };
+    let state = u32_at(&b, flk::STATE);
+    let pid = u32_at(&b, flk::HOLDER_PID);
+    out.words = vec![
+        LockWord {
+            name: "flock_state",
+            value: state.into(),
+            meaning: "0 free, 1 held (or its holder died), 2 held inconsistent, 3 not recoverable",
+        },
+        LockWord {
+            name: "flock_holder_pid",
+            value: pid.into(),
+            meaning: "last process that acquired the flock",
+        },
+    ];
+    if !matches!(state, flk::HELD | flk::HELD_INCONSISTENT) {
+        out.state = match state {
+            flk::FREE => LockState::Free,
+            flk::NOT_RECOVERABLE => LockState::NotRecoverable,
+            _ => LockState::Unknown,
+        };
+        return out;
+    }
+    let holds = if foreign_ns || pid == 0 {
+        None
+    } else {
+        match sys::procfs::holds_flock(pid, st.st_dev, st.st_ino) {
+            Ok(Some(holds)) => Some(holds),
+            Ok(None) => Some(false),
+            // Its descriptors are not ours to read: only its death tells.
+            Err(_) => process_alive(pid, 0).and_then(|alive| (!alive).then_some(false)),
+        }
+    };
+    out.holder = (pid != 0).then_some(Holder {
+        tid: None,
+        pid: Some(pid),
+        alive: holds,
+    });
+    out.state = match (holds, state) {
+        // Marked held but its holder's flock is gone: the next locker gets
+        // OwnerDied.
+        (Some(false), _) => LockState::OwnerDied,
+        (_, flk::HELD_INCONSISTENT) => LockState::Recovering,
+        _ => LockState::Held,
+    };
     out
 }
 
