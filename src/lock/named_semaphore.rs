@@ -518,6 +518,28 @@ pub struct SemLockState {
     _reserved: u32,
 }
 
+/// Where [`SemLockState`]'s words lie, for the inspector
+/// ([`segment::inspect`](crate::segment::inspect)), which reads them with
+/// `pread` and never through a mapping.
+pub(crate) mod layout {
+    use super::SemLockState;
+
+    /// Offset of the `holder` identity word (u64).
+    pub(crate) const HOLDER: usize = std::mem::offset_of!(SemLockState, holder);
+    /// Offset of the `state` word (u32).
+    pub(crate) const STATE: usize = std::mem::offset_of!(SemLockState, state);
+    /// Offset of the `waiters` word (u32).
+    pub(crate) const WAITERS: usize = std::mem::offset_of!(SemLockState, waiters);
+    /// Offset of the `holder_tid` word (u32).
+    pub(crate) const HOLDER_TID: usize = std::mem::offset_of!(SemLockState, holder_tid);
+    /// Bytes the inspector reads.
+    pub(crate) const SIZE: usize = std::mem::size_of::<SemLockState>();
+    /// `state`: taken from a dead holder, not made consistent yet.
+    pub(crate) const OWNER_DIED: u32 = super::OWNER_DIED;
+    /// `state`: not recoverable.
+    pub(crate) const NOT_RECOVERABLE: u32 = super::NOT_RECOVERABLE;
+}
+
 /// The per-handle state: the open semaphore waiters sleep on.
 #[derive(Debug)]
 pub struct SemLocal {

@@ -11,6 +11,17 @@
 //! `EOWNERDEAD`. Unlocking without `pthread_mutex_consistent` makes the
 //! mutex permanently `ENOTRECOVERABLE`.
 //!
+//! The third word, `__owner`, holds the owner's tid while it is held
+//! normally, glibc's `PTHREAD_MUTEX_INCONSISTENT` (`INT_MAX`) while a locker
+//! that got `EOWNERDEAD` has not called `pthread_mutex_consistent` yet, and
+//! `PTHREAD_MUTEX_NOTRECOVERABLE` (`INT_MAX - 1`) for good once such a
+//! locker unlocked (glibc 2.36 `nptl/pthreadP.h`,
+//! `nptl/pthread_mutex_unlock.c`). The kernel clears the tid when it marks
+//! `FUTEX_OWNER_DIED`, so after an owner death the dead thread's id is only
+//! left in `__owner`. The constants are in [`word`]; the inspector
+//! ([`segment::inspect`](crate::segment::inspect)) reads both words with
+//! `pread`, never through a mapping and never by taking the lock.
+//!
 //! # Traps handled here
 //!
 //! * One errno mapping ([`map_acquire`]) serves `lock`, `try_lock` and the
@@ -36,6 +47,24 @@ use crate::error::{Error, LockError, RawLockError};
 use crate::segment::{LockKind, Segment};
 use crate::sys;
 use crate::sys::time::Monotonic;
+
+/// What glibc keeps in a robust `pthread_mutex_t` (see the module docs).
+pub(crate) mod word {
+    /// Offset of `__lock`, the futex word.
+    pub(crate) const LOCK_OFFSET: usize = 0;
+    /// Offset of `__owner` (after `int __lock; unsigned __count;`, on every
+    /// glibc target).
+    pub(crate) const OWNER_OFFSET: usize = 8;
+    /// `FUTEX_TID_MASK`: the owner's tid in `__lock`.
+    pub(crate) const TID_MASK: u32 = 0x3fff_ffff;
+    /// `FUTEX_OWNER_DIED`: set by the kernel when the owner died.
+    pub(crate) const OWNER_DIED: u32 = 0x4000_0000;
+    /// `PTHREAD_MUTEX_INCONSISTENT` in `__owner`: acquired with
+    /// `EOWNERDEAD`, not made consistent yet.
+    pub(crate) const INCONSISTENT: u32 = i32::MAX as u32;
+    /// `PTHREAD_MUTEX_NOTRECOVERABLE` in `__owner`.
+    pub(crate) const NOT_RECOVERABLE: u32 = i32::MAX as u32 - 1;
+}
 
 /// A process-shared robust mutex (`PTHREAD_PROCESS_SHARED`,
 /// `PTHREAD_MUTEX_ROBUST`, `PTHREAD_MUTEX_ERRORCHECK`) that lives in shared
@@ -174,8 +203,8 @@ impl RobustMutex {
         // SAFETY: the first field of glibc's pthread_mutex_t is the 32-bit
         // futex word, which every locker accesses atomically; the mutex is
         // at least 4-byte aligned.
-        let word = unsafe { &*(self.raw() as *const AtomicU32) };
-        word.load(Ordering::Relaxed) & 0x3fff_ffff
+        let futex = unsafe { &*(self.raw() as *const AtomicU32) };
+        futex.load(Ordering::Relaxed) & word::TID_MASK
     }
 
     /// Locks, waiting as long as it takes.

@@ -27,6 +27,7 @@
 //! A handle never unlinks the name on drop; [`Segment::unlink`] does.
 
 pub mod header;
+pub mod inspect;
 pub(crate) mod name;
 
 use std::ffi::CStr;

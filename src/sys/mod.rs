@@ -16,6 +16,7 @@ pub(crate) mod futex;
 pub(crate) mod mman;
 pub(crate) mod ofd;
 pub(crate) mod proc;
+pub(crate) mod procfs;
 pub(crate) mod pthread;
 pub(crate) mod sem;
 pub(crate) mod shm;

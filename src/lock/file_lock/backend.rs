@@ -70,6 +70,28 @@ pub struct FlockShared {
     holder_pid: AtomicU32,
 }
 
+/// Where [`FlockShared`]'s words lie, for the inspector
+/// ([`segment::inspect`](crate::segment::inspect)), which reads them with
+/// `pread` and never through a mapping.
+pub(crate) mod layout {
+    use super::FlockShared;
+
+    /// Offset of the `state` word (u32).
+    pub(crate) const STATE: usize = std::mem::offset_of!(FlockShared, state);
+    /// Offset of the `holder_pid` word (u32).
+    pub(crate) const HOLDER_PID: usize = std::mem::offset_of!(FlockShared, holder_pid);
+    /// Bytes the inspector reads.
+    pub(crate) const SIZE: usize = std::mem::size_of::<FlockShared>();
+    /// `state`: released normally.
+    pub(crate) const FREE: u32 = super::FREE;
+    /// `state`: held, or its holder died holding it.
+    pub(crate) const HELD: u32 = super::HELD;
+    /// `state`: held through an owner-died guard not yet made consistent.
+    pub(crate) const HELD_INCONSISTENT: u32 = super::HELD_INCONSISTENT;
+    /// `state`: not recoverable.
+    pub(crate) const NOT_RECOVERABLE: u32 = super::NOT_RECOVERABLE;
+}
+
 /// Per handle: this process's descriptor and the local lock in front of
 /// `flock`.
 pub struct FlockLocal {

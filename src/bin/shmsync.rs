@@ -1,0 +1,450 @@
+//! `shmsync`: list, inspect and safely clean the shared-memory objects made
+//! by the shmsync crate (feature `cli`).
+//!
+//! All the reading is the library's own ([`shmsync::segment::inspect`]);
+//! this file parses arguments and prints.
+//!
+//! # JSON output (`--json`)
+//!
+//! `list --json` prints an array with one object per entry of `/dev/shm`;
+//! `inspect --json` prints one such object with an extra `header` object;
+//! `clean --json` prints an array of `{name, action, reason, state}`;
+//! `unlink --json` prints `{name, action: "removed", state, attached}`.
+//! Field names are stable; `null` means "not known / not applicable".
+//!
+//! | field | type | meaning |
+//! |---|---|---|
+//! | `name` | string | object name with its leading `/` |
+//! | `path` | string | `/dev/shm/...` |
+//! | `state` | string | `ready`, `initialising`, `abandoned-init`, `owner-died`, `recovering`, `not-recoverable`, `holder-dead`, `incompatible`, `damaged`, `foreign`, `unreadable` |
+//! | `reason` | string or null | why it is in that state |
+//! | `stale` | bool | `clean` would remove it |
+//! | `size` | int or null | bytes (`fstat`) |
+//! | `uid` | int or null | owner (`fstat`) |
+//! | `mode` | string or null | permission bits in octal, e.g. `"0600"` |
+//! | `attached` | string | `live`, `creator`, `none`, `unknown` |
+//! | `lock_kind` | string or null | `robust-mutex`, `flock`, `semaphore` |
+//! | `lock_state` | string | `free`, `held`, `owner-died`, `recovering`, `not-recoverable`, `unknown` |
+//! | `holder_tid` | int or null | thread holding (or that died holding) the lock |
+//! | `holder_pid` | int or null | its process |
+//! | `holder_alive` | bool or null | whether it still runs |
+//! | `lock_words` | object | the lock's raw words by name: `lock_word`, `owner_word` (robust mutex: glibc `__lock`, `__owner`); `sem_holder`, `sem_state`, `sem_waiters`, `sem_holder_tid` (semaphore); empty when not read |
+//! | `creator_pid` | int or null | creator's pid |
+//! | `created_unix` | int or null | creation time, seconds since 1970 |
+//! | `age_secs` | int or null | seconds since creation |
+//! | `format_version` | int or null | header format |
+//! | `value_size`, `value_align` | int or null | `size_of`/`align_of` of the value type |
+//! | `type_tag`, `type_version` | int or null | `ShmSafe::TYPE_TAG` / `TYPE_VERSION` |
+
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+use shmsync::segment::inspect::{self, Attached, CleanAction, Inspection, State};
+
+const ABOUT: &str = "List, inspect and safely clean the shared-memory objects made by shmsync";
+
+const LONG_ABOUT: &str = "\
+List, inspect and safely clean the shared-memory objects (in /dev/shm) made by
+the shmsync crate. Objects are only read (open without following symbolic
+links, fstat, pread): never mapped, never locked, except that `clean` tries a
+non-blocking exclusive lock on what it removes.";
+
+const EXAMPLES: &str = "\
+Examples:
+  shmsync list
+  shmsync list --prefix /myapp- --json
+  shmsync inspect /myapp-counter
+  shmsync clean --dry-run
+  shmsync unlink /myapp-counter";
+
+#[derive(Parser)]
+#[command(name = "shmsync", version, about = ABOUT, long_about = LONG_ABOUT, after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List every object in /dev/shm, one row each.
+    ///
+    /// Columns: NAME, SIZE (bytes), VALUE (size of the value type / its type
+    /// tag), LOCK (backend), STATE (ready, initialising, abandoned-init,
+    /// owner-died, recovering, not-recoverable, holder-dead, incompatible,
+    /// damaged, foreign, unreadable), ATTACHED (live, creator, none), HOLDER (process or thread holding the lock, or that died
+    /// holding it), CREATOR (pid), AGE, UID, MODE, STALE (whether `clean`
+    /// would remove it) and a REASON for objects that are not shmsync's or
+    /// cannot be read.
+    #[command(
+        after_help = "Examples:\n  shmsync list\n  shmsync list --prefix /myapp-\n  shmsync list --json"
+    )]
+    List {
+        /// Print a JSON array instead of a table (fields: see the crate docs).
+        #[arg(long)]
+        json: bool,
+        /// Only objects whose name starts with PREFIX (a leading `/` is added if missing).
+        #[arg(long, value_name = "PREFIX")]
+        prefix: Option<String>,
+    },
+    /// Show everything the header of one object says, each field explained,
+    /// and its lock's state read without taking it.
+    #[command(
+        after_help = "Examples:\n  shmsync inspect /myapp-counter\n  shmsync inspect myapp-counter --json"
+    )]
+    Inspect {
+        /// The object's name (`/x` or `x` for /dev/shm/x).
+        name: String,
+        /// Print a JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the objects that are provably dead: shmsync objects with no
+    /// process attached and no live lock holder.
+    ///
+    /// Each is removed while holding its exclusive attach lock, after
+    /// checking that the name still refers to the locked inode; its
+    /// companion objects go with it. Live, foreign, damaged and unreadable
+    /// objects and symbolic links are never removed.
+    #[command(
+        after_help = "Examples:\n  shmsync clean --dry-run\n  shmsync clean --prefix /myapp-\n  shmsync clean /myapp-counter"
+    )]
+    Clean {
+        /// Only show what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print a JSON array of {name, action, reason, state}.
+        #[arg(long)]
+        json: bool,
+        /// Only objects whose name starts with PREFIX.
+        #[arg(long, value_name = "PREFIX")]
+        prefix: Option<String>,
+        /// Only these objects (default: every object in /dev/shm).
+        names: Vec<String>,
+    },
+    /// Remove one object by name, whatever its state (forced), with its
+    /// companion objects; warns if processes are still attached (they keep
+    /// their mappings).
+    #[command(after_help = "Example:\n  shmsync unlink /myapp-counter")]
+    Unlink {
+        /// The object's name (`/x` or `x`).
+        name: String,
+        /// Print a JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `x` and `/dev/shm/x` both mean `/x`.
+fn object_name(arg: &str) -> String {
+    let rest = arg.strip_prefix("/dev/shm/").unwrap_or(arg);
+    if rest.starts_with('/') {
+        rest.to_string()
+    } else {
+        format!("/{rest}")
+    }
+}
+
+fn main() -> ExitCode {
+    if std::env::var_os("SHMSYNC_CLEAN_PAUSE").is_some() {
+        // Test hook (undocumented in --help): pause `clean` between taking
+        // an object's lock and checking its inode, until a line arrives on
+        // stdin.
+        inspect::set_clean_hook(Some(pause));
+    }
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("shmsync: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn pause(name: &str) {
+    eprintln!("shmsync: clean paused before the inode check of {name}");
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+}
+
+fn run(command: Command) -> Result<ExitCode, String> {
+    let err = |e: shmsync::Error| inspect::error_line(&e);
+    match command {
+        Command::List { json, prefix } => {
+            let prefix = prefix.map(|p| object_name(&p));
+            let rows = inspect::list_matching(|n| {
+                prefix.as_ref().map_or(true, |p| n.starts_with(p.as_str()))
+            })
+            .map_err(err)?;
+            if json {
+                print_json(&Value::Array(rows.iter().map(entry_json).collect()));
+            } else {
+                print_table(&rows);
+            }
+        }
+        Command::Inspect { name, json } => {
+            let i = inspect::inspect(&object_name(&name)).map_err(err)?;
+            if json {
+                let mut v = entry_json(&i);
+                v["header"] = header_json(&i);
+                print_json(&v);
+            } else {
+                let fields = i.fields();
+                let w = fields.iter().map(|f| f.name.len()).max().unwrap_or(0);
+                let vw = fields
+                    .iter()
+                    .map(|f| f.value.len())
+                    .max()
+                    .unwrap_or(0)
+                    .min(28);
+                for f in fields {
+                    println!("{:w$}  {:vw$}  {}", f.name, f.value, f.meaning);
+                }
+            }
+        }
+        Command::Clean {
+            dry_run,
+            json,
+            prefix,
+            names,
+        } => {
+            let prefix = prefix.map(|p| object_name(&p));
+            let names: Vec<String> = names.iter().map(|n| object_name(n)).collect();
+            let mut outcomes = inspect::clean(
+                |n| {
+                    prefix.as_ref().map_or(true, |p| n.starts_with(p.as_str()))
+                        && (names.is_empty() || names.iter().any(|m| m == n))
+                },
+                dry_run,
+            )
+            .map_err(err)?;
+            let missing: Vec<&String> = names
+                .iter()
+                .filter(|n| !outcomes.iter().any(|o| &o.name == *n))
+                .collect();
+            for name in missing {
+                outcomes.push(inspect::CleanOutcome::skipped(name, "no such object"));
+            }
+            let failed = outcomes.iter().any(|o| o.action == CleanAction::Failed);
+            if json {
+                let v = outcomes
+                    .iter()
+                    .map(|o| {
+                        json!({
+                            "name": o.name,
+                            "action": o.action.name(),
+                            "reason": o.reason,
+                            "state": o.inspection.as_ref().map(|i| i.state.name()),
+                        })
+                    })
+                    .collect();
+                print_json(&Value::Array(v));
+            } else {
+                let w = outcomes.iter().map(|o| o.name.len()).max().unwrap_or(0);
+                let mut removed = 0;
+                for o in &outcomes {
+                    println!("{:12}  {:w$}  {}", o.action.name(), o.name, o.reason);
+                    removed += matches!(o.action, CleanAction::Removed | CleanAction::WouldRemove)
+                        as usize;
+                }
+                let verb = if dry_run { "would remove" } else { "removed" };
+                println!("{verb} {removed} of {} object(s)", outcomes.len());
+            }
+            if failed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Unlink { name, json } => {
+            let name = object_name(&name);
+            let done = inspect::unlink(&name).map_err(err)?;
+            let i = &done.inspection;
+            if matches!(i.attached, Attached::Live | Attached::Creator) {
+                eprintln!(
+                    "shmsync: warning: processes were still attached to {name}; they keep their mapping until they close it"
+                );
+            }
+            if i.state == State::Companion {
+                eprintln!(
+                    "shmsync: warning: {name} was a companion object ({}): the cell is now unusable",
+                    i.reason.as_deref().unwrap_or("-")
+                );
+            } else if !i.state.is_shmsync() {
+                eprintln!(
+                    "shmsync: warning: {name} was not a shmsync object ({}: {})",
+                    i.state.name(),
+                    i.reason.as_deref().unwrap_or("-")
+                );
+            }
+            if json {
+                print_json(&json!({
+                    "name": name,
+                    "action": "removed",
+                    "state": i.state.name(),
+                    "attached": i.attached.name(),
+                }));
+            } else {
+                println!("removed {name} ({})", i.state.name());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_json(v: &Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer_pretty(&mut out, v);
+    let _ = writeln!(out);
+}
+
+/// One object, with the documented field names.
+fn entry_json(i: &Inspection) -> Value {
+    let h = i.header.as_ref();
+    let holder = i.lock.holder;
+    json!({
+        "name": i.name,
+        "path": i.path(),
+        "state": i.state.name(),
+        "reason": i.reason,
+        "stale": i.stale,
+        "size": i.size,
+        "uid": i.uid,
+        "mode": i.mode.map(|m| format!("{m:04o}")),
+        "attached": i.attached.name(),
+        "lock_kind": i.lock.kind.map(|k| k.name()),
+        "lock_state": i.lock.state.name(),
+        "holder_tid": holder.and_then(|h| h.tid),
+        "holder_pid": holder.and_then(|h| h.pid),
+        "holder_alive": holder.and_then(|h| h.alive),
+        "lock_words": i
+            .lock
+            .words
+            .iter()
+            .map(|w| (w.name.to_string(), Value::from(w.value)))
+            .collect::<serde_json::Map<_, _>>(),
+        "creator_pid": h.map(|h| h.creator_pid),
+        "created_unix": h.map(|h| h.created_unix),
+        "age_secs": i.age.map(|a| a.as_secs()),
+        "format_version": h.map(|h| h.format_version),
+        "value_size": h.map(|h| h.value_size),
+        "value_align": h.map(|h| h.value_align),
+        "type_tag": h.map(|h| h.type_tag),
+        "type_version": h.map(|h| h.type_version),
+    })
+}
+
+/// Every header field, for `inspect --json`.
+fn header_json(i: &Inspection) -> Value {
+    let Some(h) = &i.header else {
+        return Value::Null;
+    };
+    json!({
+        "format_version": h.format_version,
+        "arch": h.arch,
+        "libc": h.libc,
+        "pointer_width": h.pointer_width,
+        "mutex_size": h.mutex_size,
+        "mutex_align": h.mutex_align,
+        "lock_kind_code": h.lock_kind_code,
+        "value_size": h.value_size,
+        "value_align": h.value_align,
+        "type_tag": h.type_tag,
+        "type_version": h.type_version,
+        "creator_pid": h.creator_pid,
+        "pid_namespace": h.pid_namespace,
+        "created_unix": h.created_unix,
+        "lock_offset": h.lock_offset,
+        "lock_size": h.lock_size,
+        "value_offset": h.value_offset,
+        "total_size": h.total_size,
+        "checksum": h.checksum,
+        "checksum_ok": h.checksum_ok,
+        "state": h.state,
+        "notify_seq": h.notify_seq,
+        "notify_waiters": h.notify_waiters,
+        "holder_pid": h.holder_pid,
+    })
+}
+
+fn human_age(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 120 * 60 => format!("{}m", s / 60),
+        s if s < 48 * 3600 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+fn holder_cell(i: &Inspection) -> String {
+    let Some(h) = i.lock.holder else {
+        return "-".into();
+    };
+    let who = match (h.pid, h.tid) {
+        (Some(pid), Some(tid)) if pid != tid => format!("pid {pid} (tid {tid})"),
+        (Some(pid), _) => format!("pid {pid}"),
+        (None, Some(tid)) => format!("tid {tid}"),
+        (None, None) => "?".into(),
+    };
+    match h.alive {
+        Some(true) => format!("{who} alive"),
+        Some(false) => format!("{who} dead"),
+        None => format!("{who} ?"),
+    }
+}
+
+fn print_table(rows: &[Inspection]) {
+    let header = [
+        "NAME", "SIZE", "VALUE", "LOCK", "STATE", "ATTACHED", "HOLDER", "CREATOR", "AGE", "UID",
+        "MODE", "STALE", "REASON",
+    ];
+    let dash = || "-".to_string();
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|i| {
+            let h = i.header.as_ref();
+            let attached = match i.attached {
+                Attached::Unknown if !i.state.is_shmsync() => dash(),
+                a => a.name().into(),
+            };
+            vec![
+                i.name.clone(),
+                i.size.map_or_else(dash, |s| s.to_string()),
+                h.map_or_else(dash, |h| format!("{}/{:#x}", h.value_size, h.type_tag)),
+                i.lock.kind.map_or_else(dash, |k| k.name().into()),
+                i.state.name().into(),
+                attached,
+                holder_cell(i),
+                h.map_or_else(dash, |h| h.creator_pid.to_string()),
+                i.age.map_or_else(dash, |a| human_age(a.as_secs())),
+                i.uid.map_or_else(dash, |u| u.to_string()),
+                i.mode.map_or_else(dash, |m| format!("{m:04o}")),
+                if i.stale { "yes" } else { "no" }.into(),
+                i.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &table {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    let line = |out: &mut std::io::StdoutLock<'_>, cells: &[String]| {
+        let last = cells.len() - 1;
+        let mut s = String::new();
+        for (k, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if k == last {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:w$}  "));
+            }
+        }
+        let _ = writeln!(out, "{}", s.trim_end());
+    };
+    line(&mut out, &header.map(String::from));
+    for row in &table {
+        line(&mut out, row);
+    }
+}

@@ -1,0 +1,277 @@
+//! Removing objects: [`clean`] (only what is provably dead) and [`unlink`]
+//! (forced).
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Mutex;
+
+use super::{judge, name, not_a_file, open_failure, Attached, Inspection, State};
+use super::{ATTACH_BYTE, MAX_SHM_NAME};
+use crate::error::Error;
+use crate::sys;
+use crate::sys::ofd::OfdLock;
+
+/// What [`clean_one`] did with an object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CleanAction {
+    /// It was stale and has been removed, with its companion objects.
+    Removed,
+    /// It is stale and would be removed (dry run).
+    WouldRemove,
+    /// It was left alone; the reason says why.
+    Skipped,
+    /// It was judged stale but removing it failed; the reason says why.
+    Failed,
+}
+
+impl CleanAction {
+    /// The stable name used in tables and JSON (`removed`, `would-remove`,
+    /// `skipped`, `failed`).
+    pub fn name(self) -> &'static str {
+        match self {
+            CleanAction::Removed => "removed",
+            CleanAction::WouldRemove => "would-remove",
+            CleanAction::Skipped => "skipped",
+            CleanAction::Failed => "failed",
+        }
+    }
+}
+
+/// The result of cleaning one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CleanOutcome {
+    /// The object's name.
+    pub name: String,
+    /// What was done.
+    pub action: CleanAction,
+    /// Why (the state that made it stale, or why it was kept).
+    pub reason: String,
+    /// The object as it was judged (under the lock, when it was locked).
+    pub inspection: Option<Inspection>,
+}
+
+impl CleanOutcome {
+    /// An object left alone for `reason`, with no inspection (for example
+    /// a name that does not exist).
+    pub fn skipped(name: &str, reason: &str) -> CleanOutcome {
+        CleanOutcome {
+            name: name.into(),
+            action: CleanAction::Skipped,
+            reason: reason.into(),
+            inspection: None,
+        }
+    }
+}
+
+static CLEAN_HOOK: Mutex<Option<fn(&str)>> = Mutex::new(None);
+
+/// Installs `hook`, called by [`clean_one`] with the object's name after it
+/// took the exclusive attach lock and before it checks that the name still
+/// refers to the locked inode. Tests use it to replace the name at that
+/// point and see the object skipped.
+#[doc(hidden)]
+pub fn set_clean_hook(hook: Option<fn(&str)>) {
+    *CLEAN_HOOK.lock().unwrap_or_else(|p| p.into_inner()) = hook;
+}
+
+fn clean_hook(name: &str) {
+    let hook = *CLEAN_HOOK.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(hook) = hook {
+        hook(name);
+    }
+}
+
+/// Removes every stale object whose name `filter` accepts (see
+/// [`clean_one`]), in name order. Objects whose name is not UTF-8 are
+/// never touched.
+///
+/// # Errors
+///
+/// [`Error::Io`] when `/dev/shm` cannot be read. A failure on one object is
+/// reported as [`CleanAction::Failed`] in its [`CleanOutcome`]; the others
+/// are still cleaned.
+pub fn clean(filter: impl Fn(&str) -> bool, dry_run: bool) -> Result<Vec<CleanOutcome>, Error> {
+    let mut out = Vec::new();
+    for name in super::names()? {
+        if !filter(&name) || name::validate(&name, MAX_SHM_NAME).is_err() {
+            continue;
+        }
+        match clean_one(&name, dry_run) {
+            Ok(o) => out.push(o),
+            Err(Error::NotFound { .. }) => {}
+            Err(e) => out.push(CleanOutcome {
+                name,
+                action: CleanAction::Failed,
+                reason: error_line(&e),
+                inspection: None,
+            }),
+        }
+    }
+    Ok(out)
+}
+
+/// Removes the object `name` if it is provably dead: `shm_open(O_RDWR)`
+/// (never following a symbolic link), judged stale, then — unless
+/// `dry_run` — a non-blocking exclusive `fcntl(F_OFD_SETLK)` on the attach
+/// byte, judged stale again under that lock, `fstat(fd)` and `lstat(path)`
+/// agreeing on device and inode, and only then `shm_unlink` and the cell's
+/// companion objects. A live, foreign, damaged or replaced object is
+/// [`Skipped`](CleanAction::Skipped).
+///
+/// # Errors
+///
+/// [`Error::InvalidName`], [`Error::NotFound`]; [`Error::Io`] and the
+/// other errors of `shm_unlink` or of removing a companion object.
+pub fn clean_one(name: &str, dry_run: bool) -> Result<CleanOutcome, Error> {
+    let cname = name::validate(name, MAX_SHM_NAME)?;
+    let skipped = |reason: String, inspection: Option<Inspection>| {
+        Ok(CleanOutcome {
+            name: name.into(),
+            action: CleanAction::Skipped,
+            reason,
+            inspection,
+        })
+    };
+    if let Some(i) = not_a_file(name, &cname)? {
+        let why = format!(
+            "{}: {}",
+            i.state.name(),
+            i.reason.clone().unwrap_or_default()
+        );
+        return skipped(why, Some(i));
+    }
+    let fd: OwnedFd = match sys::shm::shm_open(&cname, libc::O_RDWR, 0) {
+        Ok(fd) => fd,
+        Err(e) => {
+            let i = open_failure(name, e)?;
+            let why = format!(
+                "{}: {}",
+                i.state.name(),
+                i.reason.clone().unwrap_or_default()
+            );
+            return skipped(why, Some(i));
+        }
+    };
+    let before = judge(name, fd.as_fd());
+    if !before.stale {
+        return skipped(keep_reason(&before), Some(before));
+    }
+    if dry_run {
+        return Ok(CleanOutcome {
+            name: name.into(),
+            action: CleanAction::WouldRemove,
+            reason: before.state.name().into(),
+            inspection: Some(before),
+        });
+    }
+    match sys::ofd::try_set(fd.as_fd(), OfdLock::Write, ATTACH_BYTE, 1) {
+        Ok(true) => {}
+        Ok(false) => return skipped("a process attached meanwhile".into(), Some(before)),
+        Err(e) => return Err(Error::io("fcntl(F_OFD_SETLK)", e)),
+    }
+    // Under the exclusive lock nobody can attach, initialise or take it
+    // over: judge again what we are about to remove.
+    let locked = judge(name, fd.as_fd());
+    if !locked.stale {
+        return skipped(keep_reason(&locked), Some(locked));
+    }
+    clean_hook(name);
+    let st = sys::fd::fstat(fd.as_fd()).map_err(|e| Error::io("fstat", e))?;
+    let path = name::shm_path(name);
+    match sys::fd::lstat(&path) {
+        Ok(p) if p.st_dev == st.st_dev && p.st_ino == st.st_ino => {}
+        Ok(_) => {
+            return skipped(
+                "the name was replaced by another object".into(),
+                Some(locked),
+            )
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            return skipped("the name was removed meanwhile".into(), Some(locked))
+        }
+        Err(e) => return Err(Error::io("lstat", e)),
+    }
+    match sys::shm::shm_unlink(&cname) {
+        Ok(()) => {}
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) => {
+            // /dev/shm is sticky: only the owner (or root) may remove it.
+            let why = format!("not permitted to remove it (owner uid {})", st.st_uid);
+            return skipped(why, Some(locked));
+        }
+        Err(e) => return Err(Error::from_io("shm_unlink", name, e)),
+    }
+    if let Some(kind) = locked.lock.kind {
+        crate::lock::unlink_companions(kind, name)?;
+    }
+    drop(fd); // releases the exclusive lock, on an unlinked inode
+    Ok(CleanOutcome {
+        name: name.into(),
+        action: CleanAction::Removed,
+        reason: locked.state.name().into(),
+        inspection: Some(locked),
+    })
+}
+
+/// An error and its sources, on one line (a source whose text the message
+/// already shows is not repeated).
+pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        src = s.source();
+    }
+    line
+}
+
+/// Why a non-stale object is kept, in one line.
+fn keep_reason(i: &Inspection) -> String {
+    if !i.state.is_shmsync() || matches!(i.state, State::Damaged | State::Incompatible) {
+        return format!(
+            "{}: {}",
+            i.state.name(),
+            i.reason.as_deref().unwrap_or("not removable")
+        );
+    }
+    match i.attached {
+        Attached::Live => format!("{}: in use (attached)", i.state.name()),
+        Attached::Creator => "initialising: its creator is alive".into(),
+        Attached::Unknown => format!("{}: attach lock could not be queried", i.state.name()),
+        Attached::None => format!("{}: its lock holder may be alive", i.state.name()),
+    }
+}
+
+/// What [`unlink`] removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Unlinked {
+    /// The object as inspected just before removal (`unreadable` when it
+    /// could not be opened).
+    pub inspection: Inspection,
+}
+
+/// Removes the name `name` unconditionally (`shm_unlink`), with the
+/// companion objects of its lock kind when it is a shmsync object. Processes
+/// still attached keep their mappings (the returned inspection's
+/// [`attached`](Inspection::attached) tells; the command warns).
+///
+/// # Errors
+///
+/// [`Error::InvalidName`], [`Error::NotFound`], [`Error::PermissionDenied`],
+/// [`Error::Io`].
+pub fn unlink(name: &str) -> Result<Unlinked, Error> {
+    let inspection = super::inspect(name)?;
+    let cname = name::validate(name, MAX_SHM_NAME)?;
+    sys::shm::shm_unlink(&cname).map_err(|e| Error::from_io("shm_unlink", name, e))?;
+    if inspection.state.is_shmsync() {
+        if let Some(kind) = inspection.lock.kind {
+            crate::lock::unlink_companions(kind, name)?;
+        }
+    }
+    Ok(Unlinked { inspection })
+}

@@ -1,0 +1,226 @@
+//! `shmsync inspect`'s explained fields.
+
+use super::Inspection;
+use crate::segment::header::{STATE_INITIALISING, STATE_READY, STATE_UNINIT};
+
+impl Inspection {
+    /// Every field of the header and of the lock with a one-line
+    /// explanation, for `shmsync inspect`.
+    pub fn fields(&self) -> Vec<Field> {
+        let mut out = Vec::new();
+        let mut f = |name: &'static str, value: String, meaning: &'static str| {
+            out.push(Field {
+                name,
+                value,
+                meaning,
+            })
+        };
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        f(
+            "name",
+            self.name.clone(),
+            "the object's name; its file is /dev/shm/NAME",
+        );
+        f(
+            "state",
+            self.state.name().into(),
+            "what the object is, all things considered",
+        );
+        if let Some(r) = &self.reason {
+            f("reason", r.clone(), "why it is in that state");
+        }
+        f(
+            "stale",
+            self.stale.to_string(),
+            "whether `shmsync clean` would remove it",
+        );
+        f(
+            "size",
+            opt(self.size.map(|s| s.to_string())),
+            "bytes, from fstat",
+        );
+        f(
+            "uid",
+            opt(self.uid.map(|u| u.to_string())),
+            "owner, from fstat",
+        );
+        f(
+            "mode",
+            opt(self.mode.map(|m| format!("{m:04o}"))),
+            "permission bits, from fstat",
+        );
+        f(
+            "attached",
+            self.attached.name().into(),
+            "who holds the attach lock (OFD lock on byte 0): live handles, a creator, nobody",
+        );
+        if let Some(h) = &self.header {
+            f("magic", "SHMSYNC".into(), "bytes 0..8: made by shmsync");
+            f(
+                "format_version",
+                h.format_version.to_string(),
+                "header format (this build reads 1)",
+            );
+            f(
+                "arch",
+                h.arch.clone(),
+                "creator's CPU architecture; must match to open",
+            );
+            f(
+                "libc",
+                h.libc.clone(),
+                "creator's C library; pthread_mutex_t is libc-specific",
+            );
+            f(
+                "pointer_width",
+                h.pointer_width.to_string(),
+                "creator's pointer width in bits",
+            );
+            f(
+                "mutex_size",
+                h.mutex_size.to_string(),
+                "size_of::<pthread_mutex_t>() of the creator",
+            );
+            f(
+                "mutex_align",
+                h.mutex_align.to_string(),
+                "align_of::<pthread_mutex_t>() of the creator",
+            );
+            f(
+                "lock_kind",
+                opt(h.lock_kind().map(|k| k.name().into())),
+                "the lock backend guarding the value",
+            );
+            f(
+                "value_size",
+                h.value_size.to_string(),
+                "size_of::<T>() of the value type",
+            );
+            f(
+                "value_align",
+                h.value_align.to_string(),
+                "align_of::<T>() of the value type",
+            );
+            f(
+                "type_tag",
+                format!("{:#x}", h.type_tag),
+                "ShmSafe::TYPE_TAG of the value type",
+            );
+            f(
+                "type_version",
+                h.type_version.to_string(),
+                "ShmSafe::TYPE_VERSION of the value type",
+            );
+            f(
+                "creator_pid",
+                h.creator_pid.to_string(),
+                "pid of the process that created it",
+            );
+            f(
+                "pid_namespace",
+                h.pid_namespace.to_string(),
+                "inode of the creator's pid namespace",
+            );
+            f(
+                "created_unix",
+                h.created_unix.to_string(),
+                "creation time, seconds since 1970",
+            );
+            f(
+                "age",
+                opt(self.age.map(|a| format!("{}s", a.as_secs()))),
+                "time since creation",
+            );
+            f(
+                "lock_offset",
+                h.lock_offset.to_string(),
+                "offset of the lock state",
+            );
+            f("lock_size", h.lock_size.to_string(), "bytes of lock state");
+            f(
+                "value_offset",
+                h.value_offset.to_string(),
+                "offset of the value",
+            );
+            f(
+                "total_size",
+                h.total_size.to_string(),
+                "bytes every attacher maps",
+            );
+            f(
+                "checksum",
+                format!(
+                    "{:#018x} ({})",
+                    h.checksum,
+                    if h.checksum_ok { "ok" } else { "MISMATCH" }
+                ),
+                "FNV-1a of bytes 0..136",
+            );
+            f(
+                "state_word",
+                format!("{} ({})", h.state, state_word_name(h.state)),
+                "0 uninit, 1 initialising, 2 ready",
+            );
+            f(
+                "notify_seq",
+                h.notify_seq.to_string(),
+                "futex word bumped by notify",
+            );
+            f(
+                "notify_waiters",
+                h.notify_waiters.to_string(),
+                "processes waiting for a notification",
+            );
+            f(
+                "header.holder_pid",
+                h.holder_pid.to_string(),
+                "header word: last pid that recorded holding the lock (0: none)",
+            );
+        }
+        f(
+            "lock_state",
+            self.lock.state.name().into(),
+            "the lock, read without taking it",
+        );
+        for w in &self.lock.words {
+            f(w.name, format!("{:#x}", w.value), w.meaning);
+        }
+        let holder = self.lock.holder;
+        f(
+            "holder_tid",
+            opt(holder.and_then(|h| h.tid).map(|t| t.to_string())),
+            "thread holding the lock, or that died holding it",
+        );
+        f(
+            "holder_pid",
+            opt(holder.and_then(|h| h.pid).map(|p| p.to_string())),
+            "its process (robust mutex: from /proc/TID/status)",
+        );
+        f(
+            "holder_alive",
+            opt(holder.and_then(|h| h.alive).map(|a| a.to_string())),
+            "whether it still runs (flock: still holds the flock)",
+        );
+        out
+    }
+}
+
+/// One line of [`Inspection::fields`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Field {
+    /// The field's stable name.
+    pub name: &'static str,
+    /// Its value, formatted.
+    pub value: String,
+    /// What it means.
+    pub meaning: &'static str,
+}
+
+fn state_word_name(s: u32) -> &'static str {
+    match s {
+        STATE_UNINIT => "uninit",
+        STATE_INITIALISING => "initialising",
+        STATE_READY => "ready",
+        _ => "unknown",
+    }
+}

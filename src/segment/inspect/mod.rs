@@ -1,0 +1,538 @@
+//! Looking at the crate's shared objects from outside: list, inspect, clean
+//! and unlink them without mapping them and without taking their locks.
+//!
+//! This is the library side of the `shmsync` command (feature `cli`), and
+//! usable on its own by a service that wants to report or clean up its own
+//! objects at start-up.
+//!
+//! # How an object is read
+//!
+//! Only with `open` (`shm_open`, which glibc makes `O_NOFOLLOW`), `fstat`
+//! and `pread`: an object is never mapped here, so a short, truncated or
+//! garbage object can never raise `SIGBUS`. The header is decoded and judged
+//! by [`segment::header`](crate::segment::header) (one definition of the
+//! format). Nothing takes a lock except [`clean`], and it only tries one,
+//! without waiting.
+//!
+//! * **Attached processes** — every handle holds an open-file-description
+//!   read lock on byte 0 for as long as it maps the segment, and a creator
+//!   holds a write lock there while it initialises. `fcntl(F_OFD_GETLK)` for
+//!   a write lock tells, without taking anything, whether anybody is
+//!   attached ([`Attached::Live`]), a creator is at work
+//!   ([`Attached::Creator`]) or nobody ([`Attached::None`]). (Not how
+//!   many: `/proc/locks` would tell, but it is not read atomically once it
+//!   is longer than a page, and under other processes' lock traffic it
+//!   repeats or skips entries.)
+//! * **The lock** — for the robust mutex, glibc's `__lock` and `__owner`
+//!   words are read with `pread` at the header's `lock_offset` (see
+//!   [`RobustMutex`](crate::RobustMutex)): free, held by a thread, owner
+//!   died (the kernel set `FUTEX_OWNER_DIED`), being recovered
+//!   (`PTHREAD_MUTEX_INCONSISTENT`) or not recoverable
+//!   (`PTHREAD_MUTEX_NOTRECOVERABLE`). The holder's thread id is mapped to
+//!   its process through `/proc/TID/status` (`Tgid`), and a thread that is
+//!   gone or a zombie counts as dead.
+//! * **The semaphore backend** — its holder record *is* the lock (pid and
+//!   process start time, see [`NamedSemaphore`](crate::NamedSemaphore)):
+//!   read with `pread`, a holder whose `/proc/PID/stat` is gone, a zombie,
+//!   or shows another start time is dead. Its semaphore file
+//!   `/dev/shm/sem.NAME` is shown as the cell's companion.
+//! * **The `flock` backend** — its held marker and last holder's pid are
+//!   read with `pread` (see [`FileLock`](crate::FileLock)); whether that
+//!   process still holds the `flock` comes from the `lock:` lines of its
+//!   `/proc/PID/fdinfo` (a held marker whose holder no longer holds the
+//!   `flock` means the holder died: the next locker gets `OwnerDied`).
+//! * A bare [`Segment`](crate::Segment) (lock kind `external`): its lock is
+//!   its user's business, [`LockState::Unknown`].
+//!
+//! # States
+//!
+//! | [`State`] | meaning | removed by [`clean`] when nobody is attached |
+//! |---|---|---|
+//! | `ready` | initialised; the lock is free or held by a live holder | yes |
+//! | `initialising` | not Ready, and its creator (alive) holds the write lock | never (it is attached) |
+//! | `abandoned-init` | not Ready, and nobody holds the write lock: the creator died | yes |
+//! | `owner-died` | the lock's holder died; the next locker gets `OwnerDied` | yes |
+//! | `recovering` | a live process took the lock with `OwnerDied` and has not made it consistent yet | never (it is attached) |
+//! | `not-recoverable` | an owner died and nobody repaired it: the lock can never be taken again | yes |
+//! | `holder-dead` | the lock word names a thread that no longer exists and the kernel did not mark it | yes |
+//! | `incompatible` | made by shmsync, but another format version or ABI | never |
+//! | `damaged` | shmsync's magic, but a bad checksum, size or state word | never |
+//! | `companion` | the semaphore `sem.NAME` of a semaphore-locked cell `/NAME` | with its cell only |
+//! | `foreign` | not made by shmsync (no magic, empty, a symbolic link, …) | never |
+//! | `unreadable` | could not be opened or read (the reason says why) | never |
+//!
+//! An object is **stale** ([`Inspection::stale`]) when it carries this
+//! crate's magic, its header is readable by this build (or it is an
+//! abandoned initialisation), no process is attached and no live thread
+//! holds its lock. A creator killed before it wrote its header leaves an
+//! empty or zero-filled object, which cannot be told apart from somebody
+//! else's: it is listed as `foreign` and only [`unlink`] removes it
+//! (`ShmCell::open_or_create` also takes such an object over).
+//!
+//! # Cleaning safely
+//!
+//! [`clean_one`] removes an object only if it is stale and, while it holds
+//! the exclusive attach lock (non-blocking; failing means somebody attached
+//! in the meantime), the name still refers to the inode it locked
+//! (`fstat` of its descriptor against `lstat` of `/dev/shm/NAME`). Another
+//! cleaner cannot race it (it would need the same exclusive lock), nor can
+//! a process open the segment meanwhile (it would need the shared one). The
+//! one window left is a *forced* removal ([`unlink`], `ShmCell::unlink`)
+//! and re-creation of the name between that check and `shm_unlink`, which
+//! takes a name, not a descriptor. Companion objects of the cell (e.g. its
+//! semaphore) go with it.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use shmsync::segment::inspect;
+//!
+//! # fn main() -> Result<(), shmsync::Error> {
+//! for obj in inspect::list()? {
+//!     println!("{} {} stale={}", obj.name, obj.state.name(), obj.stale);
+//! }
+//! // Remove what is provably dead among our own objects.
+//! for outcome in inspect::clean(|name| name.starts_with("/myapp-"), false)? {
+//!     println!("{}: {} ({})", outcome.name, outcome.action.name(), outcome.reason);
+//! }
+//! # Ok(()) }
+//! ```
+
+mod clean;
+mod fields;
+mod read;
+
+use std::ffi::CStr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::Duration;
+
+use super::header::{HeaderInfo, LockKind};
+use super::{name, ATTACH_BYTE, MAX_SHM_NAME};
+use crate::error::Error;
+use crate::sys;
+
+pub use clean::{
+    clean, clean_one, error_line, set_clean_hook, unlink, CleanAction, CleanOutcome, Unlinked,
+};
+pub use fields::Field;
+use read::examine;
+
+/// Where glibc keeps POSIX shared-memory objects.
+pub const SHM_DIR: &str = "/dev/shm";
+
+/// What an object is, all things considered (see the table in the
+/// [module docs](self)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum State {
+    /// Initialised; the lock is free or held by a live holder.
+    Ready,
+    /// Not Ready, and its creator holds the initialisation (write) lock.
+    Initialising,
+    /// Not Ready, and nobody holds the initialisation lock: its creator
+    /// died.
+    AbandonedInit,
+    /// The lock's holder died; the next locker gets `OwnerDied`.
+    OwnerDied,
+    /// A live process took the lock with `OwnerDied` and has not made it
+    /// consistent yet.
+    Recovering,
+    /// An owner died and nobody repaired it: the lock cannot be taken
+    /// again. Remove the object and create a new one.
+    NotRecoverable,
+    /// The lock word names a thread that no longer exists, and the kernel
+    /// did not mark the owner's death (for example beyond the robust list's
+    /// limit): every locker would wait forever.
+    HolderDead,
+    /// Made by shmsync, but for another header format or ABI.
+    Incompatible,
+    /// Carries shmsync's magic but its header is damaged or inconsistent.
+    Damaged,
+    /// An object a shmsync cell made besides its segment (the semaphore
+    /// `sem.NAME` of a semaphore-locked cell): removed with the cell, never
+    /// on its own.
+    Companion,
+    /// Not made by shmsync.
+    Foreign,
+    /// Could not be opened or read.
+    Unreadable,
+}
+
+impl State {
+    /// The stable name used in tables and JSON (`ready`, `abandoned-init`,
+    /// `not-recoverable`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Ready => "ready",
+            State::Initialising => "initialising",
+            State::AbandonedInit => "abandoned-init",
+            State::OwnerDied => "owner-died",
+            State::Recovering => "recovering",
+            State::NotRecoverable => "not-recoverable",
+            State::HolderDead => "holder-dead",
+            State::Incompatible => "incompatible",
+            State::Damaged => "damaged",
+            State::Companion => "companion",
+            State::Foreign => "foreign",
+            State::Unreadable => "unreadable",
+        }
+    }
+
+    /// Whether the object was recognised as one of this crate's (it carries
+    /// the magic).
+    pub fn is_shmsync(self) -> bool {
+        !matches!(self, State::Companion | State::Foreign | State::Unreadable)
+    }
+}
+
+/// Who holds the object's attach lock (an open-file-description lock on
+/// byte 0), as `fcntl(F_OFD_GETLK)` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Attached {
+    /// At least one handle is attached (a read lock is held).
+    Live,
+    /// A creator holds the write lock: it is initialising the object.
+    Creator,
+    /// Nobody holds the attach lock.
+    None,
+    /// The lock could not be queried, or the object is not shmsync's (its
+    /// byte 0 means nothing to this crate).
+    Unknown,
+}
+
+impl Attached {
+    /// The stable name used in tables and JSON (`live`, `creator`, `none`,
+    /// `unknown`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Attached::Live => "live",
+            Attached::Creator => "creator",
+            Attached::None => "none",
+            Attached::Unknown => "unknown",
+        }
+    }
+}
+
+/// The state of the cell's lock, read without taking it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LockState {
+    /// Nobody holds it.
+    Free,
+    /// A thread or process holds it (see [`LockInfo::holder`]).
+    Held,
+    /// Its holder died; the kernel marked it, nobody has taken it since.
+    OwnerDied,
+    /// Taken with `OwnerDied`, not made consistent yet.
+    Recovering,
+    /// Permanently unusable.
+    NotRecoverable,
+    /// Not readable by this build: a lock kind whose state this inspector
+    /// does not decode yet, or a segment that is not Ready.
+    Unknown,
+}
+
+impl LockState {
+    /// The stable name used in JSON (`free`, `held`, `owner-died`,
+    /// `recovering`, `not-recoverable`, `unknown`).
+    pub fn name(self) -> &'static str {
+        match self {
+            LockState::Free => "free",
+            LockState::Held => "held",
+            LockState::OwnerDied => "owner-died",
+            LockState::Recovering => "recovering",
+            LockState::NotRecoverable => "not-recoverable",
+            LockState::Unknown => "unknown",
+        }
+    }
+}
+
+/// The process (and thread, when known) that holds a lock, or that died
+/// holding it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Holder {
+    /// Its thread id, as recorded in the lock (in the holder's pid
+    /// namespace), when the backend records one.
+    pub tid: Option<u32>,
+    /// The process it belongs to, `None` when it cannot be told (a robust
+    /// mutex's dead thread is gone from `/proc`).
+    pub pid: Option<u32>,
+    /// Whether it still runs: `Some(false)` when it is gone, a zombie, or
+    /// its pid was reused; `None` when that cannot be known (`/proc`
+    /// unreadable, or the segment was made in another pid namespace). For
+    /// the `flock` backend: whether that process still holds the `flock`
+    /// (its `/proc/PID/fdinfo` shows it).
+    pub alive: Option<bool>,
+}
+
+/// One raw word of a lock's state, as read with `pread`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LockWord {
+    /// Its stable name (`lock_word`, `owner_word` for the robust mutex;
+    /// `sem_holder`, `sem_state`, `sem_waiters`, `sem_holder_tid` for the
+    /// semaphore).
+    pub name: &'static str,
+    /// Its value.
+    pub value: u64,
+    /// What it holds.
+    pub meaning: &'static str,
+}
+
+/// The lock of a cell, read without taking it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LockInfo {
+    /// The backend recorded in the header (`None` if unknown or unreadable).
+    pub kind: Option<LockKind>,
+    /// Its state.
+    pub state: LockState,
+    /// The current holder, or the one that died holding it.
+    pub holder: Option<Holder>,
+    /// The backend's raw words, for `inspect`.
+    pub words: Vec<LockWord>,
+}
+
+impl LockInfo {
+    fn unknown(kind: Option<LockKind>) -> LockInfo {
+        LockInfo {
+            kind,
+            state: LockState::Unknown,
+            holder: None,
+            words: Vec::new(),
+        }
+    }
+}
+
+/// Everything known about one object in `/dev/shm`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Inspection {
+    /// The object's name, with its leading `/` (`/dev/shm/x` is `/x`). A
+    /// name that is not UTF-8 is shown lossily, and such an object is
+    /// `unreadable`.
+    pub name: String,
+    /// What the object is, all things considered.
+    pub state: State,
+    /// Why it is `foreign`, `unreadable`, `damaged` or `incompatible`, or a
+    /// short remark on another state.
+    pub reason: Option<String>,
+    /// Whether [`clean`] would remove it (see the [module docs](self)).
+    pub stale: bool,
+    /// Its size in bytes (`fstat`).
+    pub size: Option<u64>,
+    /// Owner uid (`fstat`).
+    pub uid: Option<u32>,
+    /// Permission bits (`fstat`, `st_mode & 0o7777`).
+    pub mode: Option<u32>,
+    /// Who holds the attach lock.
+    pub attached: Attached,
+    /// The decoded header, when the object carries shmsync's magic and is
+    /// at least a header long.
+    pub header: Option<HeaderInfo>,
+    /// The cell's lock.
+    pub lock: LockInfo,
+    /// Time since creation (from the header's `created_unix`).
+    pub age: Option<Duration>,
+    /// `(st_dev, st_ino)` of the inode that was inspected.
+    dev_ino: Option<(u64, u64)>,
+}
+
+impl Inspection {
+    fn bare(name: String, state: State, reason: impl Into<String>) -> Inspection {
+        Inspection {
+            name,
+            state,
+            reason: Some(reason.into()),
+            stale: false,
+            size: None,
+            uid: None,
+            mode: None,
+            attached: Attached::Unknown,
+            header: None,
+            lock: LockInfo::unknown(None),
+            age: None,
+            dev_ino: None,
+        }
+    }
+
+    /// The path of the object (`/dev/shm` + name).
+    pub fn path(&self) -> String {
+        format!("{SHM_DIR}{}", self.name)
+    }
+
+    /// The creator's pid from the header.
+    pub fn creator_pid(&self) -> Option<u32> {
+        self.header.as_ref().map(|h| h.creator_pid)
+    }
+
+    /// The lock kind from the header.
+    pub fn lock_kind(&self) -> Option<LockKind> {
+        self.lock.kind
+    }
+}
+
+/// The names of every entry in `/dev/shm` (with a leading `/`), sorted.
+/// Entries whose name is not UTF-8 are returned lossily converted.
+///
+/// # Errors
+///
+/// [`Error::Io`] when `/dev/shm` cannot be read.
+pub fn names() -> Result<Vec<String>, Error> {
+    let dir = std::fs::read_dir(SHM_DIR).map_err(|e| Error::io("opendir(/dev/shm)", e))?;
+    let mut out = Vec::new();
+    for entry in dir {
+        let entry = entry.map_err(|e| Error::io("readdir(/dev/shm)", e))?;
+        out.push(format!("/{}", entry.file_name().to_string_lossy()));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Inspects every object in `/dev/shm`, sorted by name. Objects that cannot
+/// be read are listed as `unreadable` with the reason; objects removed
+/// while listing are left out.
+///
+/// # Errors
+///
+/// [`Error::Io`] when `/dev/shm` cannot be read.
+pub fn list() -> Result<Vec<Inspection>, Error> {
+    list_matching(|_| true)
+}
+
+/// Like [`list`], for the objects whose name (with its leading `/`)
+/// `filter` accepts; the others are not even opened.
+///
+/// # Errors
+///
+/// [`Error::Io`] when `/dev/shm` cannot be read.
+pub fn list_matching(filter: impl Fn(&str) -> bool) -> Result<Vec<Inspection>, Error> {
+    let dir = std::fs::read_dir(SHM_DIR).map_err(|e| Error::io("opendir(/dev/shm)", e))?;
+    let mut out = Vec::new();
+    for entry in dir {
+        let entry = entry.map_err(|e| Error::io("readdir(/dev/shm)", e))?;
+        let raw = entry.file_name();
+        let name = format!("/{}", raw.to_string_lossy());
+        if !filter(&name) {
+            continue;
+        }
+        if raw.to_str().is_none() {
+            out.push(Inspection::bare(
+                name,
+                State::Unreadable,
+                "name is not UTF-8",
+            ));
+            continue;
+        }
+        match inspect(&name) {
+            Ok(i) => out.push(i),
+            Err(Error::NotFound { .. }) => {} // removed meanwhile
+            Err(e) => out.push(Inspection::bare(name, State::Unreadable, e.to_string())),
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Inspects the object `name` (`/x` for `/dev/shm/x`): `lstat`, `shm_open`
+/// read-only (never following a symbolic link), `fstat`, `pread` of the
+/// header and of the lock words, `fcntl(F_OFD_GETLK)`. Never maps it,
+/// never takes a lock.
+///
+/// # Errors
+///
+/// [`Error::InvalidName`] and [`Error::NotFound`]; every other failure is
+/// an [`Inspection`] in state `unreadable` with the reason.
+pub fn inspect(name: &str) -> Result<Inspection, Error> {
+    let cname = name::validate(name, MAX_SHM_NAME)?;
+    if let Some(i) = not_a_file(name, &cname)? {
+        return Ok(i);
+    }
+    let fd = match sys::shm::shm_open(&cname, libc::O_RDONLY, 0) {
+        Ok(fd) => fd,
+        Err(e) => return open_failure(name, e),
+    };
+    Ok(judge(name, fd.as_fd()))
+}
+
+/// [`examine`], and a foreign `/sem.X` recognised as the semaphore of the
+/// cell `/X`.
+fn judge(name: &str, fd: BorrowedFd<'_>) -> Inspection {
+    let mut i = examine(name, fd);
+    if let Some(cell) = name.strip_prefix("/sem.").map(|rest| format!("/{rest}")) {
+        if i.state == State::Foreign {
+            semaphore_companion(&mut i, &cell);
+        }
+    }
+    i
+}
+
+/// `/sem.X` is glibc's file for the named semaphore `/X`: the companion of
+/// the cell `/X` when that is a semaphore-locked shmsync cell.
+fn semaphore_companion(i: &mut Inspection, cell: &str) {
+    let owner = name::validate(cell, MAX_SHM_NAME).ok().and_then(|c| {
+        let fd = sys::shm::shm_open(&c, libc::O_RDONLY, 0).ok()?;
+        Some(examine(cell, fd.as_fd()))
+    });
+    match owner {
+        Some(o) if o.state.is_shmsync() && o.lock.kind == Some(LockKind::NamedSemaphore) => {
+            i.state = State::Companion;
+            i.reason = Some(format!("the semaphore of the cell {cell}; removed with it"));
+        }
+        _ => {
+            i.reason = Some(format!(
+                "a POSIX named semaphore (sem_open {cell}), not used by a shmsync cell"
+            ));
+        }
+    }
+}
+
+/// `lstat` of the path: symbolic links and anything but a regular file are
+/// foreign and never opened.
+fn not_a_file(name: &str, cname: &CStr) -> Result<Option<Inspection>, Error> {
+    let path = name::shm_path(cname.to_str().unwrap_or_default());
+    let st = match sys::fd::lstat(&path) {
+        Ok(st) => st,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            return Err(Error::NotFound { name: name.into() })
+        }
+        Err(e) => {
+            return Ok(Some(Inspection::bare(
+                name.into(),
+                State::Unreadable,
+                format!("lstat: {e}"),
+            )))
+        }
+    };
+    let what = match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => return Ok(None),
+        libc::S_IFLNK => "a symbolic link (never followed)",
+        libc::S_IFDIR => "a directory",
+        _ => "not a regular file",
+    };
+    let mut i = Inspection::bare(name.into(), State::Foreign, what);
+    fill_stat(&mut i, &st);
+    Ok(Some(i))
+}
+
+fn open_failure(name: &str, e: std::io::Error) -> Result<Inspection, Error> {
+    let reason = match e.raw_os_error() {
+        Some(libc::ENOENT) => return Err(Error::NotFound { name: name.into() }),
+        Some(libc::EACCES) | Some(libc::EPERM) => "permission denied".to_string(),
+        Some(libc::ELOOP) => "a symbolic link (never followed)".to_string(),
+        _ => format!("shm_open: {e}"),
+    };
+    let state = if e.raw_os_error() == Some(libc::ELOOP) {
+        State::Foreign
+    } else {
+        State::Unreadable
+    };
+    Ok(Inspection::bare(name.into(), state, reason))
+}
+
+fn fill_stat(i: &mut Inspection, st: &libc::stat) {
+    i.size = Some(st.st_size as u64);
+    i.uid = Some(st.st_uid);
+    i.mode = Some(st.st_mode & 0o7777);
+    i.dev_ino = Some((st.st_dev, st.st_ino));
+}

@@ -1,0 +1,124 @@
+//! Diagnostic reads of `/proc`: `/proc/TID/status` (which process a thread
+//! belongs to, and whether it still runs) and `/proc/PID/fdinfo` (whether a
+//! process holds a `flock` on a file). Used by tools that inspect objects
+//! without touching their locks; nothing here is on a lock path.
+
+use std::io;
+
+/// What `/proc/TID/status` says about a thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ThreadStatus {
+    /// The process (thread group) the thread belongs to.
+    pub(crate) tgid: u32,
+    /// The state letter (`R`, `S`, `D`, `Z`, `X`, …).
+    pub(crate) state: u8,
+}
+
+impl ThreadStatus {
+    /// A zombie (`Z`) or dead (`X`) thread no longer runs: a process killed
+    /// and not yet reaped still has its `/proc` entry.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.state == b'Z' || self.state == b'X'
+    }
+}
+
+/// Reads `/proc/TID/status` (a thread id works as well as a process id,
+/// though only the latter is listed in `/proc`). `Ok(None)` when no such
+/// thread exists; an error when `/proc` cannot be read (e.g. `hidepid`).
+pub(crate) fn thread_status(tid: u32) -> io::Result<Option<ThreadStatus>> {
+    if tid == 0 {
+        return Ok(None);
+    }
+    let text = match std::fs::read_to_string(format!("/proc/{tid}/status")) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut tgid = None;
+    let mut state = None;
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("Tgid:") {
+            tgid = v.trim().parse().ok();
+        } else if let Some(v) = line.strip_prefix("State:") {
+            state = v.trim().bytes().next();
+        }
+    }
+    match (tgid, state) {
+        (Some(tgid), Some(state)) => Ok(Some(ThreadStatus { tgid, state })),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "unparsable /proc/TID/status",
+        )),
+    }
+}
+
+/// Whether process `pid` holds a `flock` on the file `(dev, ino)` (as
+/// `fstat` reports it) through one of its descriptors: the `lock:` lines of
+/// `/proc/PID/fdinfo/*` list the locks each open file description owns.
+/// `Ok(None)` when the process does not exist; an error when its
+/// descriptors cannot be read (another user's process, `hidepid`).
+pub(crate) fn holds_flock(pid: u32, dev: u64, ino: u64) -> io::Result<Option<bool>> {
+    let dir = match std::fs::read_dir(format!("/proc/{pid}/fdinfo")) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let file = format!("{:02x}:{:02x}:{ino}", libc::major(dev), libc::minor(dev));
+    for entry in dir {
+        let Ok(entry) = entry else { continue };
+        // A descriptor closed meanwhile is simply not there any more.
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        if text.lines().any(|l| is_flock_on(l, &file)) {
+            return Ok(Some(true));
+        }
+    }
+    Ok(Some(false))
+}
+
+/// Whether an fdinfo line is `lock:\tN: FLOCK ADVISORY WRITE|READ PID
+/// MAJ:MIN:INO …` for `file`.
+fn is_flock_on(line: &str, file: &str) -> bool {
+    let Some(rest) = line.strip_prefix("lock:") else {
+        return false;
+    };
+    let f: Vec<&str> = rest.split_ascii_whitespace().collect();
+    // [id:, FLOCK, ADVISORY, WRITE, pid, maj:min:ino, start, end]
+    f.len() >= 6 && f[1] == "FLOCK" && f[5] == file
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fdinfo_flock_lines() {
+        let file = "00:1b:77";
+        assert!(is_flock_on(
+            "lock:\t1: FLOCK  ADVISORY  WRITE 4242 00:1b:77 0 EOF",
+            file
+        ));
+        assert!(!is_flock_on(
+            "lock:\t1: OFDLCK ADVISORY  READ -1 00:1b:77 0 0",
+            file
+        ));
+        assert!(!is_flock_on(
+            "lock:\t1: FLOCK  ADVISORY  WRITE 4242 00:1b:78 0 EOF",
+            file
+        ));
+        assert!(!is_flock_on("flags:\t0100002", file));
+    }
+
+    #[test]
+    fn own_process_status() {
+        let me = super::super::proc::getpid();
+        let st = thread_status(me).expect("read /proc").expect("exists");
+        assert_eq!(st.tgid, me);
+        assert!(!st.is_dead());
+        let tid = super::super::proc::gettid();
+        assert_eq!(thread_status(tid).expect("read").expect("exists").tgid, me);
+        assert_eq!(thread_status(0).expect("no io"), None);
+    }
+}
