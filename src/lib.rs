@@ -60,14 +60,28 @@
 //! ## Layers
 //!
 //! ```text
-//! ShmCell<T, L>, ShmGuard          typed value + guard + recovery   (cell/)
-//!   ├── Segment, header            named mapping, validated header  (segment/)
-//!   └── RobustMutex                lock backends                    (lock/)
-//! sys                              one function per OS call         (sys/)
+//! ShmCell<T, L>, ShmGuard, wait/notify   typed value, guard, recovery   (cell/)
+//!   ├── Segment, header, inspect         named mapping, validated header,
+//!   │                                    read-only inspection/cleaning  (segment/)
+//!   └── RobustMutex, FileLock,           lock backends, each also a
+//!       NamedSemaphore                   standalone primitive           (lock/)
+//! sys                                    one function per OS call       (sys/)
+//! testing (feature `testing`)            users' crash tests             (testing/)
+//! bin/shmsync (feature `cli`)            list / inspect / clean         (bin/)
 //! ```
 //!
 //! Only `sys` calls `libc`. Each type that lives in shared memory documents
-//! its invariants ([`segment::header::RawHeader`], [`RobustMutex`]).
+//! its invariants ([`segment::header::RawHeader`], [`RobustMutex`], and the
+//! state the `FileLock` and `NamedSemaphore` backends keep in a segment).
+//!
+//! ## Choosing a lock
+//!
+//! `ShmCell<T>` is guarded by a [`RobustMutex`] (fastest; owner death by
+//! process death, thread exit or `exec`). `ShmCell<T, FileLock>` uses
+//! `flock` on the segment (interoperates with other `flock` users),
+//! `ShmCell<T, NamedSemaphore>` a holder record plus `sem.NAME` for
+//! sleeping. All three give the same `OwnerDied` / `NotRecoverable`
+//! semantics; the README has a comparison table.
 //!
 //! ## Requirements
 //!

@@ -24,7 +24,7 @@
 
 use std::io;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use crate::error::RawLockError;
@@ -231,17 +231,20 @@ fn wait<'a, S>(
 /// The process-local exclusive lock of a `ShmCell<T, FileLock>` handle.
 /// Holding it is the *token*: only its holder calls `flock` on the handle's
 /// descriptor.
+///
+/// A three-state futex mutex (`0` free, `1` held, `2` held with possible
+/// sleepers): locking is one compare-and-swap and unlocking one swap when
+/// nobody waits, so the lock path stays within a few nanoseconds of the two
+/// `flock` calls it guards. Sleepers use `sys::futex` on the state word;
+/// the word lives in this process's memory, so only this process's threads
+/// ever sleep on it.
 #[derive(Default)]
 pub(crate) struct LocalMutex {
-    state: Mutex<MutexState>,
-    cv: Condvar,
-}
-
-#[derive(Default)]
-struct MutexState {
-    /// [`thread_key`] of the holder, 0 when free.
-    owner: usize,
-    waiters: u32,
+    state: AtomicU32,
+    /// [`thread_key`] of the holder, 0 when free. Written only by the
+    /// holder (after taking, before releasing): reading our own key here
+    /// means we hold the lock.
+    owner: AtomicUsize,
 }
 
 impl LocalMutex {
@@ -249,38 +252,53 @@ impl LocalMutex {
     #[inline]
     pub(crate) fn lock(&self, how: Acquire) -> Result<(), RawLockError> {
         let me = thread_key();
-        let mut st = lock_state(&self.state);
+        if self
+            .state
+            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            self.lock_slow(me, how)?;
+        }
+        self.owner.store(me, Ordering::Relaxed);
+        Ok(())
+    }
+
+    #[cold]
+    fn lock_slow(&self, me: usize, how: Acquire) -> Result<(), RawLockError> {
+        if self.owner.load(Ordering::Relaxed) == me {
+            return Err(RawLockError::Deadlock);
+        }
+        if let Acquire::Try = how {
+            // Before marking sleepers: a failed try costs the holder nothing.
+            return Err(RawLockError::WouldBlock);
+        }
         loop {
-            if st.owner == 0 {
-                st.owner = me;
+            // Mark "held, maybe sleepers": whoever unlocks will wake one.
+            if self.state.swap(2, Ordering::Acquire) == 0 {
                 return Ok(());
             }
-            if st.owner == me {
-                return Err(RawLockError::Deadlock);
-            }
-            st.waiters += 1;
-            let r = wait(&self.cv, st, how);
-            st = match r {
-                Ok(s) => s,
-                Err((s, e)) => {
-                    let mut s = s;
-                    s.waiters -= 1;
-                    return Err(e);
+            let timeout = match how {
+                Acquire::Try | Acquire::Block => None,
+                Acquire::Until(deadline) => {
+                    let left = deadline.remaining();
+                    if left.is_zero() {
+                        return Err(RawLockError::TimedOut);
+                    }
+                    Some(left)
                 }
             };
-            st.waiters -= 1;
+            // Returns on a wake, a changed word, a signal or the timeout;
+            // the loop re-checks in every case.
+            sys::futex::wait(&self.state, 2, timeout).map_err(RawLockError::Os)?;
         }
     }
 
     /// Releases the local lock (after the caller's `LOCK_UN`).
     #[inline]
     pub(crate) fn unlock(&self) {
-        let mut st = lock_state(&self.state);
-        st.owner = 0;
-        let wake = st.waiters > 0;
-        drop(st);
-        if wake {
-            self.cv.notify_one();
+        self.owner.store(0, Ordering::Relaxed);
+        if self.state.swap(0, Ordering::Release) == 2 {
+            let _ = sys::futex::wake(&self.state, 1);
         }
     }
 }
