@@ -78,6 +78,8 @@ pub mod lock;
 pub mod segment;
 mod shm_safe;
 mod sys;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use cell::{ShmCell, ShmGuard};
 pub use error::{Error, LockError};

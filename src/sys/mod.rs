@@ -6,10 +6,14 @@
 //! through [`cvt`]; the `pthread_*` family returns the error number directly
 //! and goes through [`cvt_pthread`].
 
+#[cfg(feature = "testing")]
+pub(crate) mod child;
 pub(crate) mod fd;
 pub(crate) mod futex;
 pub(crate) mod mman;
 pub(crate) mod ofd;
+#[cfg(feature = "testing")]
+pub(crate) mod pipe;
 pub(crate) mod proc;
 pub(crate) mod pthread;
 pub(crate) mod shm;
