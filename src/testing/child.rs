@@ -34,27 +34,6 @@ const LIBTEST_ARGS: [&str; 5] = [
 /// Bytes of the child's stderr quoted in an error message (the tail).
 const QUOTE_STDERR: usize = 4000;
 
-/// What the code of a child may return: `()` or `Result<(), E>`.
-///
-/// An `Err` ends the child with exit status 1 and comes back to the
-/// parent as [`ChildError::Failed`] carrying `E`'s `Debug` text.
-pub trait ChildResult {
-    /// `Ok(())`, or the error's text.
-    fn into_child_result(self) -> Result<(), String>;
-}
-
-impl ChildResult for () {
-    fn into_child_result(self) -> Result<(), String> {
-        Ok(())
-    }
-}
-
-impl<E: fmt::Debug> ChildResult for Result<(), E> {
-    fn into_child_result(self) -> Result<(), String> {
-        self.map_err(|e| format!("{e:?}"))
-    }
-}
-
 /// What the child's code receives: the arguments the parent passed.
 #[derive(Debug)]
 pub struct ChildCtx {
@@ -386,6 +365,12 @@ impl Running {
         self.mon.pid()
     }
 
+    /// Changes the bound of the waits that follow (for example a short
+    /// one once the child is known to have started).
+    pub fn set_bound(&mut self, bound: Duration) {
+        self.bound = bound;
+    }
+
     /// The points the child reported so far, in order (a point reached
     /// twice appears twice).
     pub fn points(&self) -> Vec<String> {
@@ -553,7 +538,6 @@ impl Running {
             return Some(ChildError::Failed {
                 child: self.desc.clone(),
                 status,
-                error: m.error.clone(),
                 stderr: self.stderr(),
             });
         }
@@ -652,15 +636,13 @@ pub enum ChildError {
         /// The child's stderr.
         stderr: String,
     },
-    /// The child's code returned an error, or the child ended with a
-    /// non-zero status or a signal this module did not send.
+    /// The child ended with a non-zero status (`process::exit(n)`) or a
+    /// signal this module did not send.
     Failed {
         /// Which child.
         child: String,
-        /// `exit status 1`, `signal 11`, …
+        /// `exit status 7`, `signal 11`, …
         status: String,
-        /// The error the child's code returned, if it returned one.
-        error: Option<String>,
         /// The child's stderr.
         stderr: String,
     },
@@ -738,13 +720,9 @@ impl fmt::Display for ChildError {
             ChildError::Failed {
                 child,
                 status,
-                error,
                 stderr,
             } => {
                 write!(f, "{child} failed: {status}")?;
-                if let Some(e) = error {
-                    write!(f, "; its code returned Err({e})")?;
-                }
                 stderr
             }
             ChildError::NotReached {
@@ -848,15 +826,14 @@ pub fn __type_name_of<T>(_: &T) -> &'static str {
 /// process whose role is this declaration, runs `body` and exits;
 /// everywhere else, returns the declaration.
 #[doc(hidden)]
-pub fn __declare<F, R>(
+pub fn __declare<F>(
     raw: &'static str,
     site: &'static str,
     label: &'static str,
     body: F,
 ) -> ChildSpec
 where
-    F: FnOnce(&ChildCtx) -> R,
-    R: ChildResult,
+    F: FnOnce(&ChildCtx),
 {
     let spec = ChildSpec { raw, site, label };
     if let Some(env) = child_env() {
@@ -868,11 +845,10 @@ where
 }
 
 /// Runs the child's code in the child process and ends the process: exit
-/// status 0, 1 (the code returned an error) or 101 (it panicked).
-fn run_body<F, R>(env: &'static ChildEnv, body: F) -> !
+/// status 0, or 101 if it panicked.
+fn run_body<F>(env: &'static ChildEnv, body: F) -> !
 where
-    F: FnOnce(&ChildCtx) -> R,
-    R: ChildResult,
+    F: FnOnce(&ChildCtx),
 {
     env.in_body.store(true, Ordering::Release);
     let previous = panic::take_hook();
@@ -892,13 +868,8 @@ where
     }));
     env.send(points::TAG_BEGIN, "");
     let ctx = ChildCtx { args: &env.args };
-    let code = match panic::catch_unwind(AssertUnwindSafe(|| body(&ctx).into_child_result())) {
-        Ok(Ok(())) => 0,
-        Ok(Err(e)) => {
-            env.send(points::TAG_ERROR, &e);
-            eprintln!("the child's code returned Err({e})");
-            1
-        }
+    let code = match panic::catch_unwind(AssertUnwindSafe(|| body(&ctx))) {
+        Ok(()) => 0,
         Err(_) => 101,
     };
     use std::io::Write;

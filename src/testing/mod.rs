@@ -98,8 +98,8 @@
 //! test by, with environment variables that select the child's role, the
 //! stop point and the arguments. libtest runs that single test in the
 //! child; the test reaches the same [`child!`], which recognises its role,
-//! runs the closure and ends the process (exit status 0, 1 when the
-//! closure returns `Err`, 101 when it panics) before the test's own code
+//! runs the closure and ends the process (exit status 0, or 101 when it
+//! panicked) before the test's own code
 //! runs.
 //!
 //! The role is the `child!`'s place in the source (file, line, column) and
@@ -191,7 +191,7 @@ use std::time::Duration;
 pub use crate::segment::InitStep;
 #[doc(hidden)]
 pub use child::{__declare, __type_name_of};
-pub use child::{ChildCtx, ChildError, ChildResult, ChildSpec, Ended, Running, Spawn};
+pub use child::{ChildCtx, ChildError, ChildSpec, Ended, Running, Spawn};
 pub use names::{TestName, MAX_TEST_NAME, NAME_PREFIX};
 pub use points::point;
 pub use recover::{recover, Seen};
@@ -202,7 +202,11 @@ pub use sweep::{PointOutcome, Sweep, SweepReport, SweepRun};
 ///
 /// `child!(|ctx| { … })` or, with a label for messages,
 /// `child!("writer", |ctx| { … })`. The closure takes a [`&ChildCtx`](ChildCtx)
-/// and returns `()` or `Result<(), E: Debug>`.
+/// and returns `()`; in it, `unwrap`/`expect`/`assert!` are the way to
+/// fail: a panic comes back to the test as [`ChildError::Panicked`] with
+/// its message and location. (The closure returns nothing, not a
+/// `Result`, so that one ending in `panic!`, `loop {}` or `process::exit`
+/// needs no type annotation.)
 ///
 /// In the child process started for this declaration, the closure runs
 /// and the process exits; the macro does not return. Everywhere else it

@@ -14,7 +14,6 @@
 //! | `P` | `K:NAME` | point `NAME` reached for the `K`-th time |
 //! | `S` | `K:NAME` | stopped there; blocks until resumed or killed |
 //! | `X` | message | a thread of the child panicked |
-//! | `E` | message | the child's code returned an error |
 //!
 //! A stopped child blocks on a second inherited pipe: one byte from the
 //! parent resumes it; end of file (the parent is gone) ends it at once.
@@ -45,7 +44,6 @@ pub(crate) const TAG_BEGIN: u8 = b'B';
 pub(crate) const TAG_POINT: u8 = b'P';
 pub(crate) const TAG_STOPPED: u8 = b'S';
 pub(crate) const TAG_PANIC: u8 = b'X';
-pub(crate) const TAG_ERROR: u8 = b'E';
 
 /// Exit code of a child whose parent went away while it was stopped.
 pub(crate) const EXIT_ORPHANED: i32 = 3;
@@ -130,14 +128,11 @@ fn read_env() -> Option<ChildEnv> {
         .split_once(',')
         .and_then(|(r, c)| Some((r.parse().ok()?, c.parse().ok()?)))
         .unwrap_or_else(|| bad(ENV_FDS));
-    let stop = match std::env::var_os(ENV_STOP).and_then(utf8) {
-        None => None,
-        Some(s) => Some(
-            s.split_once(',')
-                .and_then(|(n, k)| Some((unhex(n)?, k.parse().ok()?)))
-                .unwrap_or_else(|| bad(ENV_STOP)),
-        ),
-    };
+    let stop = std::env::var_os(ENV_STOP).and_then(utf8).map(|s| {
+        s.split_once(',')
+            .and_then(|(n, k)| Some((unhex(n)?, k.parse().ok()?)))
+            .unwrap_or_else(|| bad(ENV_STOP))
+    });
     let args = match std::env::var_os(ENV_ARGS).and_then(utf8) {
         None => Vec::new(),
         Some(s) if s.is_empty() => Vec::new(),

@@ -298,7 +298,9 @@ impl<T> SweepReport<T> {
     ///
     /// As [`assert_ok`](SweepReport::assert_ok).
     pub fn values(&self) -> Vec<(&str, &T)> {
-        self.assert_ok();
+        if !self.is_ok() {
+            panic!("{self}");
+        }
         self.outcomes
             .iter()
             .filter_map(|o| o.result.as_ref().ok().map(|v| (o.point.as_str(), v)))

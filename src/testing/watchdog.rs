@@ -56,8 +56,6 @@ pub(crate) struct Monitor {
     pub(crate) stopped: Option<(String, u32)>,
     /// Panic messages of the child's threads.
     pub(crate) panics: Vec<String>,
-    /// The error the child's code returned.
-    pub(crate) error: Option<String>,
     /// The exit status, once reaped.
     pub(crate) status: Option<ExitStatus>,
     /// Whether this side sent the `SIGKILL`.
@@ -86,7 +84,6 @@ impl Monitor {
             points: Vec::new(),
             stopped: None,
             panics: Vec::new(),
-            error: None,
             status: None,
             killed_by_us: false,
         }
@@ -209,7 +206,6 @@ impl Monitor {
                 self.stopped = Some((name.to_string(), k));
             }
             points::TAG_PANIC => self.panics.push(r.payload),
-            points::TAG_ERROR => self.error = Some(r.payload),
             _ => {}
         }
     }
