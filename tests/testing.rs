@@ -293,6 +293,41 @@ fn a_test_that_panics_with_a_stopped_child_leaves_no_process() {
     assert!(stat.is_empty() || !stat.contains(") Z "), "{stat}");
 }
 
+/// A child that writes far more than a pipe holds while the test waits
+/// for a lock (not on the child): its output is drained all the time, so
+/// it never blocks on a full pipe while holding the lock.
+#[test]
+fn a_chatty_child_never_blocks_on_its_pipes() {
+    let chatty = testing::child!(|ctx| {
+        let cell = ShmCell::<Ledger>::open(ctx.arg(0)).unwrap();
+        let mut l = cell.lock().unwrap();
+        testing::point("locked");
+        let line = "x".repeat(99);
+        for i in 0..10_000 {
+            eprintln!("{line}");
+            println!("{line}");
+            testing::point(&format!("chatter {}", i % 10));
+        }
+        l.n = 7;
+    });
+    let name = TestName::new("chatty");
+    let cell = ShmCell::<Ledger>::create(&name, START).unwrap();
+    let mut child = chatty.arg(&name).spawn().unwrap();
+    child.wait_point("locked").unwrap();
+    // ~1 MB on each of stdout and stderr and 10,000 reports, all written
+    // while the child holds the lock this thread waits for.
+    let n = cell
+        .lock_timeout(testing::default_bound())
+        .expect("the child released")
+        .n;
+    assert_eq!(n, 7);
+    let ended = child.wait().unwrap();
+    assert_eq!(ended.points.len(), 1 + 10_000);
+    let lines = |out: &str| out.lines().filter(|l| *l == "x".repeat(99)).count();
+    assert_eq!(lines(&ended.stdout), 10_000);
+    assert_eq!(lines(&ended.stderr), 10_000);
+}
+
 // ------------------------------------------------------------------ sweep
 
 #[test]

@@ -40,8 +40,12 @@ pub(crate) fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
 
 /// `poll(2)` for readability (`POLLIN`, or hang-up / error, which make a
 /// read return at once) on `fds`, at most `timeout` (rounded up to a
-/// millisecond). Returns one flag per descriptor.
-pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Duration) -> io::Result<Vec<bool>> {
+/// millisecond; `None` waits until one is ready). Returns one flag per
+/// descriptor.
+pub(crate) fn poll_readable(
+    fds: &[BorrowedFd<'_>],
+    timeout: Option<Duration>,
+) -> io::Result<Vec<bool>> {
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()
         .map(|fd| libc::pollfd {
@@ -50,13 +54,13 @@ pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Duration) -> io::Re
             revents: 0,
         })
         .collect();
-    let ms = timeout
-        .as_nanos()
-        .div_ceil(1_000_000)
-        .min(libc::c_int::MAX as u128) as libc::c_int;
-    // EINTR: the caller loops on its own deadline, so a retry with the same
-    // relative timeout only ever waits longer than asked when interrupted,
-    // and the caller's deadline check bounds the total.
+    let ms = timeout.map_or(-1, |t| {
+        t.as_nanos()
+            .div_ceil(1_000_000)
+            .min(libc::c_int::MAX as u128) as libc::c_int
+    });
+    // EINTR: retried with the same relative timeout; callers that need a
+    // deadline keep their own.
     retry_eintr(|| {
         // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structures.
         cvt(unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) })

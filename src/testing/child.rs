@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::points::{self, child_env, hex, ChildEnv};
-use super::watchdog::{describe_point, Monitor, Wait};
+use super::watchdog::{describe_point, Monitor, State, Wait};
 use crate::sys;
 use crate::sys::time::Monotonic;
 
@@ -271,7 +271,7 @@ impl Spawn {
         drop((report_w, command_r, cmd));
         let pid = proc.id();
         Ok(Running {
-            mon: Monitor::new(proc, report_r, out_r, err_r),
+            mon: Monitor::new(proc, report_r, out_r, err_r).map_err(spawn_err)?,
             command: Some(command_w.into()),
             desc: format!(
                 "child {:?} (pid {pid}) of test `{test}` ({})",
@@ -354,7 +354,7 @@ impl fmt::Debug for Running {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Running")
             .field("child", &self.desc)
-            .field("stopped", &self.mon.stopped)
+            .field("stopped", &self.mon.state().stopped)
             .finish()
     }
 }
@@ -374,7 +374,8 @@ impl Running {
     /// The points the child reported so far, in order (a point reached
     /// twice appears twice).
     pub fn points(&self) -> Vec<String> {
-        self.mon.points.iter().map(|(n, _)| n.clone()).collect()
+        let st = self.mon.state();
+        st.points.iter().map(|(n, _)| n.clone()).collect()
     }
 
     /// Waits (bounded) until the child has reached point `name` at least
@@ -439,7 +440,7 @@ impl Running {
     /// process stuck in the kernel); a child that had already ended by a
     /// failure reports that failure.
     pub fn kill(mut self) -> Result<Ended, ChildError> {
-        let killed_at = self.mon.stopped.clone();
+        let killed_at = self.mon.state().stopped.clone();
         if self.mon.status.is_some() && !self.mon.killed_by_us {
             // It ended by itself before the kill: report how.
             return self.ended_ok();
@@ -473,7 +474,7 @@ impl Running {
     fn pump(
         &mut self,
         deadline: Monotonic,
-        done: impl Fn(&Monitor) -> bool,
+        done: impl Fn(&State) -> bool,
         what: &str,
     ) -> Result<Wait, ChildError> {
         match self.mon.pump_until(deadline, done) {
@@ -490,12 +491,10 @@ impl Running {
 
     fn record_run(&mut self, killed_at: Option<(String, u32)>) {
         if let Some(sink) = self.sink.take() {
+            let points = self.mon.state().points.clone();
             sink.lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push(RunRecord {
-                    points: self.mon.points.clone(),
-                    killed_at,
-                });
+                .push(RunRecord { points, killed_at });
         }
     }
 
@@ -511,15 +510,19 @@ impl Running {
     /// How an ended child failed, if it did.
     fn failure(&self) -> Option<ChildError> {
         let m = &self.mon;
-        if let Some(message) = m.panics.first() {
+        let (panic, began) = {
+            let st = m.state();
+            (st.panics.first().cloned(), st.began)
+        };
+        if let Some(message) = panic {
             return Some(ChildError::Panicked {
                 child: self.desc.clone(),
-                message: message.clone(),
+                message,
                 stderr: self.stderr(),
             });
         }
         let ok = m.status.is_some_and(|s| s.success());
-        if !m.began {
+        if !began {
             return Some(ChildError::NotRun {
                 child: self.desc.clone(),
                 test: self.test.clone(),
@@ -556,11 +559,14 @@ impl Running {
     }
 
     fn hung(&self, what: &str) -> ChildError {
+        // One statement per lock: a guard in a struct literal would live
+        // until the end of it, and `stderr()` locks again.
+        let last_point = self.mon.state().last_point();
         ChildError::Hung {
             child: self.desc.clone(),
             waiting_for: what.to_string(),
             bound: self.bound,
-            last_point: self.mon.last_point(),
+            last_point,
             stderr: self.stderr(),
         }
     }
@@ -573,17 +579,18 @@ impl Running {
     }
 
     fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.mon.err).into_owned()
+        String::from_utf8_lossy(&self.mon.state().err).into_owned()
     }
 
     fn ended(&self, killed_at: Option<(String, u32)>) -> Ended {
+        let st = self.mon.state();
         Ended {
             pid: self.pid(),
             killed: self.mon.killed_by_us,
             killed_at: killed_at.map(|(n, _)| n),
-            points: self.points(),
-            stdout: String::from_utf8_lossy(&self.mon.out).into_owned(),
-            stderr: self.stderr(),
+            points: st.points.iter().map(|(n, _)| n.clone()).collect(),
+            stdout: String::from_utf8_lossy(&st.out).into_owned(),
+            stderr: String::from_utf8_lossy(&st.err).into_owned(),
         }
     }
 }
@@ -602,7 +609,7 @@ pub struct Ended {
     /// Every point it reached, in order (a point reached twice appears
     /// twice).
     pub points: Vec<String>,
-    /// What it wrote to stdout.
+    /// What it wrote to stdout (after libtest's `running 1 test` line).
     pub stdout: String,
     /// What it wrote to stderr.
     pub stderr: String,

@@ -1,21 +1,28 @@
 //! The parent's side of a child: every wait bounded, the child always
 //! killed and reaped.
 //!
-//! A [`Monitor`] owns the child process and the read ends of its three
-//! pipes (reports, stdout, stderr). [`Monitor::pump_until`] is the only
-//! place that waits: one `poll(2)` over the pipes and a pidfd (which turns
-//! readable when the child ends), with the caller's deadline as timeout,
-//! reading whatever arrived so that a chatty child never blocks on a full
-//! pipe. When the child ends, its whole process group is `SIGKILL`ed
-//! *before* it is reaped (the leader's unreaped pid keeps the group's
-//! number from being reused), so nothing it started survives it; then the
-//! pipes are drained without waiting for end of file (a grandchild could
-//! hold them open).
+//! A [`Monitor`] owns the child process. A reader thread per child drains
+//! its three pipes (reports, stdout, stderr) *all the time*, not only while
+//! the test waits: a child that prints or reports a lot while the test
+//! does something else (waits for a lock the child holds, say) never
+//! blocks on a full pipe. The thread also watches a pidfd (readable when
+//! the child ends; `/proc/PID/stat` every few milliseconds before Linux
+//! 5.3) and publishes everything in one [`State`] behind a mutex and a
+//! condition variable.
+//!
+//! [`Monitor::pump_until`] is the only place that waits: on that condition
+//! variable, bounded by the caller's deadline. When the child ends, its
+//! whole process group is `SIGKILL`ed *before* it is reaped (the leader's
+//! unreaped pid keeps the group's number from being reused), so nothing
+//! it started survives it; then the reader drains what is left without
+//! waiting for end of file (a grandchild might hold a pipe open) and stops.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::ExitStatus;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::points::{self, Record};
@@ -24,7 +31,7 @@ use crate::sys::time::Monotonic;
 
 /// Bytes of each of the child's stdout and stderr kept (the tail).
 const KEEP_OUTPUT: usize = 1 << 20;
-/// How often a wait re-checks the child when the kernel has no pidfd.
+/// How often the reader re-checks the child when the kernel has no pidfd.
 const NO_PIDFD_SLICE: Duration = Duration::from_millis(5);
 
 /// How a bounded wait ended.
@@ -38,14 +45,9 @@ pub(crate) enum Wait {
     TimedOut,
 }
 
-/// A child process and what it reported so far.
-pub(crate) struct Monitor {
-    proc: std::process::Child,
-    pidfd: Option<OwnedFd>,
-    report: Option<File>,
-    stdout: Option<File>,
-    stderr: Option<File>,
-    report_buf: Vec<u8>,
+/// What the child reported so far.
+#[derive(Default)]
+pub(crate) struct State {
     pub(crate) out: Vec<u8>,
     pub(crate) err: Vec<u8>,
     /// The child's code started (`B`).
@@ -56,142 +58,15 @@ pub(crate) struct Monitor {
     pub(crate) stopped: Option<(String, u32)>,
     /// Panic messages of the child's threads.
     pub(crate) panics: Vec<String>,
-    /// The exit status, once reaped.
-    pub(crate) status: Option<ExitStatus>,
-    /// Whether this side sent the `SIGKILL`.
-    pub(crate) killed_by_us: bool,
+    /// The child ended (it is a zombie until the monitor reaps it).
+    exited: bool,
+    report_buf: Vec<u8>,
 }
 
-impl Monitor {
-    pub(crate) fn new(
-        proc: std::process::Child,
-        report: OwnedFd,
-        stdout: OwnedFd,
-        stderr: OwnedFd,
-    ) -> Monitor {
-        // ENOSYS before Linux 5.3: fall back to checking every few ms.
-        let pidfd = sys::child::pidfd_open(proc.id()).ok();
-        Monitor {
-            proc,
-            pidfd,
-            report: Some(report.into()),
-            stdout: Some(stdout.into()),
-            stderr: Some(stderr.into()),
-            report_buf: Vec::new(),
-            out: Vec::new(),
-            err: Vec::new(),
-            began: false,
-            points: Vec::new(),
-            stopped: None,
-            panics: Vec::new(),
-            status: None,
-            killed_by_us: false,
-        }
-    }
-
-    pub(crate) fn pid(&self) -> u32 {
-        self.proc.id()
-    }
-
-    /// Reads and waits until `done(self)`, the child ends, or `deadline`.
-    pub(crate) fn pump_until(
-        &mut self,
-        deadline: Monotonic,
-        done: impl Fn(&Monitor) -> bool,
-    ) -> io::Result<Wait> {
-        loop {
-            if done(self) {
-                return Ok(Wait::Done);
-            }
-            if self.status.is_some() {
-                return Ok(Wait::Ended);
-            }
-            let left = deadline.remaining();
-            if left.is_zero() {
-                return Ok(Wait::TimedOut);
-            }
-            let (ready, exited) = self.poll(left)?;
-            for which in ready {
-                self.read_from(which)?;
-            }
-            if exited {
-                self.reap()?;
-            }
-        }
-    }
-
-    /// One `poll`: which pipes are readable, and whether the child ended.
-    fn poll(&self, left: Duration) -> io::Result<(Vec<usize>, bool)> {
-        let pipes = [&self.report, &self.stdout, &self.stderr];
-        let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(4);
-        let mut which = Vec::with_capacity(4);
-        for (i, p) in pipes.iter().enumerate() {
-            if let Some(f) = p {
-                fds.push(f.as_fd());
-                which.push(i);
-            }
-        }
-        let slice = match &self.pidfd {
-            Some(pidfd) => {
-                fds.push(pidfd.as_fd());
-                left
-            }
-            None => left.min(NO_PIDFD_SLICE),
-        };
-        let ready = sys::pipe::poll_readable(&fds, slice)?;
-        let readable: Vec<usize> = which
-            .iter()
-            .zip(&ready)
-            .filter(|(_, r)| **r)
-            .map(|(i, _)| *i)
-            .collect();
-        let exited = match &self.pidfd {
-            Some(_) => ready[ready.len() - 1],
-            // Without a pidfd, read the state from /proc (a zombie has
-            // ended but is not reaped yet).
-            None => self.exited_without_pidfd(),
-        };
-        Ok((readable, exited))
-    }
-
-    fn exited_without_pidfd(&self) -> bool {
-        sys::proc::stat_state_and_start(self.pid())
-            .map(|s| matches!(s, None | Some((b'Z' | b'X', _))))
-            .unwrap_or(false)
-    }
-
-    /// Reads what pipe `which` holds now (non-blocking).
-    fn read_from(&mut self, which: usize) -> io::Result<()> {
-        let mut chunk = [0u8; 8192];
-        loop {
-            let pipe = match which {
-                0 => &mut self.report,
-                1 => &mut self.stdout,
-                _ => &mut self.stderr,
-            };
-            let Some(f) = pipe.as_mut() else {
-                return Ok(());
-            };
-            match f.read(&mut chunk) {
-                Ok(0) => {
-                    *pipe = None;
-                    return Ok(());
-                }
-                Ok(n) => match which {
-                    0 => {
-                        self.report_buf.extend_from_slice(&chunk[..n]);
-                        for r in points::parse_records(&mut self.report_buf) {
-                            self.record(r);
-                        }
-                    }
-                    1 => keep_tail(&mut self.out, &chunk[..n]),
-                    _ => keep_tail(&mut self.err, &chunk[..n]),
-                },
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+impl State {
+    /// The last point reported, for messages.
+    pub(crate) fn last_point(&self) -> Option<String> {
+        self.points.last().map(|(n, k)| describe_point(n, *k))
     }
 
     fn record(&mut self, r: Record) {
@@ -209,9 +84,143 @@ impl Monitor {
             _ => {}
         }
     }
+}
 
-    /// The child ended (or must be treated so): kill its group, reap it,
-    /// drain the pipes.
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A child process and what it reported so far.
+pub(crate) struct Monitor {
+    proc: std::process::Child,
+    shared: Arc<Shared>,
+    reader: Option<JoinHandle<()>>,
+    /// Written once to make the reader drain what is left and stop.
+    wake: Option<File>,
+    /// The exit status, once reaped.
+    pub(crate) status: Option<ExitStatus>,
+    /// Whether this side sent the `SIGKILL`.
+    pub(crate) killed_by_us: bool,
+}
+
+impl Monitor {
+    /// Starts watching `proc` through the read ends of its pipes.
+    pub(crate) fn new(
+        proc: std::process::Child,
+        report: OwnedFd,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    ) -> io::Result<Monitor> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+        });
+        let (wake_r, wake_w) = sys::pipe::pipe_cloexec()?;
+        // ENOSYS before Linux 5.3: the reader falls back to /proc.
+        let pidfd = sys::child::pidfd_open(proc.id()).ok();
+        let reader = Reader {
+            shared: shared.clone(),
+            pipes: [
+                Some(report.into()),
+                Some(stdout.into()),
+                Some(stderr.into()),
+            ],
+            wake: Some(wake_r),
+            pidfd,
+            pid: proc.id(),
+        };
+        let mut monitor = Monitor {
+            proc,
+            shared,
+            reader: None,
+            wake: Some(wake_w.into()),
+            status: None,
+            killed_by_us: false,
+        };
+        // If the thread cannot be made, `monitor` is dropped: the child is
+        // killed and reaped.
+        monitor.reader = Some(
+            std::thread::Builder::new()
+                .name(format!("shmsync-child-{}", monitor.pid()))
+                .spawn(move || reader.run())?,
+        );
+        Ok(monitor)
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.proc.id()
+    }
+
+    /// What the child reported so far.
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        self.shared.lock()
+    }
+
+    /// Waits until `done(state)`, the child ends, or `deadline`.
+    pub(crate) fn pump_until(
+        &mut self,
+        deadline: Monotonic,
+        done: impl Fn(&State) -> bool,
+    ) -> io::Result<Wait> {
+        loop {
+            let exited = {
+                let mut st = self.shared.lock();
+                loop {
+                    if done(&st) {
+                        return Ok(Wait::Done);
+                    }
+                    if self.status.is_some() {
+                        return Ok(Wait::Ended);
+                    }
+                    if st.exited {
+                        break true;
+                    }
+                    let left = deadline.remaining();
+                    if left.is_zero() {
+                        break false;
+                    }
+                    // Without a reader (it could not start, or its poll
+                    // failed), nobody reports the exit: look every few ms.
+                    let reader_gone = self.reader.as_ref().map_or(true, |t| t.is_finished());
+                    if reader_gone {
+                        drop(st);
+                        if let Some(status) = self.proc.try_wait()? {
+                            self.status = Some(status);
+                            self.stop_reader();
+                            return Ok(if done(&self.shared.lock()) {
+                                Wait::Done
+                            } else {
+                                Wait::Ended
+                            });
+                        }
+                        std::thread::sleep(left.min(NO_PIDFD_SLICE));
+                        st = self.shared.lock();
+                        continue;
+                    }
+                    st = self
+                        .shared
+                        .changed
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            };
+            if !exited {
+                return Ok(Wait::TimedOut);
+            }
+            self.reap()?;
+        }
+    }
+
+    /// The child ended: kill its group, reap it, let the reader drain the
+    /// pipes and stop.
     fn reap(&mut self) -> io::Result<()> {
         if self.status.is_some() {
             return Ok(());
@@ -219,10 +228,19 @@ impl Monitor {
         // The leader is a zombie, not reaped: its pid still names the group.
         let _ = sys::child::sigkill_group(self.pid());
         self.status = Some(self.proc.wait()?);
-        for which in 0..3 {
-            self.read_from(which)?;
-        }
+        self.stop_reader();
         Ok(())
+    }
+
+    /// Tells the reader to drain what is in the pipes now and stop, and
+    /// joins it (it only makes non-blocking reads from then on).
+    fn stop_reader(&mut self) {
+        if let Some(mut w) = self.wake.take() {
+            let _ = w.write_all(b"w");
+        }
+        if let Some(t) = self.reader.take() {
+            let _ = t.join();
+        }
     }
 
     /// `SIGKILL`s the child's process group (if it still runs) and reaps
@@ -231,7 +249,7 @@ impl Monitor {
     pub(crate) fn kill(&mut self, bound: Duration) -> io::Result<bool> {
         if self.status.is_none() {
             self.killed_by_us = true;
-            self.stopped = None;
+            self.shared.lock().stopped = None;
             let _ = sys::child::sigkill_group(self.pid());
         }
         let wait = self.pump_until(Monotonic::now().after(bound), |_| false)?;
@@ -240,15 +258,9 @@ impl Monitor {
 
     /// Resumes a child stopped at a point (one byte on its command pipe).
     pub(crate) fn resume(&mut self, command: &mut File) -> io::Result<()> {
-        use std::io::Write;
         command.write_all(b"c")?;
-        self.stopped = None;
+        self.shared.lock().stopped = None;
         Ok(())
-    }
-
-    /// The last point reported, for messages.
-    pub(crate) fn last_point(&self) -> Option<String> {
-        self.points.last().map(|(n, k)| describe_point(n, *k))
     }
 
     /// How the child ended, for messages (`"exit status 0"`, `"signal 9
@@ -274,6 +286,133 @@ impl Drop for Monitor {
         // kernel; nothing more can be done from here.
         if self.status.is_none() {
             let _ = self.kill(super::default_bound());
+        }
+        self.stop_reader();
+    }
+}
+
+/// The reader thread's side.
+struct Reader {
+    shared: Arc<Shared>,
+    /// Report, stdout, stderr; `None` once at end of file.
+    pipes: [Option<File>; 3],
+    wake: Option<OwnedFd>,
+    pidfd: Option<OwnedFd>,
+    pid: u32,
+}
+
+impl Reader {
+    fn run(mut self) {
+        loop {
+            // poll failing means a bug or a lost descriptor: stop reading;
+            // the monitor then watches the child itself.
+            let finishing = self.wait_once().unwrap_or(true);
+            if finishing {
+                for i in 0..3 {
+                    let _ = self.drain(i);
+                }
+                break;
+            }
+            if self.pipes.iter().all(Option::is_none) && self.pidfd.is_none() && self.exited() {
+                break;
+            }
+        }
+        self.shared.changed.notify_all();
+    }
+
+    fn exited(&self) -> bool {
+        self.shared.lock().exited
+    }
+
+    /// One `poll`; returns whether the monitor asked to finish.
+    fn wait_once(&mut self) -> io::Result<bool> {
+        let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(5);
+        let mut which: Vec<usize> = Vec::with_capacity(5);
+        for (i, p) in self.pipes.iter().enumerate() {
+            if let Some(f) = p {
+                fds.push(f.as_fd());
+                which.push(i);
+            }
+        }
+        if let Some(w) = &self.wake {
+            fds.push(w.as_fd());
+            which.push(3);
+        }
+        if let Some(p) = &self.pidfd {
+            fds.push(p.as_fd());
+            which.push(4);
+        }
+        let no_pidfd = self.pidfd.is_none() && !self.exited();
+        let timeout = no_pidfd.then_some(NO_PIDFD_SLICE);
+        let ready = sys::pipe::poll_readable(&fds, timeout)?;
+        let ready: Vec<usize> = which
+            .iter()
+            .zip(ready)
+            .filter(|(_, r)| *r)
+            .map(|(i, _)| *i)
+            .collect();
+        drop(fds);
+        let mut finishing = false;
+        for i in ready {
+            match i {
+                0..=2 => self.drain(i)?,
+                3 => finishing = true,
+                _ => {
+                    self.pidfd = None;
+                    self.set_exited();
+                }
+            }
+        }
+        if no_pidfd
+            && sys::proc::stat_state_and_start(self.pid)
+                .is_ok_and(|s| matches!(s, None | Some((b'Z' | b'X', _))))
+        {
+            self.set_exited();
+        }
+        Ok(finishing)
+    }
+
+    fn set_exited(&self) {
+        self.shared.lock().exited = true;
+        self.shared.changed.notify_all();
+    }
+
+    /// Reads what pipe `i` holds now (non-blocking).
+    fn drain(&mut self, i: usize) -> io::Result<()> {
+        let mut chunk = [0u8; 8192];
+        loop {
+            let Some(f) = self.pipes[i].as_mut() else {
+                return Ok(());
+            };
+            match f.read(&mut chunk) {
+                Ok(0) => {
+                    self.pipes[i] = None;
+                    return Ok(());
+                }
+                Ok(n) => {
+                    let mut st = self.shared.lock();
+                    match i {
+                        0 => {
+                            st.report_buf.extend_from_slice(&chunk[..n]);
+                            let mut buf = std::mem::take(&mut st.report_buf);
+                            for r in points::parse_records(&mut buf) {
+                                st.record(r);
+                            }
+                            st.report_buf = buf;
+                        }
+                        1 => keep_tail(&mut st.out, &chunk[..n]),
+                        _ => keep_tail(&mut st.err, &chunk[..n]),
+                    }
+                    drop(st);
+                    self.shared.changed.notify_all();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.pipes[i] = None;
+                    return Err(e);
+                }
+            }
         }
     }
 }
