@@ -161,7 +161,10 @@
 //! Every wait is bounded (by [`Spawn::bound`], default [`default_bound`]):
 //! a child that does not reach its point or end in time is killed, and the
 //! wait fails with [`ChildError::Hung`] naming what it waited for and the
-//! last point the child reached. A child is killed and reaped when its
+//! last point the child reached. A thread per child reads its reports,
+//! stdout and stderr all the time, so a chatty child never blocks on a full
+//! pipe while the test waits for something else (a lock the child holds).
+//! A child is killed and reaped when its
 //! handle is dropped (also on panic), its whole process group with it; it
 //! dies with the spawning thread (`PR_SET_PDEATHSIG`), and a stopped child
 //! whose parent is gone exits. No hung `cargo test`, no zombie, no orphan.
