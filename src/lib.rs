@@ -100,6 +100,8 @@ pub mod lock;
 pub mod segment;
 mod shm_safe;
 mod sys;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use cell::{ShmCell, ShmGuard, WaitTimeoutResult};
 pub use error::{Error, LockError};

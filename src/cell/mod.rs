@@ -12,17 +12,13 @@ use std::time::Duration;
 
 use crate::error::{Error, LockError};
 use crate::lock::{Acquire, Acquired, LockBackend, RobustMutex};
-use crate::segment::{header, CreateOptions, HeaderInfo, Init, Segment, SegmentSpec};
+use crate::segment::{self, header, CreateOptions, HeaderInfo, Init, Segment, SegmentSpec};
 use crate::shm_safe::ShmSafe;
 use crate::sys;
 use crate::sys::time::Monotonic;
 
 pub use guard::ShmGuard;
 pub use wait::WaitTimeoutResult;
-
-/// How many times `open_or_create` retries when other processes create,
-/// remove or take over the name under it.
-const OPEN_OR_CREATE_ATTEMPTS: u32 = 64;
 
 /// A value of type `T` in a named POSIX shared-memory object, guarded by a
 /// lock of kind `L` that every process attached to it can take.
@@ -205,8 +201,14 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         let spec = Self::spec();
         let value = ManuallyDrop::new(value);
         let (mut lock, mut value) = (Self::lock_init(), Self::value_init(&value));
+        // Bounded by time, with backoff, not by a count of attempts: a lock
+        // on an abandoned object can linger for a moment after its opener
+        // let go (a process forked meanwhile by another thread shares the
+        // opener's open file description until it execs).
+        let deadline = Monotonic::now().after(segment::INIT_WAIT);
+        let mut backoff = segment::Backoff::new();
         let mut last = None;
-        for _ in 0..OPEN_OR_CREATE_ATTEMPTS {
+        loop {
             match Segment::create_with(
                 name,
                 &spec,
@@ -220,7 +222,7 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
                 other => return other.and_then(Self::from_segment),
             }
             match Segment::open(name, &spec) {
-                Err(Error::NotFound { .. }) => continue,
+                Err(Error::NotFound { .. }) => {}
                 Err(e @ Error::AbandonedInit { .. }) => {
                     if let Some(seg) = Segment::take_over_abandoned(
                         name,
@@ -237,8 +239,11 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
                 }
                 other => return other.and_then(Self::from_segment),
             }
+            if Monotonic::now() >= deadline {
+                return Err(last.unwrap_or(Error::InitTimedOut { name: name.into() }));
+            }
+            backoff.sleep();
         }
-        Err(last.unwrap_or(Error::InitTimedOut { name: name.into() }))
     }
 
     /// Removes the name `name` and every companion object the cell made

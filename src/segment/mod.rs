@@ -47,7 +47,7 @@ pub use name::MAX_SHM_NAME;
 /// The byte the initialisation/attach lock covers.
 const ATTACH_BYTE: u64 = 0;
 /// How long `open` waits for a live creator to finish initialising.
-const INIT_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const INIT_WAIT: Duration = Duration::from_secs(5);
 /// How long an empty object is given to become a creator's (between its
 /// exclusive create and its first lock) before it counts as abandoned.
 const EMPTY_GRACE: Duration = Duration::from_millis(100);

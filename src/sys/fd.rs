@@ -75,22 +75,3 @@ pub(crate) fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io:
     }
     Ok(done)
 }
-
-/// `pwrite(2)` of the whole buffer.
-pub(crate) fn pwrite_all(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Result<()> {
-    let mut done = 0;
-    while done < buf.len() {
-        let off = libc::off_t::try_from(offset + done as u64)
-            .map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
-        let rest = &buf[done..];
-        let n = retry_eintr(|| {
-            // SAFETY: `rest` is a valid readable buffer of `rest.len()` bytes.
-            cvt(
-                unsafe { libc::pwrite(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len(), off) }
-                    as i64,
-            )
-        })?;
-        done += n as usize;
-    }
-    Ok(())
-}

@@ -6,15 +6,15 @@
 //! through [`cvt`]; the `pthread_*` family returns the error number directly
 //! and goes through [`cvt_pthread`].
 
-// A few calls here serve features being merged (backends, wait/notify,
-// the CLI); keep the layer whole rather than trimming it per branch.
-#![allow(dead_code)]
-
+#[cfg(feature = "testing")]
+pub(crate) mod child;
 pub(crate) mod fd;
 pub(crate) mod flock;
 pub(crate) mod futex;
 pub(crate) mod mman;
 pub(crate) mod ofd;
+#[cfg(feature = "testing")]
+pub(crate) mod pipe;
 pub(crate) mod proc;
 pub(crate) mod procfs;
 pub(crate) mod pthread;

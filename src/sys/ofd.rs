@@ -17,7 +17,6 @@ use super::{cvt, retry_eintr};
 pub(crate) enum OfdLock {
     Read,
     Write,
-    Unlock,
 }
 
 impl OfdLock {
@@ -25,7 +24,6 @@ impl OfdLock {
         (match self {
             OfdLock::Read => libc::F_RDLCK,
             OfdLock::Write => libc::F_WRLCK,
-            OfdLock::Unlock => libc::F_UNLCK,
         }) as libc::c_short
     }
 }

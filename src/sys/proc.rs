@@ -109,8 +109,3 @@ pub(crate) fn register_fork_handler() {
 pub(crate) fn fork_generation() -> u32 {
     FORK_GENERATION.load(Ordering::Relaxed)
 }
-
-/// Whether `tid` is a live thread of this process (`/proc/self/task/TID`).
-pub(crate) fn is_own_thread(tid: u32) -> bool {
-    tid != 0 && std::path::Path::new(&format!("/proc/self/task/{tid}")).exists()
-}

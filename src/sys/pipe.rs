@@ -1,0 +1,72 @@
+//! Pipes and readiness, for the `testing` feature's child processes:
+//! `pipe2(2)`, `fcntl(2)` (`F_SETFL O_NONBLOCK`, `F_SETFD FD_CLOEXEC`),
+//! `poll(2)`.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use super::{cvt, retry_eintr};
+
+/// `pipe2(O_CLOEXEC)`: `(read end, write end)`. Close-on-exec, so that a
+/// process spawned by another thread meanwhile never inherits them.
+pub(crate) fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: two fresh descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `fcntl(F_SETFL, O_NONBLOCK)` (keeping the other status flags).
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain fcntl on a borrowed, open fd.
+    let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+    Ok(())
+}
+
+/// `fcntl(F_SETFD)`: sets or clears close-on-exec on `fd`.
+///
+/// Async-signal-safe (one system call, no allocation): usable between
+/// `fork` and `exec`, where the descriptor is a raw number of the child.
+pub(crate) fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
+    let flag = if on { libc::FD_CLOEXEC } else { 0 };
+    // SAFETY: fcntl on a number never touches memory; a closed fd is EBADF.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, flag) })?;
+    Ok(())
+}
+
+/// `poll(2)` for readability (`POLLIN`, or hang-up / error, which make a
+/// read return at once) on `fds`, at most `timeout` (rounded up to a
+/// millisecond; `None` waits until one is ready). Returns one flag per
+/// descriptor.
+pub(crate) fn poll_readable(
+    fds: &[BorrowedFd<'_>],
+    timeout: Option<Duration>,
+) -> io::Result<Vec<bool>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = timeout.map_or(-1, |t| {
+        t.as_nanos()
+            .div_ceil(1_000_000)
+            .min(libc::c_int::MAX as u128) as libc::c_int
+    });
+    // EINTR: retried with the same relative timeout; callers that need a
+    // deadline keep their own.
+    retry_eintr(|| {
+        // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structures.
+        cvt(unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) })
+    })?;
+    Ok(pfds
+        .iter()
+        .map(|p| p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0)
+        .collect())
+}

@@ -1,0 +1,310 @@
+//! Test support for your own crash tests: kill a lock holder at a chosen
+//! point, in a real child process, under the default multi-threaded
+//! `cargo test` (feature `testing`).
+//!
+//! ```toml
+//! [dev-dependencies]
+//! shmsync = { version = "0.1", features = ["testing"] }
+//! ```
+//!
+//! | need | tool |
+//! |---|---|
+//! | a name that cleans up after the test, also after a panic | [`TestName`] |
+//! | code that runs in another process | [`child!`] at the top of the test |
+//! | die at a known place | [`point`] in the child, [`Spawn::kill_at`] in the test |
+//! | hold there, look, then go on | [`Spawn::stop_at`], [`Running::resume`] |
+//! | die at a random moment (soak) | [`Spawn::kill_within`] in a loop |
+//! | die at every point, one run each | [`ChildSpec::sweep`] |
+//! | die half-way through creating a segment | [`points_at_init_steps`] |
+//! | what the survivor saw | [`recover`] → [`Seen`] |
+//! | why a child failed (panic, exit status, hang) | [`ChildError`] |
+//!
+//! # Testing your crash recovery
+//!
+//! A library keeps an account in a [`ShmCell`](crate::ShmCell); a transfer
+//! debits one field and credits the other under the lock. If the process
+//! dies between the two writes, the next one to lock must find out
+//! ([`LockError::OwnerDied`](crate::LockError::OwnerDied)) and repair the
+//! value. This test proves it: a child process is killed exactly between
+//! the two writes, and the parent asserts what it found and what the
+//! repair made of it. (It is `tests/user_crash_test.rs` of this crate,
+//! which runs under plain `cargo test`.)
+//!
+//! ```no_run
+//! use shmsync::testing::{self, Seen, TestName};
+//! use shmsync::{ShmCell, ShmSafe};
+//!
+//! #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+//! #[repr(C)]
+//! struct Account {
+//!     checking: u64,
+//!     savings: u64,
+//! }
+//! // SAFETY: two integers, repr(C), every bit pattern is a valid Account.
+//! unsafe impl ShmSafe for Account {}
+//!
+//! const TOTAL: u64 = 100;
+//!
+//! #[test]
+//! fn a_transfer_killed_half_way_is_repaired() {
+//!     // The child's code comes first: the child process runs it, then exits.
+//!     let transfer = testing::child!(|ctx| {
+//!         let cell = ShmCell::<Account>::open(ctx.arg(0)).unwrap();
+//!         let mut acct = cell.lock().unwrap();
+//!         acct.checking -= 10;
+//!         testing::point("after the debit");
+//!         acct.savings += 10;
+//!     });
+//!     // The test: a name removed even if it fails, the cell, the kill.
+//!     let name = TestName::new("bank");
+//!     let cell = ShmCell::<Account>::create(&name, Account { checking: TOTAL, savings: 0 }).unwrap();
+//!     transfer.arg(&name).kill_at("after the debit").unwrap();
+//!     // The repair rolls back a debit that has no credit.
+//!     let seen = testing::recover(&cell, |a| a.checking = TOTAL - a.savings).unwrap();
+//!     assert_eq!(
+//!         seen,
+//!         Seen::OwnerDied {
+//!             found: Account { checking: 90, savings: 0 },
+//!             repaired: Account { checking: TOTAL, savings: 0 },
+//!         }
+//!     );
+//! }
+//! # fn main() {}
+//! ```
+//!
+//! What happens: `transfer.arg(&name).kill_at(..)` re-runs this test binary
+//! as a child process that runs only this test; there `child!` runs the
+//! closure, which locks, debits and reaches the point; the point tells the
+//! parent and blocks; the parent `SIGKILL`s and reaps the child. The
+//! kernel marks the robust mutex, so `recover` gets `OwnerDied` with the
+//! half-done value, repairs it and makes the lock consistent. When the
+//! test ends — passing or panicking — `name` removes the segment.
+//!
+//! To check every place the child can die rather than one, give the child
+//! more points and [sweep](ChildSpec::sweep) them:
+//! `transfer.sweep().run(|run| { …; run.child().arg(&name).run()?; … })`
+//! runs the scenario once per point and reports "recovery verified at all
+//! N points" (see [`Sweep`]).
+//!
+//! # How a child runs
+//!
+//! The default `cargo test` harness runs tests on several threads, so
+//! `fork` followed by arbitrary Rust is not an option: the child would
+//! inherit locks (the allocator's, stdout's) held by threads that do not
+//! exist in it. The sound way, used by `rusty-fork` and `procspawn`, is to
+//! **re-execute the test binary**: the parent starts
+//! `/proc/self/exe --exact TEST --nocapture --test-threads=1
+//! --include-ignored`, where `TEST` is the name libtest knows the current
+//! test by, with environment variables that select the child's role, the
+//! stop point and the arguments. libtest runs that single test in the
+//! child; the test reaches the same [`child!`], which recognises its role,
+//! runs the closure and ends the process (exit status 0, or 101 when it
+//! panicked) before the test's own code
+//! runs.
+//!
+//! The role is the `child!`'s place in the source (file, line, column) and
+//! the test's name, which the macro takes from the type name of a function
+//! it declares in the test's body. So a test can declare several children
+//! (a writer and a reader), each `child!` being one role.
+//!
+//! Why this design rather than a role registry run before `main` (with
+//! `ctor`): the child's code sits next to the test that uses it, it runs
+//! inside the ordinary harness with std fully initialised, and no
+//! dependency is added — the feature brings none. The cost is the rule
+//! below.
+//!
+//! ## What a child re-runs
+//!
+//! The child runs the test **from its start** up to its `child!`. So:
+//!
+//! * **Do** put every `child!` first in the `#[test]` function, directly in
+//!   its body (not in a helper function: its name would not be the test's).
+//!   Code before it runs in every child; keep it free of side effects
+//!   (constants are fine). [`TestName::new`] and [`Spawn::spawn`] panic in
+//!   a child before its code runs, to catch this.
+//! * **Do** pass names and other values to the child as arguments
+//!   ([`Spawn::arg`], [`ChildCtx::arg`]); the child shares no memory with
+//!   the test.
+//! * **Do** use the default libtest harness (`harness = true`, also under
+//!   `cargo nextest`); a `harness = false` binary does not understand
+//!   `--exact`. A child that never reaches its `child!` is reported as
+//!   [`ChildError::NotRun`].
+//! * **Do not** spawn from a thread that ends before the child should:
+//!   the child gets `PR_SET_PDEATHSIG = SIGKILL`, which fires when the
+//!   spawning *thread* exits.
+//! * **Do not** build with `panic = "abort"` for tests: a panicking test
+//!   could then not unwind into [`TestName`]'s cleanup.
+//! * `#[ignore]`d tests work (the child passes `--include-ignored`); a test
+//!   that the parent runs is always found by the child.
+//!
+//! # Kill points
+//!
+//! [`point`]`("name")` in the child's code (or in library code it calls)
+//! reports the point over an inherited pipe. If the test asked to stop
+//! there ([`Spawn::stop_at`], [`Spawn::kill_at`]), the calling thread then
+//! blocks until the parent kills it — or resumes it with
+//! [`Running::resume`], to look at a lock held by a live process first.
+//! Outside a child, `point` does nothing. Points may repeat (a loop);
+//! [`Spawn::stop_at_nth`] picks an occurrence.
+//!
+//! [`Spawn::kill_within`] kills at a random moment of a window after a
+//! point: loop it for a soak (glibc's `tst-robust8`). A sweep
+//! ([`ChildSpec::sweep`]) runs a scenario once per declared point (Samba
+//! tdb's die-at-every-hook).
+//!
+//! [`points_at_init_steps`] turns each [`InitStep`] of creating a segment
+//! into a point named by [`init_point`], so a creator can be killed
+//! half-way through initialisation.
+//!
+//! # Watchdog
+//!
+//! Every wait is bounded (by [`Spawn::bound`], default [`default_bound`]):
+//! a child that does not reach its point or end in time is killed, and the
+//! wait fails with [`ChildError::Hung`] naming what it waited for and the
+//! last point the child reached. A thread per child reads its reports,
+//! stdout and stderr all the time, so a chatty child never blocks on a full
+//! pipe while the test waits for something else (a lock the child holds).
+//! A child is killed and reaped when its
+//! handle is dropped (also on panic), its whole process group with it; it
+//! dies with the spawning thread (`PR_SET_PDEATHSIG`), and a stopped child
+//! whose parent is gone exits. No hung `cargo test`, no zombie, no orphan.
+//!
+//! # Outcomes as data
+//!
+//! * [`Ended`]: how a child ended (killed, and where; the points it
+//!   reached; its stdout and stderr).
+//! * [`ChildError`]: a child's panic (message and location), its exit
+//!   status, a point it never reached, a hang — with the tail of its
+//!   stderr. Its `Debug` is its message, so `.unwrap()` reads well.
+//! * [`recover`] → [`Seen`]: what the survivor found (`Clean` or
+//!   `OwnerDied { found, repaired }`), to compare with `assert_eq!`.
+//! * [`SweepReport`]: per point, what the scenario returned or why it
+//!   failed.
+
+mod child;
+mod names;
+mod points;
+mod recover;
+mod sweep;
+mod watchdog;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+pub use crate::segment::InitStep;
+#[doc(hidden)]
+pub use child::{__declare, __type_name_of};
+pub use child::{ChildCtx, ChildError, ChildSpec, Ended, Running, Spawn};
+pub use names::{TestName, MAX_TEST_NAME, NAME_PREFIX};
+pub use points::point;
+pub use recover::{recover, Seen};
+pub use sweep::{PointOutcome, Sweep, SweepReport, SweepRun};
+
+/// Declares a child's code at the top of a test; returns its
+/// [`ChildSpec`].
+///
+/// `child!(|ctx| { … })` or, with a label for messages,
+/// `child!("writer", |ctx| { … })`. The closure takes a [`&ChildCtx`](ChildCtx)
+/// and returns `()`; in it, `unwrap`/`expect`/`assert!` are the way to
+/// fail: a panic comes back to the test as [`ChildError::Panicked`] with
+/// its message and location. (The closure returns nothing, not a
+/// `Result`, so that one ending in `panic!`, `loop {}` or `process::exit`
+/// needs no type annotation.)
+///
+/// In the child process started for this declaration, the closure runs
+/// and the process exits; the macro does not return. Everywhere else it
+/// returns at once. Read [what a child re-runs](crate::testing#what-a-child-re-runs)
+/// before using it.
+///
+/// ```no_run
+/// use shmsync::testing;
+///
+/// #[test]
+/// fn child_says_hello() {
+///     let hello = testing::child!("hello", |ctx| {
+///         println!("hello, {}", ctx.arg(0));
+///     });
+///     let ended = hello.arg("world").run().unwrap();
+///     assert!(ended.stdout.contains("hello, world"));
+/// }
+/// # fn main() {}
+/// ```
+#[doc(inline)]
+pub use crate::__shmsync_testing_child as child;
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __shmsync_testing_child {
+    ($label:literal, $body:expr $(,)?) => {{
+        fn __shmsync_child_site() {}
+        $crate::testing::__declare(
+            $crate::testing::__type_name_of(&__shmsync_child_site),
+            ::core::concat!(
+                ::core::file!(),
+                ":",
+                ::core::line!(),
+                ":",
+                ::core::column!()
+            ),
+            $label,
+            $body,
+        )
+    }};
+    ($body:expr $(,)?) => {
+        $crate::__shmsync_testing_child!("child", $body)
+    };
+}
+
+/// The bound of every wait of this module unless a test sets its own: 30
+/// seconds, or `SHMSYNC_TESTING_BOUND_SECS` from the environment (for slow
+/// machines). Only reached when something is wrong: a passing test never
+/// waits for it.
+pub fn default_bound() -> Duration {
+    static BOUND: OnceLock<Duration> = OnceLock::new();
+    *BOUND.get_or_init(|| {
+        std::env::var("SHMSYNC_TESTING_BOUND_SECS")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .filter(|&s| s > 0)
+            .map_or(Duration::from_secs(30), Duration::from_secs)
+    })
+}
+
+/// The name of the kill point of an initialisation step:
+/// `"init:"` + [`InitStep::name`] (`"init:created"`, `"init:sized"`, …).
+pub fn init_point(step: InitStep) -> String {
+    format!("init:{}", step.name())
+}
+
+/// In a child: from now on, every [`InitStep`] of every segment this
+/// process creates (`create`, `open_or_create`, a takeover of an abandoned
+/// segment) is a kill point named [`init_point`]`(step)`. Elsewhere it does
+/// nothing, so the parent's own creations are never slowed or stopped.
+///
+/// This is how a creator is killed half-way through initialisation:
+///
+/// ```no_run
+/// use shmsync::testing::{self, init_point, InitStep, TestName};
+/// use shmsync::{Error, ShmCell};
+///
+/// #[test]
+/// fn creator_killed_after_sizing() {
+///     let create = testing::child!(|ctx| {
+///         testing::points_at_init_steps();
+///         ShmCell::<u64>::create(ctx.arg(0), 1).unwrap();
+///     });
+///     let name = TestName::new("init");
+///     create.arg(&name).kill_at(&init_point(InitStep::Sized)).unwrap();
+///     assert!(matches!(ShmCell::<u64>::open(&name), Err(Error::AbandonedInit { .. })));
+/// }
+/// # fn main() {}
+/// ```
+pub fn points_at_init_steps() {
+    if points::child_env().is_some() {
+        crate::segment::set_init_hook(Some(init_hook));
+    }
+}
+
+fn init_hook(step: InitStep) {
+    point(&init_point(step));
+}
