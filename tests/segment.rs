@@ -99,6 +99,14 @@ fn main() {
             unlink_refuses_foreign_objects,
         ),
         ("io_errors_show_the_os_error", io_errors_show_the_os_error),
+        (
+            "a_fifo_under_the_name_is_never_touched",
+            a_fifo_under_the_name_is_never_touched,
+        ),
+        (
+            "same_layout_builtins_do_not_open_each_other",
+            same_layout_builtins_do_not_open_each_other,
+        ),
     ]);
 }
 
@@ -835,5 +843,42 @@ fn io_errors_show_the_os_error() {
     assert!(
         text.contains("posix_fallocate") && text.contains("No space left"),
         "{text}"
+    );
+}
+
+/// A FIFO (or any non-regular file) under the name is someone else's: every
+/// entry point refuses it without waiting on it or changing its mode.
+fn a_fifo_under_the_name_is_never_touched() {
+    let name = TestName::new("fifo");
+    let path = std::ffi::CString::new(name.path()).unwrap();
+    // SAFETY: NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o644) }, 0);
+    std::fs::set_permissions(name.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    expect_incompatible(ShmCell::<Rec>::open(name.as_str()), "file type");
+    expect_incompatible(
+        ShmCell::<Rec>::open_or_create(name.as_str(), REC),
+        "file type",
+    );
+    expect_incompatible(ShmCell::<Rec>::unlink(name.as_str()), "file type");
+    let meta = std::fs::symlink_metadata(name.path()).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&meta.file_type()));
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o644, "mode changed");
+}
+
+/// `u64`, `i64`, `f64` and `[u64; 1]` share size and alignment but not
+/// meaning: their tags keep them apart.
+fn same_layout_builtins_do_not_open_each_other() {
+    let name = TestName::new("tags");
+    let _c = ShmCell::<u64>::create(name.as_str(), 7).unwrap();
+    expect_incompatible(ShmCell::<i64>::open(name.as_str()), "type_tag");
+    expect_incompatible(ShmCell::<f64>::open(name.as_str()), "type_tag");
+    expect_incompatible(ShmCell::<[u64; 1]>::open(name.as_str()), "type_tag");
+    let atomic = ShmCell::<std::sync::atomic::AtomicU64>::open(name.as_str()).unwrap();
+    assert_eq!(
+        atomic
+            .lock()
+            .unwrap()
+            .load(std::sync::atomic::Ordering::Relaxed),
+        7
     );
 }

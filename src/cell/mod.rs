@@ -271,7 +271,12 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
             }
             // Not made by shmsync: refuse to remove someone else's object
             // (`Segment::unlink` removes a name unconditionally).
-            Err(e @ Error::Incompatible { field: "magic", .. }) => return Err(e),
+            Err(
+                e @ Error::Incompatible {
+                    field: "magic" | "file type",
+                    ..
+                },
+            ) => return Err(e),
             Err(e @ (Error::NotFound { .. } | Error::InvalidName { .. })) => return Err(e),
             // Empty (a creator that died at once), unreadable, or another
             // format version: remove the name.

@@ -520,6 +520,7 @@ impl Segment {
         if !same_inode(&st, cname) {
             return Ok(Attach::Replaced);
         }
+        check_regular(&st)?;
         let size = st.st_size as u64;
         if size == 0 {
             return Ok(Attach::Empty);
@@ -589,6 +590,8 @@ impl Segment {
         if !same_inode(&st, &cname) {
             return Ok(None);
         }
+        // Never touch (not even chmod) anything but a regular file.
+        check_regular(&st)?;
         if !Self::is_abandoned_by_us(fd.as_fd(), st.st_size as u64, spec)? {
             // Completed after all (or not ours to judge): open it normally,
             // which reports whatever it is.
@@ -625,6 +628,25 @@ impl Segment {
         let zero_sized_by_us = size == spec.layout()?.total_size && bytes.iter().all(|&b| b == 0);
         Ok(ours || zero_sized_by_us)
     }
+}
+
+/// A segment is a regular file: a FIFO, socket or device under the name is
+/// someone else's object, reported and never touched.
+fn check_regular(st: &libc::stat) -> Result<(), Error> {
+    let kind = match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => return Ok(()),
+        libc::S_IFIFO => "fifo",
+        libc::S_IFSOCK => "socket",
+        libc::S_IFCHR => "character device",
+        libc::S_IFBLK => "block device",
+        libc::S_IFDIR => "directory",
+        _ => "other",
+    };
+    Err(Error::Incompatible {
+        field: "file type",
+        expected: "regular file".into(),
+        found: kind.into(),
+    })
 }
 
 /// Removes the name if it still names the object open as `fd` (the caller
@@ -680,9 +702,12 @@ impl Backoff {
 /// object's size and, if it is at least a header long, the decoded header.
 pub fn peek(name: &str) -> Result<(u64, Option<HeaderInfo>), Error> {
     let cname = name::validate(name, MAX_SHM_NAME)?;
-    let fd = sys::shm::shm_open(&cname, libc::O_RDONLY, 0)
+    // O_NONBLOCK: opening a FIFO someone put under the name must not wait
+    // for a writer (it is then refused as not a regular file).
+    let fd = sys::shm::shm_open(&cname, libc::O_RDONLY | libc::O_NONBLOCK, 0)
         .map_err(|e| Error::from_io("shm_open", name, e))?;
     let st = sys::fd::fstat(fd.as_fd()).map_err(|e| Error::io("fstat", e))?;
+    check_regular(&st)?;
     let mut bytes = [0u8; HEADER_SIZE];
     let n = sys::fd::pread_full(fd.as_fd(), &mut bytes, 0).map_err(|e| Error::io("pread", e))?;
     header::check_prefix(&bytes[..n])?;
