@@ -19,7 +19,15 @@ type Cell = ShmCell<Ledger, NamedSemaphore>;
 
 fn main() {
     let suite = backend_suite!(NamedSemaphore);
-    let own: [(&str, common::TestFn); 17] = [
+    let own: [(&str, common::TestFn); 19] = [
+        (
+            "holder_whose_main_thread_exited_is_alive",
+            holder_whose_main_thread_exited_is_alive,
+        ),
+        (
+            "holder_hidden_by_hidepid_is_alive",
+            holder_hidden_by_hidepid_is_alive,
+        ),
         (
             "holder_killed_while_waiter_sleeps",
             holder_killed_while_waiter_sleeps,
@@ -641,4 +649,133 @@ fn forgotten_guard_then_exit_is_owner_died() {
         }
         other => panic!("expected OwnerDied, got {:?}", other.map(|_| ())),
     };
+}
+
+type SemCell = ShmCell<Ledger, NamedSemaphore>;
+
+fn expect_held(cell: &SemCell, what: &str) {
+    assert_eq!(
+        cell.try_lock().err().map(|e| e.kind()),
+        Some("WouldBlock"),
+        "{what}: try_lock"
+    );
+    assert_eq!(
+        cell.lock_timeout(Duration::from_millis(50))
+            .err()
+            .map(|e| e.kind()),
+        Some("TimedOut"),
+        "{what}: lock_timeout"
+    );
+}
+
+/// A process whose main thread exited (its thread-group leader is a zombie
+/// in `/proc/PID/stat`) while another of its threads holds the lock is
+/// alive: nobody may take the lock over. Once the process is killed, the
+/// next locker gets OwnerDied.
+fn holder_whose_main_thread_exited_is_alive() {
+    let name = TestName::new("zleader");
+    let cell = SemCell::create(name.as_str(), ledger()).unwrap();
+    let n = name.0.clone();
+    let mut holder = Child::spawn(move |ctx| {
+        let c: &'static SemCell = Box::leak(Box::new(SemCell::open(&n).unwrap()));
+        let fd = ctx.report_fd();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut g = c.lock().unwrap();
+            g.a = 5;
+            tx.send(()).unwrap();
+            std::mem::forget(g);
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv().unwrap();
+        // SAFETY: one byte to the report pipe, then the raw exit(2) of this
+        // (main) thread only — no unwinding, the other thread lives on.
+        unsafe {
+            libc::write(fd, [b'T'].as_ptr().cast(), 1);
+            libc::syscall(libc::SYS_exit, 0);
+        }
+    });
+    assert_eq!(holder.expect_reached(), b'T');
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", holder.pid)).unwrap();
+        let state = stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap();
+        if state == 'Z' {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the main thread never exited");
+        std::thread::yield_now();
+    }
+    expect_held(&cell, "leader exited, holder thread alive");
+    holder.kill();
+    match cell.lock_timeout(BOUND) {
+        Err(LockError::OwnerDied(g)) => {
+            assert_eq!(g.a, 5);
+            g.make_consistent();
+        }
+        other => panic!("after the kill: {:?}", other.map(|_| ())),
+    };
+}
+
+/// Under a `/proc` mounted `hidepid=2`, another user's live holder has no
+/// `/proc/PID` at all: it must still count as alive.
+fn holder_hidden_by_hidepid_is_alive() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("    (needs root: two uids and a private /proc mount; not run)");
+        return;
+    }
+    let name = TestName::new("hidepid");
+    let opts = shmsync::CreateOptions::new().mode(0o666);
+    let _cell = SemCell::create_with(name.as_str(), ledger(), &opts).unwrap();
+    let n = name.0.clone();
+    let mut holder = Child::spawn(move |ctx| {
+        // SAFETY: dropping privileges in the child only.
+        unsafe {
+            assert_eq!(libc::setgid(65533), 0);
+            assert_eq!(libc::setuid(65533), 0);
+        }
+        let c = SemCell::open(&n).unwrap();
+        let _g = c.lock().unwrap();
+        ctx.reached_and_wait(b'H');
+    });
+    assert_eq!(holder.expect_reached(), b'H');
+    let (n, holder_pid) = (name.0.clone(), holder.pid);
+    Child::spawn(move |_| {
+        let proc_ = c"proc";
+        // SAFETY: a private mount namespace for this child, then a /proc
+        // that hides other users' processes; then drop privileges.
+        unsafe {
+            assert_eq!(libc::unshare(libc::CLONE_NEWNS), 0, "unshare");
+            let none = std::ptr::null();
+            let r = libc::mount(
+                none,
+                c"/".as_ptr(),
+                none,
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            );
+            assert_eq!(r, 0, "make mounts private");
+            let r = libc::mount(
+                proc_.as_ptr(),
+                c"/proc".as_ptr(),
+                proc_.as_ptr(),
+                0,
+                c"hidepid=2".as_ptr().cast(),
+            );
+            assert_eq!(r, 0, "mount proc hidepid=2");
+            assert_eq!(libc::setgid(65534), 0);
+            assert_eq!(libc::setuid(65534), 0);
+        }
+        assert!(
+            !Path::new(&format!("/proc/{holder_pid}")).exists(),
+            "hidepid hides the holder"
+        );
+        let c = SemCell::open(&n).unwrap();
+        expect_held(&c, "holder hidden by hidepid");
+    })
+    .join();
+    holder.kill();
 }

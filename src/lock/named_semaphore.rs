@@ -572,10 +572,19 @@ impl SemLockState {
     #[inline]
     fn give_back(&self, sem: &SemHandle, all: bool) {
         self.holder_tid.store(0, Ordering::Relaxed);
-        // SeqCst store, then SeqCst load of `waiters`: paired with the
+        // Only our own record is cleared: if another process took the lock
+        // over (it judged us dead), its lock is not ours to free.
+        // SeqCst exchange, then SeqCst load of `waiters`: paired with the
         // waiter's SeqCst increment and re-load of `holder`, at least one
         // of the two sees the other (no lost wake-up).
-        self.holder.store(0, Ordering::SeqCst);
+        let me = own_identity();
+        if self
+            .holder
+            .compare_exchange(me, 0, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return;
+        }
         let waiters = self.waiters.load(Ordering::SeqCst);
         if waiters > 0 {
             wake(sem, if all { waiters.min(1024) } else { 1 });

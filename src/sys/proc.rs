@@ -60,17 +60,41 @@ fn bad_stat() -> io::Error {
 }
 
 /// Whether the process `pid` that started at `start` (clock ticks; 0 =
-/// unknown) is alive. A zombie (`Z`/`X`) is dead; another start time means
-/// the pid was reused. When `/proc` cannot be read, `kill(pid, 0)` decides
-/// and a process we may not signal counts as alive.
+/// unknown) is alive.
+///
+/// * Another start time means the pid was reused: dead.
+/// * A zombie (`Z`/`X`) thread-group leader is dead only if every task of
+///   the process is: a process whose main thread exited while another
+///   thread holds a lock is alive.
+/// * No `/proc/PID` at all may mean the process is gone *or* that `/proc`
+///   hides other users' processes (`hidepid`): `kill(pid, 0)` decides,
+///   and a process we may not signal counts as alive.
 pub(crate) fn is_alive(pid: u32, start: u64) -> bool {
+    let signalable = || !matches!(kill(pid, 0), Err(e) if e.raw_os_error() == Some(libc::ESRCH));
     match stat_state_and_start(pid) {
-        Ok(None) => false,
-        Ok(Some((state, started))) => {
-            !(state == b'Z' || state == b'X' || (start != 0 && started != start))
-        }
-        Err(_) => !matches!(kill(pid, 0), Err(e) if e.raw_os_error() == Some(libc::ESRCH)),
+        Ok(None) | Err(_) => signalable(),
+        Ok(Some((_, started))) if start != 0 && started != start => false,
+        Ok(Some((state, _))) if state == b'Z' || state == b'X' => any_live_task(pid),
+        Ok(Some(_)) => true,
     }
+}
+
+/// Whether any task (thread) of `pid` is neither a zombie nor dead, from
+/// `/proc/PID/task/*/stat`.
+fn any_live_task(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        std::fs::read(t.path().join("stat"))
+            .ok()
+            .is_some_and(|text| {
+                text.iter()
+                    .rposition(|&b| b == b')')
+                    .and_then(|close| text.get(close + 2).copied())
+                    .is_some_and(|state| state != b'Z' && state != b'X')
+            })
+    })
 }
 
 /// The inode of this process's pid namespace (`/proc/self/ns/pid`), 0 if

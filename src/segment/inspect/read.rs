@@ -348,9 +348,9 @@ fn read_flock(
     } else {
         match sys::procfs::holds_flock(pid, st.st_dev, st.st_ino) {
             Ok(Some(holds)) => Some(holds),
-            Ok(None) => Some(false),
-            // Its descriptors are not ours to read: only its death tells.
-            Err(_) => process_alive(pid, 0).and_then(|alive| (!alive).then_some(false)),
+            // No /proc entry (gone, or hidden by hidepid) or descriptors
+            // not ours to read: only its death tells.
+            Ok(None) | Err(_) => process_alive(pid, 0).and_then(|alive| (!alive).then_some(false)),
         }
     };
     out.holder = (pid != 0).then_some(Holder {
@@ -370,12 +370,10 @@ fn read_flock(
 
 /// Whether the process `pid` that started at `start` (clock ticks, 0 =
 /// unknown) still runs: `None` when `/proc` cannot be read.
+///
+/// The same judgement as the lock backends' (`sys::proc::is_alive`): a
+/// zombie leader with live threads is alive, and a process `/proc` hides
+/// (`hidepid`) is judged by `kill(pid, 0)`.
 fn process_alive(pid: u32, start: u64) -> Option<bool> {
-    match sys::proc::stat_state_and_start(pid) {
-        Ok(None) => Some(false),
-        Ok(Some((state, started))) => {
-            Some(!(state == b'Z' || state == b'X' || (start != 0 && started != start)))
-        }
-        Err(_) => None,
-    }
+    Some(sys::proc::is_alive(pid, start))
 }
