@@ -494,14 +494,20 @@ fn stale_semaphore_at_create_is_replaced() {
 }
 
 /// `open` checks the header first and never creates the semaphore: with
-/// `sem.NAME` gone it reports NotFound and leaves none behind.
+/// `sem.NAME` gone (damage: the Ready segment says it was made) `open` and
+/// `open_or_create` report Corrupted — not NotFound, which would say there
+/// is no cell — and leave none behind.
 fn open_never_creates_the_semaphore() {
     let name = TestName::new("nosem");
     let _cell = Cell::create(name.as_str(), ledger()).unwrap();
     NamedSemaphore::unlink(name.as_str()).unwrap();
     assert!(matches!(
         Cell::open(name.as_str()),
-        Err(Error::NotFound { .. })
+        Err(Error::Corrupted { .. })
+    ));
+    assert!(matches!(
+        Cell::open_or_create(name.as_str(), ledger()),
+        Err(Error::Corrupted { .. })
     ));
     assert!(!Path::new(&sem_path(&name)).exists());
 }

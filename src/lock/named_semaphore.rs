@@ -729,8 +729,14 @@ impl Backend for NamedSemaphore {
         let cname = NamedSemaphore::validate(name)?;
         // Never O_CREAT: the header (checked already) says the creator made
         // the semaphore before publishing Ready.
-        let sem =
-            sys::sem::sem_open_existing(&cname).map_err(|e| Error::from_io("sem_open", name, e))?;
+        let sem = sys::sem::sem_open_existing(&cname).map_err(|e| match e.raw_os_error() {
+            // The segment exists and is Ready, so its semaphore was made:
+            // someone removed it. That is damage, not a missing cell.
+            Some(libc::ENOENT) => Error::Corrupted {
+                what: format!("the cell's semaphore sem.{} is missing", &name[1..]),
+            },
+            _ => Error::from_io("sem_open", name, e),
+        })?;
         Ok(SemLocal { sem })
     }
 

@@ -14,6 +14,12 @@ pub(crate) fn getpid() -> u32 {
     unsafe { libc::getpid() as u32 }
 }
 
+/// `geteuid(2)`.
+pub(crate) fn geteuid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// `gettid(2)`.
 pub(crate) fn gettid() -> u32 {
     // SAFETY: gettid cannot fail.

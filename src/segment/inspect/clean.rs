@@ -192,17 +192,27 @@ pub fn clean_one(name: &str, dry_run: bool) -> Result<CleanOutcome, Error> {
         }
         Err(e) => return Err(Error::io("lstat", e)),
     }
+    // /dev/shm is sticky: only the owner (or root) may remove the name.
+    // Checked first, because the companions go before the name.
+    let euid = sys::proc::geteuid();
+    if euid != 0 && euid != st.st_uid {
+        let why = format!("not permitted to remove it (owner uid {})", st.st_uid);
+        return skipped(why, Some(locked));
+    }
+    // Companions first, while the segment is still named and we hold its
+    // exclusive lock: nobody can create a new cell of this name (and with
+    // it a new `sem.NAME`) until the name is gone, so this never removes a
+    // newer cell's companion.
+    if let Some(kind) = locked.lock.kind {
+        crate::lock::unlink_companions(kind, name)?;
+    }
     match sys::shm::shm_unlink(&cname) {
         Ok(()) => {}
         Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) => {
-            // /dev/shm is sticky: only the owner (or root) may remove it.
             let why = format!("not permitted to remove it (owner uid {})", st.st_uid);
             return skipped(why, Some(locked));
         }
         Err(e) => return Err(Error::from_io("shm_unlink", name, e)),
-    }
-    if let Some(kind) = locked.lock.kind {
-        crate::lock::unlink_companions(kind, name)?;
     }
     drop(fd); // releases the exclusive lock, on an unlinked inode
     Ok(CleanOutcome {
@@ -267,11 +277,13 @@ pub struct Unlinked {
 pub fn unlink(name: &str) -> Result<Unlinked, Error> {
     let inspection = super::inspect(name)?;
     let cname = name::validate(name, MAX_SHM_NAME)?;
-    sys::shm::shm_unlink(&cname).map_err(|e| Error::from_io("shm_unlink", name, e))?;
+    // Companions first (as `ShmCell::unlink`): once the name is gone a new
+    // cell of that name may create its own companions.
     if inspection.state.is_shmsync() {
         if let Some(kind) = inspection.lock.kind {
             crate::lock::unlink_companions(kind, name)?;
         }
     }
+    sys::shm::shm_unlink(&cname).map_err(|e| Error::from_io("shm_unlink", name, e))?;
     Ok(Unlinked { inspection })
 }
