@@ -24,6 +24,10 @@ fn main() {
             "handoff_100k_in_order/named_semaphore",
             handoff_100k_in_order::<NamedSemaphore>,
         ),
+        (
+            "handoff_100k_in_order/file_lock",
+            handoff_100k_in_order::<shmsync::FileLock>,
+        ),
         ("idle_waiter_uses_no_cpu", idle_waiter_uses_no_cpu),
         (
             "timeout_returns_with_lock_held/robust_mutex",
@@ -32,6 +36,10 @@ fn main() {
         (
             "timeout_returns_with_lock_held/named_semaphore",
             timeout_returns_with_lock_held::<NamedSemaphore>,
+        ),
+        (
+            "timeout_returns_with_lock_held/file_lock",
+            timeout_returns_with_lock_held::<shmsync::FileLock>,
         ),
         (
             "predicate_false_returns_at_once",
@@ -46,6 +54,10 @@ fn main() {
             notifier_killed_holding_lock_gives_owner_died::<NamedSemaphore>,
         ),
         (
+            "notifier_killed_holding_lock_gives_owner_died/file_lock",
+            notifier_killed_holding_lock_gives_owner_died::<shmsync::FileLock>,
+        ),
+        (
             "dead_notifier_timeout_returns",
             dead_notifier_timeout_returns,
         ),
@@ -57,6 +69,10 @@ fn main() {
             "dead_notifier_holding_lock_found_by_timeout/named_semaphore",
             dead_notifier_holding_lock_found_by_timeout::<NamedSemaphore>,
         ),
+        (
+            "dead_notifier_holding_lock_found_by_timeout/file_lock",
+            dead_notifier_holding_lock_found_by_timeout::<shmsync::FileLock>,
+        ),
         ("notify_one_wakes_a_waiter", notify_one_wakes_a_waiter),
         (
             "notify_all_wakes_every_waiter/robust_mutex",
@@ -67,16 +83,24 @@ fn main() {
             notify_all_wakes_every_waiter::<NamedSemaphore>,
         ),
         (
+            "notify_all_wakes_every_waiter/file_lock",
+            notify_all_wakes_every_waiter::<shmsync::FileLock>,
+        ),
+        (
             "signals_do_not_shorten_the_timeout",
             signals_do_not_shorten_the_timeout,
         ),
         (
-            "waiting_on_unrepaired_guard_is_not_recoverable/robust_mutex",
-            waiting_on_unrepaired_guard_is_not_recoverable::<RobustMutex>,
+            "waiting_on_unrepaired_guard_is_refused/robust_mutex",
+            waiting_on_unrepaired_guard_is_refused::<RobustMutex>,
         ),
         (
-            "waiting_on_unrepaired_guard_is_not_recoverable/named_semaphore",
-            waiting_on_unrepaired_guard_is_not_recoverable::<NamedSemaphore>,
+            "waiting_on_unrepaired_guard_is_refused/named_semaphore",
+            waiting_on_unrepaired_guard_is_refused::<NamedSemaphore>,
+        ),
+        (
+            "waiting_on_unrepaired_guard_is_refused/file_lock",
+            waiting_on_unrepaired_guard_is_refused::<shmsync::FileLock>,
         ),
         (
             "forked_copy_of_guard_cannot_wait",
@@ -454,9 +478,11 @@ fn signals_do_not_shorten_the_timeout() {
     assert_eq!(*g, 0);
 }
 
-/// Waiting releases the lock like a drop does: an owner-died guard that was
-/// not made consistent leaves the lock not recoverable.
-fn waiting_on_unrepaired_guard_is_not_recoverable<L: LockBackend>() {
+/// Waiting with an owner-died guard that was not made consistent is refused:
+/// the guard comes back as OwnerDied, still holding the lock (another
+/// process still finds it taken), and once repaired the same guard waits
+/// normally — the lock never becomes not recoverable by accident.
+fn waiting_on_unrepaired_guard_is_refused<L: LockBackend>() {
     let name = TestName::new("unrep");
     let cell = ShmCell::<u64, L>::create(name.as_str(), 0).unwrap();
     let n = name.0.clone();
@@ -472,12 +498,24 @@ fn waiting_on_unrepaired_guard_is_not_recoverable<L: LockBackend>() {
         .err()
         .and_then(LockError::into_owner_died)
         .expect("OwnerDied");
-    let r = g.wait_while_timeout(|v| *v == 0, Duration::from_millis(10));
-    assert_eq!(r.err().map(|e| e.kind()), Some("NotRecoverable"));
-    assert_eq!(
-        cell.try_lock().err().map(|e| e.kind()),
-        Some("NotRecoverable")
-    );
+    let g = match g.wait_while_timeout(|v| *v == 0, Duration::from_millis(10)) {
+        Err(LockError::OwnerDied(g)) => g,
+        other => panic!("expected OwnerDied back, got {:?}", other.map(|_| ())),
+    };
+    assert!(g.is_inconsistent());
+    let n = name.0.clone();
+    Child::spawn(move |_| {
+        let c = ShmCell::<u64, L>::open(&n).unwrap();
+        assert_eq!(c.try_lock().err().map(|e| e.kind()), Some("WouldBlock"));
+    })
+    .join();
+    g.make_consistent();
+    let (g, timeout) = g
+        .wait_while_timeout(|v| *v == 0, Duration::from_millis(10))
+        .unwrap_or_else(|e| panic!("wait after repair: {e}"));
+    assert!(timeout.timed_out());
+    drop(g);
+    assert!(cell.try_lock().is_ok(), "the lock is healthy");
 }
 
 /// A guard copied into a forked child belongs to the parent: waiting with it

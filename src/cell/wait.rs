@@ -89,9 +89,11 @@ impl<'a, T: ShmSafe, L: LockBackend> ShmGuard<'a, T, L> {
     /// does: [`LockError::OwnerDied`] with the guard when a holder died
     /// meanwhile (the wait stops there: repair, `make_consistent`, then wait
     /// again if you like), [`LockError::NotRecoverable`], [`LockError::Os`].
-    /// A guard that is [inconsistent](Self::is_inconsistent) is released
-    /// like a dropped one, which leaves the lock not recoverable: call
-    /// [`make_consistent`](Self::make_consistent) before waiting.
+    /// A guard that is [inconsistent](Self::is_inconsistent) (an owner
+    /// death not yet repaired) is not released to wait — that would leave
+    /// the lock not recoverable for everyone: it comes straight back as
+    /// [`LockError::OwnerDied`], still holding the lock; repair, call
+    /// [`make_consistent`](Self::make_consistent), then wait.
     /// `LockError::Os` with `EPERM` when the guard was inherited through
     /// `fork` (this process does not hold the lock).
     ///
@@ -200,6 +202,11 @@ impl<'a, T: ShmSafe, L: LockBackend> ShmGuard<'a, T, L> {
     /// One round of the protocol: register, release, sleep on the
     /// sequence (at most `timeout`), deregister, re-acquire.
     fn sleep(self, timeout: Option<Duration>) -> Result<Self, LockError<Self>> {
+        if self.is_inconsistent() {
+            // Releasing an unrepaired owner death would make the lock not
+            // recoverable for every process: hand it back instead.
+            return Err(LockError::OwnerDied(self));
+        }
         let Some((cell, consistent)) = self.disarm() else {
             return Err(LockError::Os(io::Error::from_raw_os_error(libc::EPERM)));
         };
