@@ -16,7 +16,11 @@ type Cell = ShmCell<Ledger, FileLock>;
 
 fn main() {
     let suite = backend_suite!(FileLock);
-    let own: [(&str, common::TestFn); 11] = [
+    let own: [(&str, common::TestFn); 12] = [
+        (
+            "holder_killed_after_forking_a_worker",
+            holder_killed_after_forking_a_worker,
+        ),
         (
             "foreign_flock_excludes_the_cell",
             foreign_flock_excludes_the_cell,
@@ -387,4 +391,47 @@ fn foreign_flock_excludes_the_cell() {
         .join();
         drop(g);
     }
+}
+
+/// The pre-fork worker pattern: a holder forks a worker (no `exec`) while
+/// it holds the lock, then is SIGKILLed. The worker shares the holder's
+/// open file descriptions, yet the next locker must get OwnerDied while the
+/// worker still runs (the backend's descriptor is detached in children).
+fn holder_killed_after_forking_a_worker() {
+    let name = TestName::new("prefork");
+    let cell = Cell::create(name.as_str(), ledger()).unwrap();
+    let n = name.0.clone();
+    let mut holder = Child::spawn(move |ctx| {
+        let c = Cell::open(&n).unwrap();
+        let mut g = c.lock().unwrap();
+        // SAFETY: this child is single-threaded; the worker only sleeps.
+        let worker = unsafe { libc::fork() };
+        if worker == 0 {
+            loop {
+                // SAFETY: plain sleep until killed.
+                unsafe { libc::pause() };
+            }
+        }
+        g.b = worker as u64; // tell the test who the worker is
+        ctx.reached_and_wait(b'F');
+    });
+    assert_eq!(holder.expect_reached(), b'F');
+    holder.kill();
+    let worker = match cell.lock_timeout(BOUND) {
+        Err(LockError::OwnerDied(g)) => {
+            let worker = g.b as i32;
+            drop(g);
+            worker
+        }
+        other => panic!("expected OwnerDied, got {:?}", other.map(|_| ())),
+    };
+    assert!(worker > 0);
+    // SAFETY: probing and then killing the worker the holder forked.
+    let alive = unsafe { libc::kill(worker, 0) } == 0;
+    // SAFETY: as above.
+    unsafe { libc::kill(worker, libc::SIGKILL) };
+    assert!(
+        alive,
+        "the worker was still running when the lock was recovered"
+    );
 }

@@ -140,12 +140,16 @@ fn check_filesystem(fd: BorrowedFd<'_>, allow: bool) -> Result<(), Error> {
 /// * **A forgotten guard and a dropped handle** release the lock at once
 ///   (the handle's descriptor closes) and the next locker gets `OwnerDied`;
 ///   the robust mutex instead stays held until the process exits.
-/// * **Fork without exec**: a child inherits the handle's descriptor and so
-///   shares its open file description. If the parent dies holding the lock,
-///   the lock is released only when the child has dropped the handle (or
-///   exited, or `exec`'d). A child that uses the inherited handle locks
-///   through a new description of its own, so parent and child exclude each
-///   other correctly.
+/// * **Fork without exec** (the pre-fork worker pattern): each cell handle
+///   locks through an open file description of its own (never the
+///   segment's descriptor), registered so that a `pthread_atfork` child
+///   handler puts a placeholder under that number in every forked child. A
+///   parent killed while holding the lock is therefore reported to the next
+///   locker at once, even while its children live; a child that uses the
+///   inherited handle locks through a new description of its own. (At most
+///   1024 handles per process are tracked; a standalone `FileLock` built
+///   from a descriptor is not, and there a child keeps an inherited lock
+///   alive until it drops the handle, exits or `exec`s.)
 /// * The same thread locking twice through one handle gets
 ///   [`LockError::Deadlock`]; through two handles it waits for itself (the
 ///   kernel has no deadlock detection for `flock`).

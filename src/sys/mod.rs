@@ -10,6 +10,7 @@
 pub(crate) mod child;
 pub(crate) mod fd;
 pub(crate) mod flock;
+pub(crate) mod forkfds;
 pub(crate) mod futex;
 pub(crate) mod mman;
 pub(crate) mod ofd;

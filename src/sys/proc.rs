@@ -116,8 +116,9 @@ static FORK_GENERATION: AtomicU32 = AtomicU32::new(0);
 static ATFORK: Once = Once::new();
 
 extern "C" fn bump_fork_generation() {
-    // Async-signal-safe: a single atomic add.
+    // Async-signal-safe: a single atomic add, then `dup3` calls.
     FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
+    super::forkfds::detach_in_child();
 }
 
 /// Registers (once per process) a `pthread_atfork` child handler that bumps
@@ -127,7 +128,8 @@ extern "C" fn bump_fork_generation() {
 pub(crate) fn register_fork_handler() {
     ATFORK.call_once(|| {
         // SAFETY: the handler is a plain `extern "C" fn()` that only does an
-        // atomic add, which is safe in a freshly forked child.
+        // atomic add and `dup3` calls (forkfds), async-signal-safe and so
+        // allowed in a freshly forked child.
         unsafe { libc::pthread_atfork(None, None, Some(bump_fork_generation)) };
     });
 }

@@ -105,8 +105,10 @@ impl std::fmt::Debug for FlockLocal {
 }
 
 struct BackendHandle {
-    /// `None` in the process that opened the segment: its own descriptor
-    /// is used. In a forked child, a new description of the same object.
+    /// This process's own open file description of the segment (never the
+    /// segment's fd: that one is shared with every child forked from the
+    /// opener). Registered with `sys::forkfds`, so a child forked while we
+    /// hold the `flock` does not keep it alive after we die.
     own_fd: SwapFd,
     local: LocalMutex,
     /// This process's pid (`getpid` is a system call; the handle is
@@ -116,6 +118,9 @@ struct BackendHandle {
 
 impl BackendHandle {
     fn new(own_fd: SwapFd) -> BackendHandle {
+        if let Some(fd) = own_fd.raw() {
+            sys::forkfds::register(fd);
+        }
         BackendHandle {
             own_fd,
             local: LocalMutex::default(),
@@ -132,6 +137,23 @@ impl BackendHandle {
     }
 }
 
+impl BackendHandle {
+    /// Unregisters, then closes the descriptor (in this order: a fork in
+    /// another thread must never act on a number that may be reused).
+    fn close_fd(&self) {
+        if let Some(fd) = self.own_fd.raw() {
+            sys::forkfds::unregister(fd);
+        }
+        drop(self.own_fd.replace(None));
+    }
+}
+
+impl Drop for BackendHandle {
+    fn drop(&mut self) {
+        self.close_fd();
+    }
+}
+
 impl FlockLocal {
     /// This process's handle (a new open file description in a forked
     /// child: the inherited one is the parent's).
@@ -143,7 +165,7 @@ impl FlockLocal {
                     seg.fd(),
                 )?))))
             },
-            |inherited| drop(inherited.own_fd.replace(None)),
+            |inherited| inherited.close_fd(),
         )
     }
 }
@@ -197,9 +219,10 @@ impl Backend for FileLock {
         Ok(())
     }
 
-    fn attach(_seg: &Segment) -> Result<FlockLocal, Error> {
+    fn attach(seg: &Segment) -> Result<FlockLocal, Error> {
+        let own = sys::flock::reopen(seg.fd()).map_err(|e| Error::io("open /proc/self/fd", e))?;
         Ok(FlockLocal {
-            per_process: PerProcess::new(BackendHandle::new(SwapFd::new(None))),
+            per_process: PerProcess::new(BackendHandle::new(SwapFd::new(Some(own)))),
         })
     }
 

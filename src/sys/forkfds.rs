@@ -1,0 +1,82 @@
+//! Descriptors a forked child must not keep: the registry behind the
+//! `flock` backend's fork safety.
+//!
+//! A `flock` belongs to the open file description, and a child forked
+//! without `exec` shares every description of its parent. If the parent is
+//! then killed holding a `flock`, the lock stays held for as long as the
+//! child lives — the child never meant to hold it. Descriptors registered
+//! here are *detached* in every forked child by the `pthread_atfork` child
+//! handler: `dup3` puts a placeholder (`/dev/null`) under the same number,
+//! which drops the child's reference to the description without freeing
+//! the number (the child's handle still closes it later, safely).
+//!
+//! The handler runs in the child between `fork` and the return to user
+//! code, where only async-signal-safe calls are allowed: it reads a fixed
+//! array of atomics and calls `dup3`, nothing else.
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Once;
+
+/// How many descriptors can be registered at once (one per `ShmCell`
+/// handle with the `flock` backend). Past that, a handle is not detached in
+/// children (the documented behaviour of a plain `flock`).
+const SLOTS: usize = 1024;
+
+static REGISTERED: [AtomicI32; SLOTS] = [const { AtomicI32::new(-1) }; SLOTS];
+static PLACEHOLDER: AtomicI32 = AtomicI32::new(-1);
+static INIT: Once = Once::new();
+
+fn init() {
+    INIT.call_once(|| {
+        // SAFETY: NUL-terminated path; the descriptor is kept for the life
+        // of the process (never closed), close-on-exec.
+        let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        PLACEHOLDER.store(fd, Ordering::SeqCst);
+        super::proc::register_fork_handler();
+    });
+}
+
+/// Registers `fd` to be detached in forked children. Returns whether a
+/// slot was free.
+pub(crate) fn register(fd: RawFd) -> bool {
+    init();
+    if PLACEHOLDER.load(Ordering::SeqCst) < 0 {
+        return false;
+    }
+    REGISTERED.iter().any(|slot| {
+        slot.compare_exchange(-1, fd, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    })
+}
+
+/// Unregisters `fd`; call *before* closing it, so that a fork in another
+/// thread never acts on a number that may already be reused.
+pub(crate) fn unregister(fd: RawFd) {
+    for slot in &REGISTERED {
+        if slot
+            .compare_exchange(fd, -1, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            return;
+        }
+    }
+}
+
+/// In a freshly forked child: puts the placeholder under every registered
+/// number. Async-signal-safe (atomic loads and `dup3`).
+pub(crate) fn detach_in_child() {
+    let placeholder = PLACEHOLDER.load(Ordering::Relaxed);
+    if placeholder < 0 {
+        return;
+    }
+    for slot in &REGISTERED {
+        let fd = slot.load(Ordering::Relaxed);
+        if fd >= 0 {
+            // SAFETY: both are open descriptors of this process (the
+            // registered one stays open until unregistered); dup3 replaces
+            // the number's description atomically.
+            unsafe { libc::dup3(placeholder, fd, libc::O_CLOEXEC) };
+        }
+    }
+}
