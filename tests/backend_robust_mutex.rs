@@ -11,16 +11,12 @@ use shmsync::{LockError, RobustMutex, ShmCell};
 
 fn main() {
     let suite = backend_suite!(RobustMutex);
-    let own: [(&str, common::TestFn); 5] = [
+    let own: [(&str, common::TestFn); 4] = [
         ("thread_exit_while_holding", thread_exit_while_holding),
         ("exec_while_holding", exec_while_holding),
         (
             "forgotten_guard_and_dropped_handle",
             forgotten_guard_and_dropped_handle,
-        ),
-        (
-            "relock_same_thread_is_deadlock",
-            relock_same_thread_is_deadlock,
         ),
         (
             "dropping_other_handles_while_held_leaks_nothing",
@@ -114,23 +110,6 @@ fn forgotten_guard_and_dropped_handle() {
         }
         other => panic!("expected OwnerDied, got {:?}", other.map(|_| ())),
     };
-}
-
-/// Locking twice from one thread is reported, not a deadlock.
-fn relock_same_thread_is_deadlock() {
-    let name = TestName::new("relock");
-    let cell = ShmCell::<Ledger>::create(name.as_str(), ledger()).unwrap();
-    let g = cell.lock().unwrap();
-    assert_eq!(cell.lock().err().map(|e| e.kind()), Some("Deadlock"));
-    assert_eq!(cell.try_lock().err().map(|e| e.kind()), Some("Deadlock"));
-    assert_eq!(
-        cell.lock_timeout(Duration::from_millis(10))
-            .err()
-            .map(|e| e.kind()),
-        Some("Deadlock")
-    );
-    drop(g);
-    assert!(cell.try_lock().is_ok());
 }
 
 fn fd_and_map_counts() -> (usize, usize) {

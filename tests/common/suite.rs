@@ -436,6 +436,26 @@ pub fn fork_with_guard_does_not_unlock<L: LockBackend>() {
     .join();
 }
 
+/// Locking twice from one thread through one handle is reported as
+/// Deadlock on every acquire path; another thread of the process still
+/// finds the lock taken.
+pub fn relock_same_thread_is_deadlock<L: LockBackend>() {
+    let name = TestName::new("relock");
+    let cell = ShmCell::<Ledger, L>::create(name.as_str(), ledger()).unwrap();
+    let g = cell.lock().unwrap();
+    for op in OPS {
+        assert_eq!(kind(&attempt(&cell, op)), "Deadlock", "{op:?}");
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            assert_eq!(kind(&attempt(&cell, Op::Try)), "WouldBlock");
+            assert_eq!(kind(&attempt(&cell, Op::Timeout)), "TimedOut");
+        });
+    });
+    drop(g);
+    assert_eq!(kind(&attempt(&cell, Op::Try)), "Ok");
+}
+
 /// The suite for one backend, as `(name, fn)` pairs for [`super::run`].
 #[macro_export]
 macro_rules! backend_suite {
@@ -457,6 +477,10 @@ macro_rules! backend_suite {
                 common::suite::not_recoverable_does_not_wedge::<$l>,
             ),
             ("kill_loop", common::suite::kill_loop::<$l>),
+            (
+                "relock_same_thread_is_deadlock",
+                common::suite::relock_same_thread_is_deadlock::<$l>,
+            ),
             (
                 "fork_with_guard_does_not_unlock",
                 common::suite::fork_with_guard_does_not_unlock::<$l>,
