@@ -363,7 +363,6 @@ fn header_json(i: &Inspection) -> Value {
         "state": h.state,
         "notify_seq": h.notify_seq,
         "notify_waiters": h.notify_waiters,
-        "holder_pid": h.holder_pid,
     })
 }
 

@@ -23,7 +23,7 @@
 //! | 136 | `checksum` | FNV-1a 64 of bytes 0..136 |
 //! | 144 | `state` | `0` Uninit → `1` Initialising → `2` Ready (Release/Acquire) |
 //! | 148 | `notify_seq`, `notify_waiters` | futex words of wait/notify |
-//! | 156 | `holder_pid` | last pid that acquired the lock (diagnostic) |
+//! | 156 | reserved, zero | |
 //! | 160..256 | reserved, zero | |
 //!
 //! Bytes 0..144 never change after initialisation and are covered by the
@@ -100,7 +100,7 @@ pub struct RawHeader {
     pub(crate) state: AtomicU32,
     pub(crate) notify_seq: AtomicU32,
     pub(crate) notify_waiters: AtomicU32,
-    pub(crate) holder_pid: AtomicU32,
+    pub(crate) reserved_word: u32,
     pub(crate) reserved: [u8; 96],
 }
 
@@ -356,10 +356,9 @@ pub struct HeaderInfo {
     pub state: u32,
     /// The notify sequence word.
     pub notify_seq: u32,
-    /// The number of processes waiting for a notification.
+    /// The number of waiters (threads, in any process) sleeping on the
+    /// notify sequence.
     pub notify_waiters: u32,
-    /// The last pid that acquired the lock.
-    pub holder_pid: u32,
 }
 
 impl HeaderInfo {
@@ -404,7 +403,6 @@ pub fn decode(b: &[u8; HEADER_SIZE]) -> HeaderInfo {
         state: u32_at(b, 144),
         notify_seq: u32_at(b, 148),
         notify_waiters: u32_at(b, 152),
-        holder_pid: u32_at(b, 156),
     }
 }
 

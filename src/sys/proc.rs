@@ -40,7 +40,13 @@ pub(crate) fn kill(pid: u32, sig: libc::c_int) -> io::Result<()> {
 /// The state letter and start time (clock ticks since boot) of `pid`, read
 /// from `/proc/PID/stat`. `Ok(None)` when the process does not exist.
 pub(crate) fn stat_state_and_start(pid: u32) -> io::Result<Option<(u8, u64)>> {
-    let text = match std::fs::read(format!("/proc/{pid}/stat")) {
+    read_stat(std::path::Path::new(&format!("/proc/{pid}/stat")))
+}
+
+/// State letter and start time from a `stat` file of `/proc` (a process's
+/// or one of its tasks'); `Ok(None)` when it does not exist.
+fn read_stat(path: &std::path::Path) -> io::Result<Option<(u8, u64)>> {
+    let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
@@ -92,14 +98,7 @@ fn any_live_task(pid: u32) -> bool {
         return false;
     };
     tasks.flatten().any(|t| {
-        std::fs::read(t.path().join("stat"))
-            .ok()
-            .is_some_and(|text| {
-                text.iter()
-                    .rposition(|&b| b == b')')
-                    .and_then(|close| text.get(close + 2).copied())
-                    .is_some_and(|state| state != b'Z' && state != b'X')
-            })
+        matches!(read_stat(&t.path().join("stat")), Ok(Some((state, _))) if state != b'Z' && state != b'X')
     })
 }
 

@@ -24,8 +24,7 @@
 //! handle while a guard was forgotten. In each case the holder never wrote
 //! `FREE`, so the next locker finds `HELD` and reports
 //! [`OwnerDied`](crate::LockError::OwnerDied). `holder_pid` names the last
-//! acquirer (diagnostics only: the `flock` itself says whether it is free;
-//! the header's `holder_pid` word gets the same value).
+//! acquirer (diagnostics only: the `flock` itself says whether it is free).
 //!
 //! A foreign program that `flock`s the object (`flock(1)` on
 //! `/dev/shm/NAME`) excludes the cell's lockers and is excluded by them; it
@@ -174,7 +173,7 @@ impl FlockLocal {
 /// marker to an acquire result, shared by every acquire path. On `Err` the
 /// caller releases the `flock`.
 #[inline]
-fn take_marker(shared: &FlockShared, seg: &Segment, pid: u32) -> Result<Acquired, RawLockError> {
+fn take_marker(shared: &FlockShared, pid: u32) -> Result<Acquired, RawLockError> {
     let found = shared.state.load(Ordering::Acquire);
     let acquired = match found {
         FREE => Acquired::Clean,
@@ -184,7 +183,6 @@ fn take_marker(shared: &FlockShared, seg: &Segment, pid: u32) -> Result<Acquired
         _ => Acquired::OwnerDied,
     };
     shared.holder_pid.store(pid, Ordering::Relaxed);
-    seg.header().holder_pid.store(pid, Ordering::Relaxed);
     shared.state.store(
         match acquired {
             Acquired::Clean => HELD,
@@ -237,7 +235,7 @@ impl Backend for FileLock {
         h.local.lock(how)?;
         let fd = h.fd(seg);
         let taken = flock_acquire(fd, FlockOp::Exclusive, how).and_then(|()| {
-            let marker = take_marker(shared, seg, h.pid);
+            let marker = take_marker(shared, h.pid);
             if marker.is_err() {
                 unlock_fd(fd);
             }

@@ -171,11 +171,6 @@ impl Inspection {
                 h.notify_waiters.to_string(),
                 "processes waiting for a notification",
             );
-            f(
-                "header.holder_pid",
-                h.holder_pid.to_string(),
-                "header word: last pid that recorded holding the lock (0: none)",
-            );
         }
         f(
             "lock_state",
