@@ -538,3 +538,45 @@ pub(crate) fn check_identity(h: &HeaderInfo, expected: Option<&SegmentSpec>) -> 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(value_size: u64, value_align: u64) -> SegmentSpec {
+        SegmentSpec {
+            value_size,
+            value_align,
+            type_tag: 0,
+            type_version: 0,
+            lock_kind: LockKind::External,
+            lock_size: 40,
+            lock_align: 8,
+        }
+    }
+
+    #[test]
+    fn impossible_layouts_are_unsupported() {
+        for (size, align) in [
+            (8, 8192),
+            (8, 3),
+            (8, 0),
+            (u64::MAX - 100, 8),
+            (isize::MAX as u64, 8),
+        ] {
+            assert!(
+                matches!(spec(size, align).layout(), Err(Error::Unsupported { .. })),
+                "size {size} align {align}"
+            );
+        }
+    }
+
+    #[test]
+    fn layout_aligns_lock_and_value_after_the_header() {
+        let l = spec(100, 64).layout().unwrap();
+        assert_eq!(l.lock_offset, HEADER_SIZE as u64);
+        assert_eq!(l.value_offset % 64, 0);
+        assert!(l.value_offset >= l.lock_offset + 40);
+        assert_eq!(l.total_size, l.value_offset + 100);
+    }
+}
