@@ -13,6 +13,8 @@
 use std::fmt;
 use std::io;
 
+use crate::sys::errno;
+
 /// What went wrong while creating, opening, validating or removing a shared
 /// object.
 #[derive(Debug, thiserror::Error)]
@@ -125,10 +127,12 @@ impl Error {
     /// `ENAMETOOLONG`), everything else to [`Error::Io`].
     pub(crate) fn from_io(op: &'static str, name: &str, err: io::Error) -> Error {
         match err.raw_os_error() {
-            Some(libc::ENOENT) => Error::NotFound { name: name.into() },
-            Some(libc::EEXIST) => Error::AlreadyExists { name: name.into() },
-            Some(libc::EACCES) | Some(libc::EPERM) => Error::PermissionDenied { name: name.into() },
-            Some(libc::ENAMETOOLONG) => Error::InvalidName {
+            Some(errno::ENOENT) => Error::NotFound { name: name.into() },
+            Some(errno::EEXIST) => Error::AlreadyExists { name: name.into() },
+            Some(errno::EACCES) | Some(errno::EPERM) => {
+                Error::PermissionDenied { name: name.into() }
+            }
+            Some(errno::ENAMETOOLONG) => Error::InvalidName {
                 name: name.into(),
                 reason: "too long for the operating system",
             },

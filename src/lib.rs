@@ -96,6 +96,7 @@ compile_error!("shmsync supports Linux only: it relies on robust futexes, /dev/s
 
 mod cell;
 mod error;
+pub mod inspect;
 pub mod lock;
 pub mod segment;
 mod shm_safe;

@@ -1,7 +1,7 @@
 //! `shmsync`: list, inspect and safely clean the shared-memory objects made
 //! by the shmsync crate (feature `cli`).
 //!
-//! All the reading is the library's own ([`shmsync::segment::inspect`]);
+//! All the reading is the library's own ([`shmsync::inspect`]);
 //! this file parses arguments and prints.
 //!
 //! # JSON output (`--json`)
@@ -41,7 +41,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
-use shmsync::segment::inspect::{self, Attached, CleanAction, Inspection, State};
+use shmsync::inspect::{self, Attached, CleanAction, Inspection, State};
 
 const ABOUT: &str = "List, inspect and safely clean the shared-memory objects made by shmsync";
 

@@ -38,7 +38,7 @@ impl<'a, T: ShmSafe, L: LockBackend> ShmGuard<'a, T, L> {
         cell.set_held(true);
         ShmGuard {
             cell,
-            fork_gen: sys::proc::fork_generation(),
+            fork_gen: sys::fork::fork_generation(),
             inconsistent: Cell::new(owner_died),
             _not_send: PhantomData,
         }
@@ -71,7 +71,7 @@ impl<'a, T: ShmSafe, L: LockBackend> ShmGuard<'a, T, L> {
     /// process forked while it was held (that process holds nothing).
     #[inline]
     pub(super) fn disarm(self) -> Option<(&'a ShmCell<T, L>, bool)> {
-        let held = self.fork_gen == sys::proc::fork_generation();
+        let held = self.fork_gen == sys::fork::fork_generation();
         let (cell, consistent) = (self.cell, !self.inconsistent.get());
         std::mem::forget(self);
         held.then_some((cell, consistent))
@@ -102,7 +102,7 @@ impl<T: ShmSafe, L: LockBackend> DerefMut for ShmGuard<'_, T, L> {
 impl<T: ShmSafe, L: LockBackend> Drop for ShmGuard<'_, T, L> {
     #[inline]
     fn drop(&mut self) {
-        if self.fork_gen == sys::proc::fork_generation() {
+        if self.fork_gen == sys::fork::fork_generation() {
             // SAFETY: this thread holds the lock through this guard.
             unsafe { self.cell.release(!self.inconsistent.get()) };
         }

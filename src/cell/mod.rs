@@ -1,6 +1,7 @@
 //! `ShmCell<T, L>`: a typed value in a named shared-memory segment, guarded
 //! by a lock every process can take.
 
+mod diagnostics;
 mod guard;
 mod wait;
 
@@ -292,7 +293,7 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     }
 
     fn from_segment(seg: Segment) -> Result<Self, Error> {
-        sys::proc::register_fork_handler();
+        sys::fork::register_fork_handler();
         let local = L::attach(&seg)?;
         Ok(ShmCell {
             seg: ManuallyDrop::new(seg),

@@ -36,7 +36,6 @@
 //! `notify_waiters` one too high for good; that costs later notifications a
 //! needless `FUTEX_WAKE` each, never a lost wake-up.
 
-use std::io;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -45,6 +44,7 @@ use crate::error::LockError;
 use crate::lock::{Acquire, LockBackend};
 use crate::shm_safe::ShmSafe;
 use crate::sys;
+use crate::sys::errno;
 use crate::sys::time::Monotonic;
 
 /// Whether [`ShmGuard::wait_while_timeout`] returned because its time ran
@@ -208,7 +208,7 @@ impl<'a, T: ShmSafe, L: LockBackend> ShmGuard<'a, T, L> {
             return Err(LockError::OwnerDied(self));
         }
         let Some((cell, consistent)) = self.disarm() else {
-            return Err(LockError::Os(io::Error::from_raw_os_error(libc::EPERM)));
+            return Err(LockError::Os(errno::error(errno::EPERM)));
         };
         let header = cell.seg.header();
         header.notify_waiters.fetch_add(1, Ordering::SeqCst);

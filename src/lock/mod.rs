@@ -6,6 +6,7 @@
 //! held by a forked parent is never released by the child) depend on each
 //! backend's details.
 
+pub(crate) mod describe;
 pub(crate) mod file_lock;
 pub(crate) mod named_semaphore;
 pub(crate) mod robust_mutex;
@@ -16,6 +17,7 @@ use std::ptr::NonNull;
 use crate::error::{Error, RawLockError};
 use crate::segment::{LockKind, Segment};
 use crate::sys::time::Monotonic;
+use describe::{LockArea, LockInfo};
 
 pub use file_lock::{FileLock, FileLockGuard, FileLockOptions, FileLockSharedGuard};
 pub use named_semaphore::{NamedSemaphore, SemaphoreError, SemaphoreOptions, MAX_SEM_NAME};
@@ -106,6 +108,16 @@ pub(crate) mod sealed {
         ///
         /// The calling thread holds the lock, acquired with `OwnerDied`.
         unsafe fn make_consistent(shared: &Self::Shared, local: &Self::Local, seg: &Segment);
+
+        /// Reads the shared state from outside (`pread`, never a mapping,
+        /// never the lock), for [`inspect`](crate::inspect).
+        fn describe(area: &LockArea<'_>) -> LockInfo;
+
+        /// Removes the objects a cell `name` of this kind made besides its
+        /// segment (none by default).
+        fn unlink_companions(_name: &str) -> Result<(), Error> {
+            Ok(())
+        }
     }
 }
 
@@ -113,10 +125,42 @@ pub(crate) mod sealed {
 /// (the default), [`FileLock`], [`NamedSemaphore`]. Sealed.
 pub trait LockBackend: sealed::Backend {}
 
+/// The registry of backends by the kind a header records: the one place
+/// that maps a [`LockKind`] to its backend's code (a new backend is its
+/// folder, a `LockKind` and an arm here).
+macro_rules! by_kind {
+    ($kind:expr, $b:ident => $e:expr, External => $ext:expr) => {
+        match $kind {
+            LockKind::RobustMutex => {
+                type $b = RobustMutex;
+                $e
+            }
+            LockKind::FileLock => {
+                type $b = FileLock;
+                $e
+            }
+            LockKind::NamedSemaphore => {
+                type $b = NamedSemaphore;
+                $e
+            }
+            LockKind::External => $ext,
+        }
+    };
+}
+
 /// Removes the objects a cell of lock kind `kind` made besides its segment.
 pub(crate) fn unlink_companions(kind: LockKind, name: &str) -> Result<(), Error> {
+    by_kind!(kind, B => <B as sealed::Backend>::unlink_companions(name), External => Ok(()))
+}
+
+/// The lock of an object read from outside, by the backend its header
+/// names (`External` and unknown kinds: nothing known).
+pub(crate) fn describe(area: &LockArea<'_>) -> LockInfo {
+    let kind = area.info.lock_kind();
     match kind {
-        LockKind::RobustMutex | LockKind::FileLock | LockKind::External => Ok(()),
-        LockKind::NamedSemaphore => named_semaphore::unlink_cell_semaphore(name),
+        None => LockInfo::unknown(None),
+        Some(k) => {
+            by_kind!(k, B => <B as sealed::Backend>::describe(area), External => LockInfo::unknown(kind))
+        }
     }
 }

@@ -108,6 +108,27 @@ const _: () = assert!(std::mem::size_of::<RawHeader>() == HEADER_SIZE);
 const _: () = assert!(std::mem::offset_of!(RawHeader, checksum) == CHECKSUMMED);
 const _: () = assert!(std::mem::offset_of!(RawHeader, state) == 144);
 
+/// The offset of a field of [`RawHeader`]: the one definition of the
+/// layout, used by `build`, `decode` and every reader of live words.
+macro_rules! at {
+    ($field:ident) => {
+        std::mem::offset_of!($crate::segment::header::RawHeader, $field)
+    };
+}
+pub(crate) use at;
+
+/// Who creates a segment, recorded in its header (the caller reads the
+/// process and the clock: this module only formats).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Creator {
+    /// `getpid()` of the creator.
+    pub(crate) pid: u32,
+    /// Inode of the creator's pid namespace (0 if unknown).
+    pub(crate) pid_namespace: u64,
+    /// Creation time, seconds since the Unix epoch.
+    pub(crate) created_unix: u64,
+}
+
 /// The lock backend a segment was made for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -256,8 +277,8 @@ pub(crate) fn this_abi() -> Abi {
         arch: padded(std::env::consts::ARCH),
         libc: padded(libc_name),
         pointer_width: usize::BITS,
-        mutex_size: std::mem::size_of::<libc::pthread_mutex_t>() as u32,
-        mutex_align: std::mem::align_of::<libc::pthread_mutex_t>() as u32,
+        mutex_size: std::mem::size_of::<crate::sys::pthread::RawMutex>() as u32,
+        mutex_align: std::mem::align_of::<crate::sys::pthread::RawMutex>() as u32,
     }
 }
 
@@ -274,37 +295,33 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
 
 /// Builds the immutable part of a header for `spec` (state Initialising,
 /// checksum filled in).
-pub(crate) fn build(spec: &SegmentSpec, layout: &Layout, creator_pid: u32) -> [u8; HEADER_SIZE] {
+pub(crate) fn build(spec: &SegmentSpec, layout: &Layout, creator: Creator) -> [u8; HEADER_SIZE] {
     let abi = this_abi();
-    let created = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     let mut b = [0u8; HEADER_SIZE];
     let mut put = |off: usize, bytes: &[u8]| b[off..off + bytes.len()].copy_from_slice(bytes);
-    put(0, &MAGIC);
-    put(8, &FORMAT_VERSION.to_ne_bytes());
-    put(12, &(HEADER_SIZE as u32).to_ne_bytes());
-    put(16, &abi.arch);
-    put(32, &abi.libc);
-    put(40, &abi.pointer_width.to_ne_bytes());
-    put(44, &abi.mutex_size.to_ne_bytes());
-    put(48, &abi.mutex_align.to_ne_bytes());
-    put(52, &spec.lock_kind.code().to_ne_bytes());
-    put(56, &spec.value_size.to_ne_bytes());
-    put(64, &spec.value_align.to_ne_bytes());
-    put(72, &spec.type_tag.to_ne_bytes());
-    put(80, &spec.type_version.to_ne_bytes());
-    put(84, &creator_pid.to_ne_bytes());
-    put(88, &crate::sys::proc::pid_namespace().to_ne_bytes());
-    put(96, &created.to_ne_bytes());
-    put(104, &layout.lock_offset.to_ne_bytes());
-    put(112, &spec.lock_size.to_ne_bytes());
-    put(120, &layout.value_offset.to_ne_bytes());
-    put(128, &layout.total_size.to_ne_bytes());
+    put(at!(magic), &MAGIC);
+    put(at!(format_version), &FORMAT_VERSION.to_ne_bytes());
+    put(at!(header_size), &(HEADER_SIZE as u32).to_ne_bytes());
+    put(at!(arch), &abi.arch);
+    put(at!(libc), &abi.libc);
+    put(at!(pointer_width), &abi.pointer_width.to_ne_bytes());
+    put(at!(mutex_size), &abi.mutex_size.to_ne_bytes());
+    put(at!(mutex_align), &abi.mutex_align.to_ne_bytes());
+    put(at!(lock_kind), &spec.lock_kind.code().to_ne_bytes());
+    put(at!(value_size), &spec.value_size.to_ne_bytes());
+    put(at!(value_align), &spec.value_align.to_ne_bytes());
+    put(at!(type_tag), &spec.type_tag.to_ne_bytes());
+    put(at!(type_version), &spec.type_version.to_ne_bytes());
+    put(at!(creator_pid), &creator.pid.to_ne_bytes());
+    put(at!(pid_namespace), &creator.pid_namespace.to_ne_bytes());
+    put(at!(created_unix), &creator.created_unix.to_ne_bytes());
+    put(at!(lock_offset), &layout.lock_offset.to_ne_bytes());
+    put(at!(lock_size), &spec.lock_size.to_ne_bytes());
+    put(at!(value_offset), &layout.value_offset.to_ne_bytes());
+    put(at!(total_size), &layout.total_size.to_ne_bytes());
     let sum = fnv1a(&b[..CHECKSUMMED]);
-    b[136..144].copy_from_slice(&sum.to_ne_bytes());
-    b[144..148].copy_from_slice(&STATE_INITIALISING.to_ne_bytes());
+    b[at!(checksum)..at!(checksum) + 8].copy_from_slice(&sum.to_ne_bytes());
+    b[at!(state)..at!(state) + 4].copy_from_slice(&STATE_INITIALISING.to_ne_bytes());
     b
 }
 
@@ -368,7 +385,7 @@ impl HeaderInfo {
     }
 }
 
-fn u32_at(b: &[u8], off: usize) -> u32 {
+pub(crate) fn u32_at(b: &[u8], off: usize) -> u32 {
     u32::from_ne_bytes(b[off..off + 4].try_into().expect("4 bytes"))
 }
 
@@ -380,29 +397,29 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
 /// integrity, ABI and identity fields afterwards.
 pub fn decode(b: &[u8; HEADER_SIZE]) -> HeaderInfo {
     HeaderInfo {
-        format_version: u32_at(b, 8),
-        arch: unpadded(&b[16..32]),
-        libc: unpadded(&b[32..40]),
-        pointer_width: u32_at(b, 40),
-        mutex_size: u32_at(b, 44),
-        mutex_align: u32_at(b, 48),
-        lock_kind_code: u32_at(b, 52),
-        value_size: u64_at(b, 56),
-        value_align: u64_at(b, 64),
-        type_tag: u64_at(b, 72),
-        type_version: u32_at(b, 80),
-        creator_pid: u32_at(b, 84),
-        pid_namespace: u64_at(b, 88),
-        created_unix: u64_at(b, 96),
-        lock_offset: u64_at(b, 104),
-        lock_size: u64_at(b, 112),
-        value_offset: u64_at(b, 120),
-        total_size: u64_at(b, 128),
-        checksum: u64_at(b, 136),
-        checksum_ok: fnv1a(&b[..CHECKSUMMED]) == u64_at(b, 136),
-        state: u32_at(b, 144),
-        notify_seq: u32_at(b, 148),
-        notify_waiters: u32_at(b, 152),
+        format_version: u32_at(b, at!(format_version)),
+        arch: unpadded(&b[at!(arch)..at!(libc)]),
+        libc: unpadded(&b[at!(libc)..at!(pointer_width)]),
+        pointer_width: u32_at(b, at!(pointer_width)),
+        mutex_size: u32_at(b, at!(mutex_size)),
+        mutex_align: u32_at(b, at!(mutex_align)),
+        lock_kind_code: u32_at(b, at!(lock_kind)),
+        value_size: u64_at(b, at!(value_size)),
+        value_align: u64_at(b, at!(value_align)),
+        type_tag: u64_at(b, at!(type_tag)),
+        type_version: u32_at(b, at!(type_version)),
+        creator_pid: u32_at(b, at!(creator_pid)),
+        pid_namespace: u64_at(b, at!(pid_namespace)),
+        created_unix: u64_at(b, at!(created_unix)),
+        lock_offset: u64_at(b, at!(lock_offset)),
+        lock_size: u64_at(b, at!(lock_size)),
+        value_offset: u64_at(b, at!(value_offset)),
+        total_size: u64_at(b, at!(total_size)),
+        checksum: u64_at(b, at!(checksum)),
+        checksum_ok: fnv1a(&b[..CHECKSUMMED]) == u64_at(b, at!(checksum)),
+        state: u32_at(b, at!(state)),
+        notify_seq: u32_at(b, at!(notify_seq)),
+        notify_waiters: u32_at(b, at!(notify_waiters)),
     }
 }
 

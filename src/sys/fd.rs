@@ -1,30 +1,128 @@
-//! File-descriptor calls shared by every object kind: `fstat`, `fchmod`,
-//! `ftruncate`, `posix_fallocate`, `pread`, `stat`.
+//! Descriptors and the files behind them: `open(2)` (always `O_CLOEXEC`),
+//! `stat`/`lstat`/`fstat`, `chmod`/`fchmod`, `ftruncate`,
+//! `posix_fallocate`, `pread`, `fstatfs`, and a new open file description
+//! for an open file (`/proc/self/fd/N`).
 
 use std::ffi::CStr;
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use super::{cvt, retry_eintr};
 
+/// The `open(2)` flags the crate uses, by name.
+pub(crate) mod oflag {
+    #[allow(unused_imports)] // the set is the vocabulary, not every name is used yet
+    pub(crate) use libc::{
+        O_CREAT, O_DIRECTORY, O_EXCL, O_NOCTTY, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_RDWR,
+    };
+}
+
+/// What kind of file a [`FileStat`] describes (`st_mode & S_IFMT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FileKind {
+    Regular,
+    Directory,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+    Unknown,
+}
+
+impl FileKind {
+    /// A phrase for messages ("a fifo", "a directory").
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            FileKind::Regular => "regular file",
+            FileKind::Directory => "directory",
+            FileKind::Symlink => "symbolic link",
+            FileKind::Fifo => "fifo",
+            FileKind::Socket => "socket",
+            FileKind::CharDevice => "character device",
+            FileKind::BlockDevice => "block device",
+            FileKind::Unknown => "unknown file type",
+        }
+    }
+}
+
+/// The fields of a `struct stat` the crate reads.
+#[derive(Clone, Copy)]
+pub(crate) struct FileStat(libc::stat);
+
+impl std::fmt::Debug for FileStat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileStat")
+            .field("kind", &self.kind())
+            .field("mode", &format_args!("{:o}", self.mode()))
+            .field("uid", &self.uid())
+            .field("size", &self.size())
+            .finish()
+    }
+}
+
+impl FileStat {
+    /// The file type.
+    pub(crate) fn kind(&self) -> FileKind {
+        match self.0.st_mode & libc::S_IFMT {
+            libc::S_IFREG => FileKind::Regular,
+            libc::S_IFDIR => FileKind::Directory,
+            libc::S_IFLNK => FileKind::Symlink,
+            libc::S_IFIFO => FileKind::Fifo,
+            libc::S_IFSOCK => FileKind::Socket,
+            libc::S_IFCHR => FileKind::CharDevice,
+            libc::S_IFBLK => FileKind::BlockDevice,
+            _ => FileKind::Unknown,
+        }
+    }
+    /// The permission bits (`st_mode & 0o7777`).
+    pub(crate) fn mode(&self) -> u32 {
+        self.0.st_mode & 0o7777
+    }
+    /// The owner (`st_uid`).
+    pub(crate) fn uid(&self) -> u32 {
+        self.0.st_uid
+    }
+    /// The size in bytes (`st_size`).
+    pub(crate) fn size(&self) -> u64 {
+        self.0.st_size.max(0) as u64
+    }
+    /// The device (`st_dev`).
+    pub(crate) fn dev(&self) -> u64 {
+        self.0.st_dev
+    }
+    /// The inode number (`st_ino`).
+    pub(crate) fn ino(&self) -> u64 {
+        self.0.st_ino
+    }
+    /// Whether both describe the same file (device and inode).
+    pub(crate) fn same_file(&self, other: &FileStat) -> bool {
+        self.dev() == other.dev() && self.ino() == other.ino()
+    }
+    /// `major:minor` of the device, as `/proc/PID/fdinfo` prints it.
+    pub(crate) fn dev_major_minor(&self) -> (u32, u32) {
+        (libc::major(self.0.st_dev), libc::minor(self.0.st_dev))
+    }
+}
+
 /// `fstat(2)`.
-pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<FileStat> {
     let mut st = MaybeUninit::<libc::stat>::uninit();
     // SAFETY: `st` is a valid out-pointer for one `stat`; the fd is borrowed
     // and therefore open for the duration of the call.
     cvt(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
     // SAFETY: fstat succeeded, so it filled in the whole struct.
-    Ok(unsafe { st.assume_init() })
+    Ok(FileStat(unsafe { st.assume_init() }))
 }
 
 /// `lstat(2)`: like `stat`, but a symbolic link is described, not followed.
-pub(crate) fn lstat(path: &CStr) -> io::Result<libc::stat> {
+pub(crate) fn lstat(path: &CStr) -> io::Result<FileStat> {
     let mut st = MaybeUninit::<libc::stat>::uninit();
     // SAFETY: `path` is NUL-terminated; `st` is a valid out-pointer.
     cvt(unsafe { libc::lstat(path.as_ptr(), st.as_mut_ptr()) })?;
     // SAFETY: lstat succeeded, so it filled in the whole struct.
-    Ok(unsafe { st.assume_init() })
+    Ok(FileStat(unsafe { st.assume_init() }))
 }
 
 /// `fchmod(2)`: sets the mode exactly, whatever the umask was at creation.
@@ -74,4 +172,126 @@ pub(crate) fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io:
         done += n as usize;
     }
     Ok(done)
+}
+
+/// `chmod(2)`: used for the file behind a named semaphore (`path` is
+/// `/dev/shm/sem.NAME`).
+///
+/// glibc builds a new semaphore in a temporary file and `link`s it into
+/// place, so no descriptor of the final file is ever handed out and
+/// `fchmod` is impossible. Changing the mode by path right after an
+/// exclusive create is the equivalent: the file was just made by this
+/// process, and `/dev/shm` is sticky, so only this user (or root) could
+/// have replaced it in between.
+pub(crate) fn chmod(path: &CStr, mode: u32) -> io::Result<()> {
+    // SAFETY: `path` is NUL-terminated.
+    cvt(unsafe { libc::chmod(path.as_ptr(), mode as libc::mode_t) })?;
+    Ok(())
+}
+
+/// `open(2)` with `O_CLOEXEC` added: the descriptor (and the lock on its
+/// open file description) must not leak into programs this process
+/// `exec`s.
+pub(crate) fn open(path: &CStr, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
+    let fd = retry_eintr(|| {
+        // SAFETY: `path` is NUL-terminated; the call returns a new fd or -1.
+        cvt(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) })
+    })?;
+    // SAFETY: `fd` is a freshly opened descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `stat(2)` (follows symbolic links, as `open` does).
+pub(crate) fn stat(path: &CStr) -> io::Result<FileStat> {
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `path` is NUL-terminated; `st` is a valid out-pointer.
+    cvt(unsafe { libc::stat(path.as_ptr(), st.as_mut_ptr()) })?;
+    // SAFETY: stat succeeded, so it filled in the whole struct.
+    Ok(FileStat(unsafe { st.assume_init() }))
+}
+
+/// A new open file description for the file `fd` refers to
+/// (`open("/proc/self/fd/N", O_RDONLY|O_NONBLOCK|O_NOCTTY|O_CLOEXEC)`), so
+/// that a lock taken through it conflicts with locks taken through `fd`.
+pub(crate) fn reopen(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .expect("no NUL in a number");
+    open(&path, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY, 0)
+}
+
+/// `fstatfs(2)`: the magic number (`f_type`) of the filesystem `fd` lives
+/// on, as the kernel's 32-bit constant.
+pub(crate) fn fs_magic(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut st = MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `st` is a valid out-pointer for one `statfs`; the fd is
+    // borrowed, so open for the call.
+    retry_eintr(|| cvt(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) }))?;
+    // SAFETY: fstatfs succeeded, so it filled in the whole struct.
+    let st = unsafe { st.assume_init() };
+    // `f_type` is a `long` (or `int`) holding a 32-bit magic; the cast keeps
+    // those 32 bits whatever the sign the C type gave them.
+    Ok(st.f_type as u32)
+}
+
+/// Filesystem magic numbers (`linux/magic.h`, `fs/smb/client`) of network
+/// filesystems, on which `flock` does not keep its local meaning.
+const NETWORK_FS: [(u32, &str); 8] = [
+    (0x0000_6969, "nfs"),  // NFS_SUPER_MAGIC: flock is emulated by byte-range locks
+    (0x0000_517b, "smb"),  // SMB_SUPER_MAGIC (smbfs)
+    (0xff53_4d42, "cifs"), // CIFS_SUPER_MAGIC
+    (0xfe53_4d42, "smb2"), // SMB2_SUPER_MAGIC
+    (0x5346_414f, "afs"),  // AFS_SUPER_MAGIC
+    (0x6b41_4653, "afs"),  // AFS_FS_MAGIC (kAFS)
+    (0x00c3_6400, "ceph"), // CEPH_SUPER_MAGIC
+    (0x0102_1997, "9p"),   // V9FS_MAGIC
+];
+
+/// The name of the network filesystem with magic `magic`, `None` for a
+/// local one (or one we do not know to be remote, such as FUSE).
+pub(crate) fn network_fs_name(magic: u32) -> Option<&'static str> {
+    NETWORK_FS
+        .iter()
+        .find(|(m, _)| *m == magic)
+        .map(|(_, name)| *name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_network_filesystems() {
+        assert_eq!(network_fs_name(libc::NFS_SUPER_MAGIC as u32), Some("nfs"));
+        assert_eq!(network_fs_name(libc::SMB_SUPER_MAGIC as u32), Some("smb"));
+        assert_eq!(network_fs_name(0xff53_4d42), Some("cifs"));
+        assert_eq!(network_fs_name(0xfe53_4d42), Some("smb2"));
+        assert_eq!(network_fs_name(libc::AFS_SUPER_MAGIC as u32), Some("afs"));
+        assert_eq!(network_fs_name(0x00c3_6400), Some("ceph"));
+        assert_eq!(network_fs_name(0x0102_1997), Some("9p"));
+    }
+
+    #[test]
+    fn local_filesystems_are_not_network() {
+        for magic in [
+            libc::TMPFS_MAGIC as u32,
+            libc::EXT4_SUPER_MAGIC as u32,
+            0x5846_5342, // XFS_SUPER_MAGIC
+            libc::BTRFS_SUPER_MAGIC as u32,
+            libc::OVERLAYFS_SUPER_MAGIC as u32,
+            libc::FUSE_SUPER_MAGIC as u32,
+            0,
+        ] {
+            assert_eq!(network_fs_name(magic), None, "{magic:#x}");
+        }
+    }
+
+    #[test]
+    fn magic_of_a_real_descriptor_is_classified_local() {
+        // /dev/shm is tmpfs on every Linux this crate supports.
+        let dir = std::ffi::CString::new("/dev/shm").unwrap();
+        let fd = open(&dir, libc::O_RDONLY | libc::O_DIRECTORY, 0).unwrap();
+        let magic = fs_magic(std::os::fd::AsFd::as_fd(&fd)).unwrap();
+        assert_eq!(magic, libc::TMPFS_MAGIC as u32);
+        assert_eq!(network_fs_name(magic), None);
+    }
 }

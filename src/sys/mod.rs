@@ -1,5 +1,10 @@
 //! The only code that calls `libc`: one small function per OS call, each
-//! returning `io::Result`.
+//! returning `io::Result`, grouped by OS family (one file each): `fd`
+//! (open, stat, chmod, fallocate, pread), `fd_lock` (flock and OFD byte
+//! locks), `shm`, `mman`, `sem`, `pthread`, `futex`, `time`, `fork` (the
+//! atfork handler and the descriptors a child must not keep), `proc`
+//! (process identity and liveness) over `procfs` (every `/proc` parser),
+//! `errno` (error numbers by name), and for `testing` `child`/`pipe`.
 //!
 //! Two C error conventions live here and are kept apart: functions of the
 //! `-1`-and-`errno` family (`shm_open`, `fcntl`, `sem_*`, `flock`, …) go
@@ -8,12 +13,12 @@
 
 #[cfg(feature = "testing")]
 pub(crate) mod child;
+pub(crate) mod errno;
 pub(crate) mod fd;
-pub(crate) mod flock;
-pub(crate) mod forkfds;
+pub(crate) mod fd_lock;
+pub(crate) mod fork;
 pub(crate) mod futex;
 pub(crate) mod mman;
-pub(crate) mod ofd;
 #[cfg(feature = "testing")]
 pub(crate) mod pipe;
 pub(crate) mod proc;
@@ -47,7 +52,7 @@ pub(crate) fn cvt_pthread(ret: libc::c_int) -> io::Result<()> {
 pub(crate) fn retry_eintr<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
     loop {
         match f() {
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) if e.raw_os_error() == Some(errno::EINTR) => continue,
             other => return other,
         }
     }

@@ -1,9 +1,55 @@
-//! Diagnostic reads of `/proc`: `/proc/TID/status` (which process a thread
-//! belongs to, and whether it still runs) and `/proc/PID/fdinfo` (whether a
-//! process holds a `flock` on a file). Used by tools that inspect objects
-//! without touching their locks; nothing here is on a lock path.
+//! Reads of `/proc`, each parsed in one place: `/proc/PID/stat` (state and
+//! start time), `/proc/PID/task/*/stat`, `/proc/TID/status` (which process
+//! a thread belongs to, and whether it still runs) and `/proc/PID/fdinfo`
+//! (whether a process holds a `flock` on a file). Nothing here is on a
+//! lock's fast path.
 
 use std::io;
+
+/// The state letter and start time (clock ticks since boot) of `pid`, read
+/// from `/proc/PID/stat`. `Ok(None)` when the process does not exist.
+pub(crate) fn stat_state_and_start(pid: u32) -> io::Result<Option<(u8, u64)>> {
+    read_stat(std::path::Path::new(&format!("/proc/{pid}/stat")))
+}
+
+/// State letter and start time from a `stat` file of `/proc` (a process's
+/// or one of its tasks'); `Ok(None)` when it does not exist.
+fn read_stat(path: &std::path::Path) -> io::Result<Option<(u8, u64)>> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(super::errno::ESRCH) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    // The command name (field 2) is in parentheses and may hold spaces or
+    // parentheses itself: parse from the last ')'.
+    let close = text.iter().rposition(|&b| b == b')').ok_or_else(bad_stat)?;
+    let rest = std::str::from_utf8(&text[close + 1..]).map_err(|_| bad_stat())?;
+    let mut fields = rest.split_ascii_whitespace();
+    let state = fields.next().ok_or_else(bad_stat)?.as_bytes()[0];
+    // After the state (field 3), start time is field 22: 19 fields further.
+    let start = fields
+        .nth(18)
+        .ok_or_else(bad_stat)?
+        .parse()
+        .map_err(|_| bad_stat())?;
+    Ok(Some((state, start)))
+}
+
+fn bad_stat() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "unparsable /proc/PID/stat")
+}
+
+/// Whether any task (thread) of `pid` is neither a zombie nor dead, from
+/// `/proc/PID/task/*/stat`.
+pub(crate) fn any_live_task(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        matches!(read_stat(&t.path().join("stat")), Ok(Some((state, _))) if state != b'Z' && state != b'X')
+    })
+}
 
 /// What `/proc/TID/status` says about a thread.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,7 +78,7 @@ pub(crate) fn thread_status(tid: u32) -> io::Result<Option<ThreadStatus>> {
     let text = match std::fs::read_to_string(format!("/proc/{tid}/status")) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(super::errno::ESRCH) => return Ok(None),
         Err(e) => return Err(e),
     };
     let mut tgid = None;
@@ -53,18 +99,22 @@ pub(crate) fn thread_status(tid: u32) -> io::Result<Option<ThreadStatus>> {
     }
 }
 
-/// Whether process `pid` holds a `flock` on the file `(dev, ino)` (as
-/// `fstat` reports it) through one of its descriptors: the `lock:` lines of
+/// Whether process `pid` holds a `flock` on the file `(major:minor, ino)`
+/// (as [`FileStat`](super::fd::FileStat) reports it) through one of its descriptors: the `lock:` lines of
 /// `/proc/PID/fdinfo/*` list the locks each open file description owns.
 /// `Ok(None)` when the process does not exist; an error when its
 /// descriptors cannot be read (another user's process, `hidepid`).
-pub(crate) fn holds_flock(pid: u32, dev: u64, ino: u64) -> io::Result<Option<bool>> {
+pub(crate) fn holds_flock(
+    pid: u32,
+    (major, minor): (u32, u32),
+    ino: u64,
+) -> io::Result<Option<bool>> {
     let dir = match std::fs::read_dir(format!("/proc/{pid}/fdinfo")) {
         Ok(d) => d,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let file = format!("{:02x}:{:02x}:{ino}", libc::major(dev), libc::minor(dev));
+    let file = format!("{:02x}:{:02x}:{ino}", major, minor);
     for entry in dir {
         let Ok(entry) = entry else { continue };
         // A descriptor closed meanwhile is simply not there any more.

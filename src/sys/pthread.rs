@@ -11,6 +11,10 @@ use std::io;
 use std::mem::MaybeUninit;
 
 use super::cvt_pthread;
+use super::time::Monotonic;
+
+/// The C type of a pthread mutex, for the one type that embeds it.
+pub(crate) type RawMutex = libc::pthread_mutex_t;
 
 extern "C" {
     // glibc ≥ 2.30 (symbol version GLIBC_2.34 on current releases); not
@@ -67,7 +71,23 @@ pub(crate) unsafe fn mutex_lock(m: *mut libc::pthread_mutex_t) -> libc::c_int {
     unsafe { libc::pthread_mutex_lock(m) }
 }
 
-/// `pthread_mutex_clocklock(CLOCK_MONOTONIC, abstime)`.
+/// A deadline that has always passed. glibc's robust clocklock still tries
+/// the lock word and reports `EOWNERDEAD` / `ENOTRECOVERABLE` / `EDEADLK`,
+/// but answers `ETIMEDOUT` for a held lock *without* entering the kernel
+/// when `tv_sec < 0` (a deadline of "now" made the kernel arm a timer: about
+/// 80 µs per failed try, measured).
+const EXPIRED: libc::timespec = libc::timespec {
+    tv_sec: -1,
+    tv_nsec: 0,
+};
+
+/// `pthread_mutex_clocklock(CLOCK_MONOTONIC, deadline)`; `None` is a
+/// deadline that has always passed ([`EXPIRED`]): a try that never enters
+/// the kernel for a held lock and never uses `pthread_mutex_trylock`
+/// (glibc 2.36's trylock on a not-recoverable robust mutex leaves the
+/// caller's tid in the lock word, wedging it). A deadline in the past goes
+/// the same way: asking the kernel to wait until a past time costs a timer
+/// interrupt for nothing.
 ///
 /// # Safety
 ///
@@ -75,10 +95,14 @@ pub(crate) unsafe fn mutex_lock(m: *mut libc::pthread_mutex_t) -> libc::c_int {
 #[inline]
 pub(crate) unsafe fn mutex_clocklock_monotonic(
     m: *mut libc::pthread_mutex_t,
-    abstime: &libc::timespec,
+    deadline: Option<Monotonic>,
 ) -> libc::c_int {
-    // SAFETY: guaranteed by the caller; `abstime` is a valid timespec.
-    unsafe { pthread_mutex_clocklock(m, libc::CLOCK_MONOTONIC, abstime) }
+    let ts = match deadline {
+        Some(d) if d > Monotonic::now() => d.to_timespec(),
+        _ => EXPIRED,
+    };
+    // SAFETY: guaranteed by the caller; `ts` is a valid timespec.
+    unsafe { pthread_mutex_clocklock(m, libc::CLOCK_MONOTONIC, &ts) }
 }
 
 /// `pthread_mutex_unlock`.

@@ -1,7 +1,7 @@
 //! Named POSIX semaphores: `sem_open(3)` (with and without
 //! `O_CREAT|O_EXCL`), `sem_post(3)`, `sem_wait(3)`, `sem_trywait(3)`,
 //! `sem_clockwait(3)` on `CLOCK_MONOTONIC`, `sem_getvalue(3)`,
-//! `sem_close(3)`, `sem_unlink(3)`, and `chmod(2)` of the file behind one.
+//! `sem_close(3)`, `sem_unlink(3)`.
 //!
 //! All of them follow the `-1`-and-`errno` convention. glibc keeps a named
 //! semaphore `/NAME` as the file `/dev/shm/sem.NAME` and maps it; `sem_open`
@@ -134,20 +134,5 @@ pub(crate) fn sem_getvalue(sem: &SemHandle) -> io::Result<u32> {
 pub(crate) fn sem_unlink(name: &CStr) -> io::Result<()> {
     // SAFETY: `name` is NUL-terminated.
     cvt(unsafe { libc::sem_unlink(name.as_ptr()) })?;
-    Ok(())
-}
-
-/// `chmod(2)` of the file behind a named semaphore (`path` is
-/// `/dev/shm/sem.NAME`).
-///
-/// glibc builds a new semaphore in a temporary file and `link`s it into
-/// place, so no descriptor of the final file is ever handed out and
-/// `fchmod` is impossible. Changing the mode by path right after an
-/// exclusive create is the equivalent: the file was just made by this
-/// process, and `/dev/shm` is sticky, so only this user (or root) could
-/// have replaced it in between.
-pub(crate) fn sem_chmod(path: &CStr, mode: u32) -> io::Result<()> {
-    // SAFETY: `path` is NUL-terminated.
-    cvt(unsafe { libc::chmod(path.as_ptr(), mode as libc::mode_t) })?;
     Ok(())
 }

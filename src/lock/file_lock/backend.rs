@@ -2,6 +2,9 @@
 //! `flock(LOCK_EX)` on the segment's own descriptor, plus a *held marker*
 //! in the segment that turns a dead holder into [`OwnerDied`].
 //!
+//! What differs from the robust mutex for users is on
+//! [`FileLock`](crate::FileLock)'s type docs.
+//!
 //! # Why the segment's own descriptor is free for `flock`
 //!
 //! The segment's initialisation handshake and attach tracking use
@@ -47,11 +50,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use super::local::{LocalMutex, PerProcess, SwapFd};
 use super::{flock_acquire, FileLock};
 use crate::error::{Error, RawLockError};
+use crate::lock::describe::{LockArea, LockInfo};
 use crate::lock::sealed::Backend;
 use crate::lock::{Acquire, Acquired, LockBackend};
 use crate::segment::{LockKind, Segment};
 use crate::sys;
-use crate::sys::flock::FlockOp;
+use crate::sys::fd_lock::FlockOp;
 
 /// Released normally.
 const FREE: u32 = 0;
@@ -118,7 +122,7 @@ struct BackendHandle {
 impl BackendHandle {
     fn new(own_fd: SwapFd) -> BackendHandle {
         if let Some(fd) = own_fd.raw() {
-            sys::forkfds::register(fd);
+            sys::fork::register(fd);
         }
         BackendHandle {
             own_fd,
@@ -141,7 +145,7 @@ impl BackendHandle {
     /// another thread must never act on a number that may be reused).
     fn close_fd(&self) {
         if let Some(fd) = self.own_fd.raw() {
-            sys::forkfds::unregister(fd);
+            sys::fork::unregister(fd);
         }
         drop(self.own_fd.replace(None));
     }
@@ -160,7 +164,7 @@ impl FlockLocal {
     fn handle(&self, seg: &Segment) -> io::Result<&BackendHandle> {
         self.per_process.get(
             |_| {
-                Ok(BackendHandle::new(SwapFd::new(Some(sys::flock::reopen(
+                Ok(BackendHandle::new(SwapFd::new(Some(sys::fd::reopen(
                     seg.fd(),
                 )?))))
             },
@@ -196,7 +200,7 @@ fn take_marker(shared: &FlockShared, pid: u32) -> Result<Acquired, RawLockError>
 fn unlock_fd(fd: BorrowedFd<'_>) {
     // LOCK_UN on an open descriptor cannot fail; this runs from a guard's
     // `Drop`, which must not panic, so a failure is ignored.
-    let _ = sys::flock::flock(fd, FlockOp::Unlock, false);
+    let _ = sys::fd_lock::flock(fd, FlockOp::Unlock, false);
 }
 
 #[allow(private_interfaces)] // sealed trait, see lock/mod.rs
@@ -218,7 +222,7 @@ impl Backend for FileLock {
     }
 
     fn attach(seg: &Segment) -> Result<FlockLocal, Error> {
-        let own = sys::flock::reopen(seg.fd()).map_err(|e| Error::io("open /proc/self/fd", e))?;
+        let own = sys::fd::reopen(seg.fd()).map_err(|e| Error::io("open /proc/self/fd", e))?;
         Ok(FlockLocal {
             per_process: PerProcess::new(BackendHandle::new(SwapFd::new(Some(own)))),
         })
@@ -261,6 +265,10 @@ impl Backend for FileLock {
 
     unsafe fn make_consistent(shared: &FlockShared, _: &FlockLocal, _: &Segment) {
         shared.state.store(HELD, Ordering::Release);
+    }
+
+    fn describe(area: &LockArea<'_>) -> LockInfo {
+        super::inspect::describe(area)
     }
 }
 

@@ -114,9 +114,9 @@ unsafe impl<T: Send + Sync> Sync for PerProcess<T> {}
 
 impl<T> PerProcess<T> {
     pub(crate) fn new(value: T) -> PerProcess<T> {
-        sys::proc::register_fork_handler();
+        sys::fork::register_fork_handler();
         let slot = Box::new(Slot {
-            generation: sys::proc::fork_generation(),
+            generation: sys::fork::fork_generation(),
             value,
         });
         PerProcess {
@@ -139,7 +139,7 @@ impl<T> PerProcess<T> {
         // SAFETY: the slot is a live Box: slots are freed only in `Drop`
         // (`&mut self`) and replaced ones are leaked.
         let slot = unsafe { &*p };
-        if slot.generation == sys::proc::fork_generation() {
+        if slot.generation == sys::fork::fork_generation() {
             return Ok(&slot.value);
         }
         self.rebind(p, rebind, retire)
@@ -154,7 +154,7 @@ impl<T> PerProcess<T> {
     ) -> io::Result<&T> {
         // SAFETY: as in `get`.
         let inherited = unsafe { &*p };
-        let generation = sys::proc::fork_generation();
+        let generation = sys::fork::fork_generation();
         let value = match rebind(&inherited.value) {
             Ok(v) => v,
             Err(e) => {

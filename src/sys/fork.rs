@@ -1,5 +1,7 @@
-//! Descriptors a forked child must not keep: the registry behind the
-//! `flock` backend's fork safety.
+//! What happens in a forked child: one `pthread_atfork` child handler that
+//! bumps a fork generation (so a guard can tell, with one relaxed load,
+//! that it was copied into a child) and detaches the descriptors a child
+//! must not keep (the registry behind the `flock` backend's fork safety).
 //!
 //! A `flock` belongs to the open file description, and a child forked
 //! without `exec` shares every description of its parent. If the parent is
@@ -15,7 +17,7 @@
 //! array of atomics and calls `dup3`, nothing else.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::sync::Once;
 
 /// How many descriptors can be registered at once (one per `ShmCell`
@@ -33,7 +35,7 @@ fn init() {
         // of the process (never closed), close-on-exec.
         let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
         PLACEHOLDER.store(fd, Ordering::SeqCst);
-        super::proc::register_fork_handler();
+        register_fork_handler();
     });
 }
 
@@ -65,7 +67,7 @@ pub(crate) fn unregister(fd: RawFd) {
 
 /// In a freshly forked child: puts the placeholder under every registered
 /// number. Async-signal-safe (atomic loads and `dup3`).
-pub(crate) fn detach_in_child() {
+fn detach_in_child() {
     let placeholder = PLACEHOLDER.load(Ordering::Relaxed);
     if placeholder < 0 {
         return;
@@ -79,4 +81,34 @@ pub(crate) fn detach_in_child() {
             unsafe { libc::dup3(placeholder, fd, libc::O_CLOEXEC) };
         }
     }
+}
+
+static FORK_GENERATION: AtomicU32 = AtomicU32::new(0);
+static ATFORK: Once = Once::new();
+
+extern "C" fn bump_fork_generation() {
+    // Async-signal-safe: a single atomic add, then `dup3` calls.
+    FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
+    detach_in_child();
+}
+
+/// Registers (once per process) a `pthread_atfork` child handler that bumps
+/// the fork generation. Inlined: it sits on the lock path, where after the
+/// first call it is one load and a branch.
+#[inline]
+pub(crate) fn register_fork_handler() {
+    ATFORK.call_once(|| {
+        // SAFETY: the handler is a plain `extern "C" fn()` that only does an
+        // atomic add and `dup3` calls (forkfds), async-signal-safe and so
+        // allowed in a freshly forked child.
+        unsafe { libc::pthread_atfork(None, None, Some(bump_fork_generation)) };
+    });
+}
+
+/// The number of `fork`s this process's ancestry went through since it
+/// registered the handler: a guard taken in generation `g` belongs to
+/// another process when the generation differs. One relaxed load.
+#[inline]
+pub(crate) fn fork_generation() -> u32 {
+    FORK_GENERATION.load(Ordering::Relaxed)
 }

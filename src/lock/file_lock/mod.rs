@@ -2,9 +2,10 @@
 //! try and timed — usable on their own, and as a lock backend of
 //! [`ShmCell`](crate::ShmCell) (`ShmCell::<T, FileLock>`).
 //!
-//! The type's docs list the pitfalls of `flock` and how each is handled.
+//!
 
 pub(crate) mod backend;
+mod inspect;
 pub(crate) mod local;
 
 use std::convert::Infallible;
@@ -20,7 +21,9 @@ use std::time::Duration;
 use crate::error::{Error, LockError, RawLockError};
 use crate::lock::Acquire;
 use crate::sys;
-use crate::sys::flock::FlockOp;
+use crate::sys::errno;
+use crate::sys::fd::oflag;
+use crate::sys::fd_lock::FlockOp;
 use crate::sys::time::Monotonic;
 use local::{Begin, LocalRw, Mode, PerProcess, SwapFd};
 
@@ -45,7 +48,7 @@ const FOREVER: Duration = Duration::from_secs(u32::MAX as u64);
 fn map_flock(r: io::Result<()>, how: Acquire) -> Result<(), RawLockError> {
     match r {
         Ok(()) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Err(match how {
+        Err(e) if e.raw_os_error() == Some(errno::EWOULDBLOCK) => Err(match how {
             Acquire::Try => RawLockError::WouldBlock,
             _ => RawLockError::TimedOut,
         }),
@@ -64,7 +67,7 @@ pub(crate) fn flock_acquire(
 ) -> Result<(), RawLockError> {
     let attempt = |nonblocking| {
         map_flock(
-            sys::retry_eintr(|| sys::flock::flock(fd, op, nonblocking)),
+            sys::retry_eintr(|| sys::fd_lock::flock(fd, op, nonblocking)),
             how,
         )
     };
@@ -85,7 +88,7 @@ pub(crate) fn flock_acquire(
         }
         if left >= FOREVER {
             return map_flock(
-                sys::retry_eintr(|| sys::flock::flock(fd, op, false)),
+                sys::retry_eintr(|| sys::fd_lock::flock(fd, op, false)),
                 Acquire::Block,
             );
         }
@@ -99,8 +102,8 @@ fn check_filesystem(fd: BorrowedFd<'_>, allow: bool) -> Result<(), Error> {
     if allow {
         return Ok(());
     }
-    let magic = sys::flock::fs_magic(fd).map_err(|e| Error::io("fstatfs", e))?;
-    match sys::flock::network_fs_name(magic) {
+    let magic = sys::fd::fs_magic(fd).map_err(|e| Error::io("fstatfs", e))?;
+    match sys::fd::network_fs_name(magic) {
         None => Ok(()),
         Some(fs) => Err(Error::Unsupported {
             what: format!(
@@ -130,8 +133,8 @@ fn check_filesystem(fd: BorrowedFd<'_>, allow: bool) -> Result<(), Error> {
 /// # As a `ShmCell` backend: what differs from the robust mutex
 ///
 /// * **Cost**: every lock and unlock is a system call (`flock`): an
-///   uncontended lock + unlock measured 45–70× the robust mutex's (which
-///   stays in user space), within 10 % of a bare `flock` pair. Its use is
+///   uncontended lock + unlock costs tens of times the robust mutex's (which
+///   stays in user space), about what a bare `flock` pair costs (`BENCHMARKS.md`). Its use is
 ///   interoperation: any program that `flock`s the object (for example
 ///   `flock(1)` on `/dev/shm/NAME`) is excluded by it and excludes it.
 /// * **A thread that exits holding the lock** (its guard forgotten) is not
@@ -153,6 +156,7 @@ fn check_filesystem(fd: BorrowedFd<'_>, allow: bool) -> Result<(), Error> {
 /// * The same thread locking twice through one handle gets
 ///   [`LockError::Deadlock`]; through two handles it waits for itself (the
 ///   kernel has no deadlock detection for `flock`).
+///
 ///
 /// # The pitfalls of `flock`, and what this type does about each
 ///
@@ -180,24 +184,17 @@ fn check_filesystem(fd: BorrowedFd<'_>, allow: bool) -> Result<(), Error> {
 ///
 /// The timed variants therefore poll: one `flock(LOCK_NB)` first (a free lock
 /// costs exactly what `try_lock` costs), then sleeps of 50 µs doubling up to
-/// 1 ms between attempts, never past the deadline. Measured with
-/// `cargo bench --bench flock` on a shared 2-core VM (ranges over four
-/// runs; ratios are what carry over to other machines):
-///
-/// | | blocking `flock` | timed (`LOCK_NB` + backoff) |
-/// |---|---|---|
-/// | release → waiter returns, median | 8–22 µs | 0.52–0.59 ms |
-/// | release → waiter returns, 90th percentile | 15–46 µs | 0.90–1.0 ms |
-/// | CPU while waiting | none | 13–15 ms per s (1.3–1.5 % of a core) |
-/// | free lock | one `flock` | one `flock` |
-///
-/// The signal design's bookkeeping alone (`timer_create`, `timer_settime`
-/// and `timer_delete`) measured 1.5–2.8 µs per timed call, two to three
-/// times a whole `flock` lock + unlock pair (0.6–1.0 µs), before any
+/// 1 ms between attempts, never past the deadline: a waiter returns about
+/// half a millisecond after a release instead of microseconds, and uses
+/// about 1.5 % of a core while it waits (figures in `BENCHMARKS.md`, from
+/// `cargo bench --bench flock`). The signal design's timer bookkeeping
+/// alone costs more than a whole `flock` lock + unlock pair, before any
 /// signal is delivered. Under contention, blocking waiters are woken by
 /// the kernel first, so a timed waiter can lose the race to them; it never
 /// waits past its deadline. A timeout of `Duration::MAX` (or anything
 /// beyond ~136 years) waits like the blocking variant.
+///
+///
 ///
 /// # References
 ///
@@ -361,25 +358,29 @@ enum OpenError {
 }
 
 /// Flags of every open of a lock file (`O_CLOEXEC` is added by `sys`).
-const OPEN_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY;
+const OPEN_FLAGS: i32 = oflag::O_RDONLY | oflag::O_NONBLOCK | oflag::O_NOCTTY;
 
 impl PathSpec {
     /// Opens the path (creating it if asked) and checks its filesystem.
     fn open(&self) -> Result<OwnedFd, OpenError> {
         let fd = match self.create_mode {
-            None => sys::flock::open(&self.cpath, OPEN_FLAGS, 0)
-                .map_err(|e| OpenError::Io("open", e))?,
+            None => {
+                sys::fd::open(&self.cpath, OPEN_FLAGS, 0).map_err(|e| OpenError::Io("open", e))?
+            }
             Some(mode) => {
-                match sys::flock::open(&self.cpath, OPEN_FLAGS | libc::O_CREAT | libc::O_EXCL, mode)
-                {
+                match sys::fd::open(
+                    &self.cpath,
+                    OPEN_FLAGS | oflag::O_CREAT | oflag::O_EXCL,
+                    mode,
+                ) {
                     Ok(fd) => {
                         // Ours: the mode is exactly what was asked.
                         sys::fd::fchmod(fd.as_fd(), mode)
                             .map_err(|e| OpenError::Io("fchmod", e))?;
                         fd
                     }
-                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                        sys::flock::open(&self.cpath, OPEN_FLAGS, 0)
+                    Err(e) if e.raw_os_error() == Some(errno::EEXIST) => {
+                        sys::fd::open(&self.cpath, OPEN_FLAGS, 0)
                             .map_err(|e| OpenError::Io("open", e))?
                     }
                     Err(e) => return Err(OpenError::Io("open", e)),
@@ -401,9 +402,9 @@ impl PathSpec {
     /// Whether the path still names the file `fd` is open on.
     fn still_names(&self, fd: BorrowedFd<'_>) -> io::Result<bool> {
         let held = sys::fd::fstat(fd)?;
-        match sys::flock::stat(&self.cpath) {
-            Ok(now) => Ok(sys::flock::same_file(&held, &now)),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        match sys::fd::stat(&self.cpath) {
+            Ok(now) => Ok(held.same_file(&now)),
+            Err(e) if e.raw_os_error() == Some(errno::ENOENT) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -480,11 +481,11 @@ impl FileLock {
                         let raw = inherited
                             .fd
                             .raw()
-                            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
+                            .ok_or_else(|| errno::error(errno::EBADF))?;
                         // SAFETY: the inherited descriptor is open in this
                         // process (fork copied it) and only closed by
                         // `retire`, after this returns.
-                        sys::flock::reopen(unsafe { BorrowedFd::borrow_raw(raw) })?
+                        sys::fd::reopen(unsafe { BorrowedFd::borrow_raw(raw) })?
                     }
                 };
                 Ok(Handle {
@@ -522,7 +523,7 @@ impl FileLock {
             // SAFETY: we hold the local token: no other thread replaces the
             // descriptor until `finish`.
             let fd = unsafe { h.fd.borrow() }
-                .ok_or_else(|| RawLockError::Os(io::Error::from_raw_os_error(libc::EBADF)))?;
+                .ok_or_else(|| RawLockError::Os(errno::error(errno::EBADF)))?;
             flock_acquire(fd, op, how)?;
             let Some(spec) = &self.path else {
                 return Ok(());
@@ -532,7 +533,7 @@ impl FileLock {
                 return Ok(());
             }
             // Replaced, removed, or unknowable: let go of this file.
-            let r = sys::flock::flock(fd, FlockOp::Unlock, false);
+            let r = sys::fd_lock::flock(fd, FlockOp::Unlock, false);
             debug_assert!(r.is_ok(), "LOCK_UN failed: {r:?}");
             same.map_err(RawLockError::Os)?;
             let fresh = spec.open_io().map_err(RawLockError::Os)?;
@@ -544,7 +545,7 @@ impl FileLock {
         match self.acquire(Mode::Exclusive, how) {
             Ok(handle) => Ok(FileLockGuard {
                 handle,
-                fork_gen: sys::proc::fork_generation(),
+                fork_gen: sys::fork::fork_generation(),
                 _not_send: PhantomData,
             }),
             Err(e) => Err(e.into_lock_error()),
@@ -555,7 +556,7 @@ impl FileLock {
         match self.acquire(Mode::Shared, how) {
             Ok(handle) => Ok(FileLockSharedGuard {
                 handle,
-                fork_gen: sys::proc::fork_generation(),
+                fork_gen: sys::fork::fork_generation(),
                 _not_send: PhantomData,
             }),
             Err(e) => Err(e.into_lock_error()),
@@ -646,7 +647,7 @@ fn unlock(handle: &Handle) {
     if let Some(fd) = unsafe { handle.fd.borrow() } {
         // LOCK_UN on an open descriptor cannot fail; this runs from a
         // guard's `Drop`, which must not panic.
-        let _ = sys::flock::flock(fd, FlockOp::Unlock, false);
+        let _ = sys::fd_lock::flock(fd, FlockOp::Unlock, false);
     }
 }
 
@@ -663,7 +664,7 @@ pub struct FileLockGuard<'a> {
 
 impl Drop for FileLockGuard<'_> {
     fn drop(&mut self) {
-        if self.fork_gen == sys::proc::fork_generation() {
+        if self.fork_gen == sys::fork::fork_generation() {
             let h = self.handle;
             h.local.release(Mode::Exclusive, || unlock(h));
         }
@@ -690,7 +691,7 @@ pub struct FileLockSharedGuard<'a> {
 
 impl Drop for FileLockSharedGuard<'_> {
     fn drop(&mut self) {
-        if self.fork_gen == sys::proc::fork_generation() {
+        if self.fork_gen == sys::fork::fork_generation() {
             let h = self.handle;
             h.local.release(Mode::Shared, || unlock(h));
         }

@@ -1,16 +1,50 @@
-//! Open-file-description byte-range locks: `fcntl(F_OFD_SETLK /
-//! F_OFD_SETLKW / F_OFD_GETLK)` (Linux ≥ 3.15).
+//! Advisory locks held by an open file description: whole-file `flock(2)`
+//! and byte-range open-file-description locks (`fcntl(F_OFD_SETLK /
+//! F_OFD_SETLKW / F_OFD_GETLK)`, Linux ≥ 3.15).
 //!
-//! Like `flock`, they belong to the open file description: the kernel drops
-//! them when the last fd of that description closes (in particular when the
-//! holder dies), never when some other fd of the same file is closed. Unlike
-//! `flock`, converting a write lock into a read lock is atomic, and they are
-//! independent of `flock` locks on the same file.
+//! Both belong to the *open file description*: every descriptor that
+//! shares it (`dup`, `fork`, `SCM_RIGHTS`) holds and releases the same
+//! lock, and the kernel drops the lock when the last descriptor of the
+//! description is closed — in particular when the holder dies — never when
+//! some other descriptor of the same file is closed. A second `flock`
+//! through the same description converts the lock instead of conflicting;
+//! that conversion is *not* atomic (the old lock is dropped first), while
+//! an OFD write→read conversion is. The two families are independent of
+//! each other on the same file.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use super::{cvt, retry_eintr};
+
+/// The operation of a `flock` call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FlockOp {
+    /// `LOCK_SH`.
+    Shared,
+    /// `LOCK_EX`.
+    Exclusive,
+    /// `LOCK_UN`.
+    Unlock,
+}
+
+/// `flock(2)`. With `nonblocking`, `LOCK_NB` is added and a conflicting
+/// lock is reported as `EWOULDBLOCK`. `EINTR` is returned, not retried: the
+/// caller decides (see [`retry_eintr`]).
+#[inline]
+pub(crate) fn flock(fd: BorrowedFd<'_>, op: FlockOp, nonblocking: bool) -> io::Result<()> {
+    let mut raw = match op {
+        FlockOp::Shared => libc::LOCK_SH,
+        FlockOp::Exclusive => libc::LOCK_EX,
+        FlockOp::Unlock => libc::LOCK_UN,
+    };
+    if nonblocking {
+        raw |= libc::LOCK_NB;
+    }
+    // SAFETY: plain system call on a borrowed, open descriptor.
+    cvt(unsafe { libc::flock(fd.as_raw_fd(), raw) })?;
+    Ok(())
+}
 
 /// The kind of byte-range lock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +75,12 @@ fn flock_struct(kind: OfdLock, start: u64, len: u64) -> libc::flock {
 
 /// `fcntl(F_OFD_SETLK)`: takes, converts or releases a lock without waiting.
 /// `Ok(false)` when another description holds a conflicting lock.
-pub(crate) fn try_set(fd: BorrowedFd<'_>, kind: OfdLock, start: u64, len: u64) -> io::Result<bool> {
+pub(crate) fn ofd_try_set(
+    fd: BorrowedFd<'_>,
+    kind: OfdLock,
+    start: u64,
+    len: u64,
+) -> io::Result<bool> {
     let fl = flock_struct(kind, start, len);
     // SAFETY: `fl` is a valid, initialised `struct flock` for the call.
     match retry_eintr(|| cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &fl) })) {
@@ -53,7 +92,7 @@ pub(crate) fn try_set(fd: BorrowedFd<'_>, kind: OfdLock, start: u64, len: u64) -
 
 /// `fcntl(F_OFD_GETLK)`: `Some(kind)` of a lock another description holds
 /// that would conflict with `kind`, `None` if `kind` could be taken now.
-pub(crate) fn conflicting(
+pub(crate) fn ofd_conflicting(
     fd: BorrowedFd<'_>,
     kind: OfdLock,
     start: u64,

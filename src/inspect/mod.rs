@@ -11,7 +11,8 @@
 //! and `pread`: an object is never mapped here, so a short, truncated or
 //! garbage object can never raise `SIGBUS`. The header is decoded and judged
 //! by [`segment::header`](crate::segment::header) (one definition of the
-//! format). Nothing takes a lock except [`clean`], and it only tries one,
+//! format); each lock backend reads its own state (`describe` of the
+//! backend trait) and removes its own companion objects. Nothing takes a lock except [`clean`], and it only tries one,
 //! without waiting.
 //!
 //! * **Attached processes** — every handle holds an open-file-description
@@ -85,7 +86,7 @@
 //! # Example
 //!
 //! ```no_run
-//! use shmsync::segment::inspect;
+//! use shmsync::inspect;
 //!
 //! # fn main() -> Result<(), shmsync::Error> {
 //! for obj in inspect::list()? {
@@ -106,10 +107,14 @@ use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
-use super::header::{HeaderInfo, LockKind};
-use super::{name, ATTACH_BYTE, MAX_SHM_NAME};
 use crate::error::Error;
+use crate::segment::header::{HeaderInfo, LockKind};
+use crate::segment::{name, ATTACH_BYTE, MAX_SHM_NAME};
 use crate::sys;
+use crate::sys::errno;
+use crate::sys::fd::{oflag, FileKind, FileStat};
+
+pub use crate::lock::describe::{Holder, LockInfo, LockState, LockWord};
 
 pub use clean::{
     clean, clean_one, error_line, set_clean_hook, unlink, CleanAction, CleanOutcome, Unlinked,
@@ -210,96 +215,6 @@ impl Attached {
             Attached::Creator => "creator",
             Attached::None => "none",
             Attached::Unknown => "unknown",
-        }
-    }
-}
-
-/// The state of the cell's lock, read without taking it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum LockState {
-    /// Nobody holds it.
-    Free,
-    /// A thread or process holds it (see [`LockInfo::holder`]).
-    Held,
-    /// Its holder died; the kernel marked it, nobody has taken it since.
-    OwnerDied,
-    /// Taken with `OwnerDied`, not made consistent yet.
-    Recovering,
-    /// Permanently unusable.
-    NotRecoverable,
-    /// Not readable by this build: a lock kind whose state this inspector
-    /// does not decode yet, or a segment that is not Ready.
-    Unknown,
-}
-
-impl LockState {
-    /// The stable name used in JSON (`free`, `held`, `owner-died`,
-    /// `recovering`, `not-recoverable`, `unknown`).
-    pub fn name(self) -> &'static str {
-        match self {
-            LockState::Free => "free",
-            LockState::Held => "held",
-            LockState::OwnerDied => "owner-died",
-            LockState::Recovering => "recovering",
-            LockState::NotRecoverable => "not-recoverable",
-            LockState::Unknown => "unknown",
-        }
-    }
-}
-
-/// The process (and thread, when known) that holds a lock, or that died
-/// holding it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Holder {
-    /// Its thread id, as recorded in the lock (in the holder's pid
-    /// namespace), when the backend records one.
-    pub tid: Option<u32>,
-    /// The process it belongs to, `None` when it cannot be told (a robust
-    /// mutex's dead thread is gone from `/proc`).
-    pub pid: Option<u32>,
-    /// Whether it still runs: `Some(false)` when it is gone, a zombie, or
-    /// its pid was reused; `None` when that cannot be known (`/proc`
-    /// unreadable, or the segment was made in another pid namespace). For
-    /// the `flock` backend: whether that process still holds the `flock`
-    /// (its `/proc/PID/fdinfo` shows it).
-    pub alive: Option<bool>,
-}
-
-/// One raw word of a lock's state, as read with `pread`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct LockWord {
-    /// Its stable name (`lock_word`, `owner_word` for the robust mutex;
-    /// `sem_holder`, `sem_state`, `sem_waiters`, `sem_holder_tid` for the
-    /// semaphore).
-    pub name: &'static str,
-    /// Its value.
-    pub value: u64,
-    /// What it holds.
-    pub meaning: &'static str,
-}
-
-/// The lock of a cell, read without taking it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct LockInfo {
-    /// The backend recorded in the header (`None` if unknown or unreadable).
-    pub kind: Option<LockKind>,
-    /// Its state.
-    pub state: LockState,
-    /// The current holder, or the one that died holding it.
-    pub holder: Option<Holder>,
-    /// The backend's raw words, for `inspect`.
-    pub words: Vec<LockWord>,
-}
-
-impl LockInfo {
-    fn unknown(kind: Option<LockKind>) -> LockInfo {
-        LockInfo {
-            kind,
-            state: LockState::Unknown,
-            holder: None,
-            words: Vec::new(),
         }
     }
 }
@@ -448,7 +363,7 @@ pub fn inspect(name: &str) -> Result<Inspection, Error> {
     if let Some(i) = not_a_file(name, &cname)? {
         return Ok(i);
     }
-    let fd = match sys::shm::shm_open(&cname, libc::O_RDONLY, 0) {
+    let fd = match sys::shm::shm_open(&cname, oflag::O_RDONLY, 0) {
         Ok(fd) => fd,
         Err(e) => return open_failure(name, e),
     };
@@ -471,7 +386,7 @@ fn judge(name: &str, fd: BorrowedFd<'_>) -> Inspection {
 /// the cell `/X` when that is a semaphore-locked shmsync cell.
 fn semaphore_companion(i: &mut Inspection, cell: &str) {
     let owner = name::validate(cell, MAX_SHM_NAME).ok().and_then(|c| {
-        let fd = sys::shm::shm_open(&c, libc::O_RDONLY, 0).ok()?;
+        let fd = sys::shm::shm_open(&c, oflag::O_RDONLY, 0).ok()?;
         Some(examine(cell, fd.as_fd()))
     });
     match owner {
@@ -493,7 +408,7 @@ fn not_a_file(name: &str, cname: &CStr) -> Result<Option<Inspection>, Error> {
     let path = name::shm_path(cname.to_str().unwrap_or_default());
     let st = match sys::fd::lstat(&path) {
         Ok(st) => st,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+        Err(e) if e.raw_os_error() == Some(errno::ENOENT) => {
             return Err(Error::NotFound { name: name.into() })
         }
         Err(e) => {
@@ -504,10 +419,10 @@ fn not_a_file(name: &str, cname: &CStr) -> Result<Option<Inspection>, Error> {
             )))
         }
     };
-    let what = match st.st_mode & libc::S_IFMT {
-        libc::S_IFREG => return Ok(None),
-        libc::S_IFLNK => "a symbolic link (never followed)",
-        libc::S_IFDIR => "a directory",
+    let what = match st.kind() {
+        FileKind::Regular => return Ok(None),
+        FileKind::Symlink => "a symbolic link (never followed)",
+        FileKind::Directory => "a directory",
         _ => "not a regular file",
     };
     let mut i = Inspection::bare(name.into(), State::Foreign, what);
@@ -517,12 +432,12 @@ fn not_a_file(name: &str, cname: &CStr) -> Result<Option<Inspection>, Error> {
 
 fn open_failure(name: &str, e: std::io::Error) -> Result<Inspection, Error> {
     let reason = match e.raw_os_error() {
-        Some(libc::ENOENT) => return Err(Error::NotFound { name: name.into() }),
-        Some(libc::EACCES) | Some(libc::EPERM) => "permission denied".to_string(),
-        Some(libc::ELOOP) => "a symbolic link (never followed)".to_string(),
+        Some(errno::ENOENT) => return Err(Error::NotFound { name: name.into() }),
+        Some(errno::EACCES) | Some(errno::EPERM) => "permission denied".to_string(),
+        Some(errno::ELOOP) => "a symbolic link (never followed)".to_string(),
         _ => format!("shm_open: {e}"),
     };
-    let state = if e.raw_os_error() == Some(libc::ELOOP) {
+    let state = if e.raw_os_error() == Some(errno::ELOOP) {
         State::Foreign
     } else {
         State::Unreadable
@@ -530,9 +445,9 @@ fn open_failure(name: &str, e: std::io::Error) -> Result<Inspection, Error> {
     Ok(Inspection::bare(name.into(), state, reason))
 }
 
-fn fill_stat(i: &mut Inspection, st: &libc::stat) {
-    i.size = Some(st.st_size as u64);
-    i.uid = Some(st.st_uid);
-    i.mode = Some(st.st_mode & 0o7777);
-    i.dev_ino = Some((st.st_dev, st.st_ino));
+fn fill_stat(i: &mut Inspection, st: &FileStat) {
+    i.size = Some(st.size());
+    i.uid = Some(st.uid());
+    i.mode = Some(st.mode());
+    i.dev_ino = Some((st.dev(), st.ino()));
 }

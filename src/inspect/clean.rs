@@ -8,7 +8,9 @@ use super::{judge, name, not_a_file, open_failure, Attached, Inspection, State};
 use super::{ATTACH_BYTE, MAX_SHM_NAME};
 use crate::error::Error;
 use crate::sys;
-use crate::sys::ofd::OfdLock;
+use crate::sys::errno;
+use crate::sys::fd::oflag;
+use crate::sys::fd_lock::OfdLock;
 
 /// What [`clean_one`] did with an object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -141,7 +143,7 @@ pub fn clean_one(name: &str, dry_run: bool) -> Result<CleanOutcome, Error> {
         );
         return skipped(why, Some(i));
     }
-    let fd: OwnedFd = match sys::shm::shm_open(&cname, libc::O_RDWR, 0) {
+    let fd: OwnedFd = match sys::shm::shm_open(&cname, oflag::O_RDWR, 0) {
         Ok(fd) => fd,
         Err(e) => {
             let i = open_failure(name, e)?;
@@ -165,7 +167,7 @@ pub fn clean_one(name: &str, dry_run: bool) -> Result<CleanOutcome, Error> {
             inspection: Some(before),
         });
     }
-    match sys::ofd::try_set(fd.as_fd(), OfdLock::Write, ATTACH_BYTE, 1) {
+    match sys::fd_lock::ofd_try_set(fd.as_fd(), OfdLock::Write, ATTACH_BYTE, 1) {
         Ok(true) => {}
         Ok(false) => return skipped("a process attached meanwhile".into(), Some(before)),
         Err(e) => return Err(Error::io("fcntl(F_OFD_SETLK)", e)),
@@ -180,14 +182,14 @@ pub fn clean_one(name: &str, dry_run: bool) -> Result<CleanOutcome, Error> {
     let st = sys::fd::fstat(fd.as_fd()).map_err(|e| Error::io("fstat", e))?;
     let path = name::shm_path(name);
     match sys::fd::lstat(&path) {
-        Ok(p) if p.st_dev == st.st_dev && p.st_ino == st.st_ino => {}
+        Ok(p) if p.same_file(&st) => {}
         Ok(_) => {
             return skipped(
                 "the name was replaced by another object".into(),
                 Some(locked),
             )
         }
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+        Err(e) if e.raw_os_error() == Some(errno::ENOENT) => {
             return skipped("the name was removed meanwhile".into(), Some(locked))
         }
         Err(e) => return Err(Error::io("lstat", e)),
@@ -195,8 +197,8 @@ pub fn clean_one(name: &str, dry_run: bool) -> Result<CleanOutcome, Error> {
     // /dev/shm is sticky: only the owner (or root) may remove the name.
     // Checked first, because the companions go before the name.
     let euid = sys::proc::geteuid();
-    if euid != 0 && euid != st.st_uid {
-        let why = format!("not permitted to remove it (owner uid {})", st.st_uid);
+    if euid != 0 && euid != st.uid() {
+        let why = format!("not permitted to remove it (owner uid {})", st.uid());
         return skipped(why, Some(locked));
     }
     // Companions first, while the segment is still named and we hold its
@@ -208,8 +210,8 @@ pub fn clean_one(name: &str, dry_run: bool) -> Result<CleanOutcome, Error> {
     }
     match sys::shm::shm_unlink(&cname) {
         Ok(()) => {}
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) => {
-            let why = format!("not permitted to remove it (owner uid {})", st.st_uid);
+        Err(e) if matches!(e.raw_os_error(), Some(errno::EPERM) | Some(errno::EACCES)) => {
+            let why = format!("not permitted to remove it (owner uid {})", st.uid());
             return skipped(why, Some(locked));
         }
         Err(e) => return Err(Error::from_io("shm_unlink", name, e)),

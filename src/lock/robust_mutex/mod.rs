@@ -28,7 +28,7 @@
 //!   timed lock: a path that forgot `EOWNERDEAD` would leave its caller
 //!   holding a lock with no guard.
 //! * `try_lock` is `pthread_mutex_clocklock` with a deadline that has
-//!   passed (`tv_sec = -1`, see [`EXPIRED`]), never
+//!   passed (`tv_sec = -1`, in `sys::pthread`), never
 //!   `pthread_mutex_trylock`: glibc 2.36's trylock on a not-recoverable
 //!   robust mutex leaves the caller's tid in the lock word, wedging it.
 //! * Timed locks use `CLOCK_MONOTONIC`.
@@ -41,11 +41,14 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use super::sealed::Backend;
-use super::{Acquire, Acquired, LockBackend};
-use crate::error::{Error, LockError, RawLockError};
-use crate::segment::{LockKind, Segment};
+pub(crate) mod backend;
+mod inspect;
+
+use super::{Acquire, Acquired};
+use crate::error::{LockError, RawLockError};
 use crate::sys;
+use crate::sys::errno;
+use crate::sys::pthread::RawMutex;
 use crate::sys::time::Monotonic;
 
 /// What glibc keeps in a robust `pthread_mutex_t` (see the module docs).
@@ -82,7 +85,7 @@ pub(crate) mod word {
 /// * The memory stays mapped while any thread holds it; a guard borrows it.
 #[repr(transparent)]
 pub struct RobustMutex {
-    raw: UnsafeCell<libc::pthread_mutex_t>,
+    raw: UnsafeCell<RawMutex>,
 }
 
 // SAFETY: a process-shared pthread mutex is designed to be used from any
@@ -91,28 +94,18 @@ unsafe impl Sync for RobustMutex {}
 // SAFETY: as above; the value has no thread affinity while unlocked.
 unsafe impl Send for RobustMutex {}
 
-/// A deadline that has always passed. glibc's robust clocklock still tries
-/// the lock word and reports `EOWNERDEAD` / `ENOTRECOVERABLE` / `EDEADLK`,
-/// but answers `ETIMEDOUT` for a held lock *without* entering the kernel
-/// when `tv_sec < 0` (a deadline of "now" made the kernel arm a timer: about
-/// 80 µs per failed try, measured).
-const EXPIRED: libc::timespec = libc::timespec {
-    tv_sec: -1,
-    tv_nsec: 0,
-};
-
 /// The one errno mapping of every acquire path.
 #[inline]
-fn map_acquire(ret: libc::c_int, how: Acquire) -> Result<Acquired, RawLockError> {
+fn map_acquire(ret: i32, how: Acquire) -> Result<Acquired, RawLockError> {
     match ret {
         0 => Ok(Acquired::Clean),
-        libc::EOWNERDEAD => Ok(Acquired::OwnerDied),
-        libc::ENOTRECOVERABLE => Err(RawLockError::NotRecoverable),
-        libc::ETIMEDOUT | libc::EBUSY => Err(match how {
+        errno::EOWNERDEAD => Ok(Acquired::OwnerDied),
+        errno::ENOTRECOVERABLE => Err(RawLockError::NotRecoverable),
+        errno::ETIMEDOUT | errno::EBUSY => Err(match how {
             Acquire::Try => RawLockError::WouldBlock,
             _ => RawLockError::TimedOut,
         }),
-        libc::EDEADLK => Err(RawLockError::Deadlock),
+        errno::EDEADLK => Err(RawLockError::Deadlock),
         e => Err(RawLockError::Os(io::Error::from_raw_os_error(e))),
     }
 }
@@ -137,7 +130,7 @@ impl RobustMutex {
     }
 
     #[inline]
-    fn raw(&self) -> *mut libc::pthread_mutex_t {
+    fn raw(&self) -> *mut RawMutex {
         self.raw.get()
     }
 
@@ -155,20 +148,12 @@ impl RobustMutex {
                 // A deadline that has passed, never pthread_mutex_trylock
                 // (module docs).
                 // SAFETY: see above.
-                unsafe { sys::pthread::mutex_clocklock_monotonic(self.raw(), &EXPIRED) }
+                unsafe { sys::pthread::mutex_clocklock_monotonic(self.raw(), None) }
             }
-            Acquire::Until(deadline) => {
-                // An expired deadline goes the same way as `Try`: asking the
-                // kernel to wait until a past time costs a timer interrupt
-                // (~80 µs with the default timer slack) for nothing.
-                let ts = if deadline <= Monotonic::now() {
-                    EXPIRED
-                } else {
-                    deadline.to_timespec()
-                };
-                // SAFETY: see above.
-                unsafe { sys::pthread::mutex_clocklock_monotonic(self.raw(), &ts) }
-            }
+            // SAFETY: see above.
+            Acquire::Until(deadline) => unsafe {
+                sys::pthread::mutex_clocklock_monotonic(self.raw(), Some(deadline))
+            },
         };
         map_acquire(ret, how)
     }
@@ -247,10 +232,10 @@ impl RobustMutex {
         &self,
         how: Acquire,
     ) -> Result<RobustMutexGuard<'_>, LockError<RobustMutexGuard<'_>>> {
-        sys::proc::register_fork_handler();
+        sys::fork::register_fork_handler();
         let guard = |owner_died| RobustMutexGuard {
             mutex: self,
-            fork_gen: sys::proc::fork_generation(),
+            fork_gen: sys::fork::fork_generation(),
             inconsistent: Cell::new(owner_died),
             _not_send: PhantomData,
         };
@@ -294,7 +279,7 @@ impl RobustMutexGuard<'_> {
 impl Drop for RobustMutexGuard<'_> {
     #[inline]
     fn drop(&mut self) {
-        if self.fork_gen == sys::proc::fork_generation() {
+        if self.fork_gen == sys::fork::fork_generation() {
             // SAFETY: this guard's thread holds the lock.
             unsafe { self.mutex.release() };
         }
@@ -308,43 +293,3 @@ impl std::fmt::Debug for RobustMutexGuard<'_> {
             .finish()
     }
 }
-
-#[allow(private_interfaces)] // sealed trait, see lock/mod.rs
-impl Backend for RobustMutex {
-    const KIND: LockKind = LockKind::RobustMutex;
-    type Shared = RobustMutex;
-    type Local = ();
-
-    unsafe fn init_shared(p: NonNull<RobustMutex>, _seg: &Segment) -> io::Result<()> {
-        // SAFETY: forwarded from the caller (valid, aligned, unused).
-        unsafe { RobustMutex::init(p) }
-    }
-
-    fn attach(_seg: &Segment) -> Result<(), Error> {
-        Ok(())
-    }
-
-    #[inline]
-    fn acquire(
-        shared: &RobustMutex,
-        _: &(),
-        _: &Segment,
-        how: Acquire,
-    ) -> Result<Acquired, RawLockError> {
-        shared.acquire(how)
-    }
-
-    #[inline]
-    unsafe fn release(shared: &RobustMutex, _: &(), _: &Segment, _consistent: bool) {
-        // SAFETY: forwarded from the caller. glibc itself marks an
-        // unrepaired owner-died mutex not recoverable on unlock.
-        unsafe { shared.release() }
-    }
-
-    unsafe fn make_consistent(shared: &RobustMutex, _: &(), _: &Segment) {
-        // SAFETY: forwarded from the caller.
-        unsafe { shared.consistent() }
-    }
-}
-
-impl LockBackend for RobustMutex {}

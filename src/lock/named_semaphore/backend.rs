@@ -1,0 +1,345 @@
+//! The lock backend `ShmCell<T, NamedSemaphore>`: the holder record in the
+//! segment is the lock; the cell's semaphore `sem.NAME` only carries
+//! wake-ups. Its design is documented on [`NamedSemaphore`], its shared
+//! state on [`SemLockState`].
+
+use std::io;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use super::identity::{decode_identity, holder_alive, own_identity, own_tid};
+use super::{create_exclusive, NamedSemaphore, MAX_SEM_NAME, SLICE, SPINS};
+use crate::error::{Error, RawLockError};
+use crate::lock::describe::{LockArea, LockInfo};
+use crate::lock::sealed::Backend;
+use crate::lock::{Acquire, Acquired, LockBackend};
+use crate::segment::{LockKind, Segment};
+use crate::sys;
+use crate::sys::errno;
+use crate::sys::sem::SemHandle;
+use crate::sys::time::Monotonic;
+
+const CONSISTENT: u32 = 0;
+const OWNER_DIED: u32 = 1;
+const NOT_RECOVERABLE: u32 = 2;
+
+/// The semaphore backend's state in the segment. All-zero is "free and
+/// consistent".
+///
+/// | word | values |
+/// |---|---|
+/// | `holder` (u64) | `0` free; else the holder's identity: pid in the low 22 bits (Linux's `PID_MAX_LIMIT` is 2^22), process start time (clock ticks since boot, `/proc/PID/stat` field 22) above |
+/// | `state` (u32) | `0` consistent; `1` owner died (the holder took the lock from a dead one and has not made it consistent); `2` not recoverable (final) |
+/// | `waiters` (u32) | threads sleeping on the semaphore |
+/// | `holder_tid` (u32) | thread id of the holder (for `Deadlock`), `0` while free or not yet written |
+///
+/// Only the holder writes `state` and `holder_tid`. `holder` moves
+/// `0 → me` (acquire), `dead → me` (take-over), `me → 0` (release).
+/// The releaser's SeqCst store of `holder` followed by a SeqCst load of
+/// `waiters`, against the waiter's SeqCst increment of `waiters` followed
+/// by a SeqCst load of `holder`, guarantees that a release is never missed
+/// by a waiter about to sleep. A dead holder's writes are all visible to
+/// whoever finds it dead: its exit went through the kernel.
+#[repr(C, align(8))]
+#[derive(Debug)]
+pub struct SemLockState {
+    holder: AtomicU64,
+    state: AtomicU32,
+    waiters: AtomicU32,
+    holder_tid: AtomicU32,
+    _reserved: u32,
+}
+
+/// Where [`SemLockState`]'s words lie, for the inspector
+/// ([`segment::inspect`](crate::segment::inspect)), which reads them with
+/// `pread` and never through a mapping.
+pub(crate) mod layout {
+    use super::SemLockState;
+
+    /// Offset of the `holder` identity word (u64).
+    pub(crate) const HOLDER: usize = std::mem::offset_of!(SemLockState, holder);
+    /// Offset of the `state` word (u32).
+    pub(crate) const STATE: usize = std::mem::offset_of!(SemLockState, state);
+    /// Offset of the `waiters` word (u32).
+    pub(crate) const WAITERS: usize = std::mem::offset_of!(SemLockState, waiters);
+    /// Offset of the `holder_tid` word (u32).
+    pub(crate) const HOLDER_TID: usize = std::mem::offset_of!(SemLockState, holder_tid);
+    /// Bytes the inspector reads.
+    pub(crate) const SIZE: usize = std::mem::size_of::<SemLockState>();
+    /// `state`: taken from a dead holder, not made consistent yet.
+    pub(crate) const OWNER_DIED: u32 = super::OWNER_DIED;
+    /// `state`: not recoverable.
+    pub(crate) const NOT_RECOVERABLE: u32 = super::NOT_RECOVERABLE;
+}
+
+/// The per-handle state: the open semaphore waiters sleep on.
+#[derive(Debug)]
+pub struct SemLocal {
+    sem: SemHandle,
+}
+
+impl SemLockState {
+    /// The lock is ours (holder word set): finish according to `state`.
+    #[inline]
+    fn won(&self, sem: &SemHandle, took_over: bool) -> Result<Acquired, RawLockError> {
+        let acquired = match self.state.load(Ordering::Acquire) {
+            NOT_RECOVERABLE => {
+                // Never hold a not-recoverable lock: give it back.
+                self.give_back(sem, false);
+                return Err(RawLockError::NotRecoverable);
+            }
+            OWNER_DIED => Acquired::OwnerDied,
+            _ if took_over => {
+                self.state.store(OWNER_DIED, Ordering::Relaxed);
+                Acquired::OwnerDied
+            }
+            _ => Acquired::Clean,
+        };
+        self.holder_tid.store(own_tid(), Ordering::Relaxed);
+        Ok(acquired)
+    }
+
+    /// Clears the holder word and wakes a sleeper if there is one (all of
+    /// them when the lock just became not recoverable).
+    #[inline]
+    fn give_back(&self, sem: &SemHandle, all: bool) {
+        self.holder_tid.store(0, Ordering::Relaxed);
+        // Only our own record is cleared: if another process took the lock
+        // over (it judged us dead), its lock is not ours to free.
+        // SeqCst exchange, then SeqCst load of `waiters`: paired with the
+        // waiter's SeqCst increment and re-load of `holder`, at least one
+        // of the two sees the other (no lost wake-up).
+        let me = own_identity();
+        if self
+            .holder
+            .compare_exchange(me, 0, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return;
+        }
+        let waiters = self.waiters.load(Ordering::SeqCst);
+        if waiters > 0 {
+            wake(sem, if all { waiters.min(1024) } else { 1 });
+        }
+    }
+
+    #[cold]
+    fn acquire_slow(
+        &self,
+        local: &SemLocal,
+        me: u64,
+        how: Acquire,
+    ) -> Result<Acquired, RawLockError> {
+        let mut spins = 0;
+        loop {
+            if self.state.load(Ordering::Acquire) == NOT_RECOVERABLE {
+                return Err(RawLockError::NotRecoverable);
+            }
+            let cur = self.holder.load(Ordering::Relaxed);
+            if cur == 0 {
+                if self
+                    .holder
+                    .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return self.won(&local.sem, false);
+                }
+                continue;
+            }
+            if cur == me {
+                if self.holder_tid.load(Ordering::Relaxed) == own_tid() {
+                    return Err(RawLockError::Deadlock);
+                }
+                // Another thread of this process: alive by definition.
+            } else {
+                if spins < SPINS && !matches!(how, Acquire::Try) {
+                    spins += 1;
+                    std::hint::spin_loop();
+                    continue;
+                }
+                if !holder_alive(cur) {
+                    if self
+                        .holder
+                        .compare_exchange(cur, me, Ordering::Acquire, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        return self.won(&local.sem, true);
+                    }
+                    continue;
+                }
+            }
+            // Taken by a live holder.
+            let slice_end = match how {
+                Acquire::Try => return Err(RawLockError::WouldBlock),
+                Acquire::Until(deadline) => {
+                    if Monotonic::now() >= deadline {
+                        return Err(RawLockError::TimedOut);
+                    }
+                    deadline.min(Monotonic::now().after(SLICE))
+                }
+                Acquire::Block => Monotonic::now().after(SLICE),
+            };
+            self.sleep(&local.sem, slice_end)?;
+        }
+    }
+
+    /// Sleeps on the semaphore until a post or `until`, unless the lock was
+    /// released after we announced ourselves.
+    fn sleep(&self, sem: &SemHandle, until: Monotonic) -> Result<(), RawLockError> {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let result = if self.holder.load(Ordering::SeqCst) == 0
+            || self.state.load(Ordering::Acquire) == NOT_RECOVERABLE
+        {
+            Ok(())
+        } else {
+            sys::sem::sem_clockwait_monotonic(sem, &until.to_timespec()).map(drop)
+        };
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        result.map_err(RawLockError::Os)
+    }
+}
+
+/// Posts `n` wake-ups, but only if no token is pending already (a token
+/// left by a waiter that did not sleep after all would otherwise pile up).
+fn wake(sem: &SemHandle, n: u32) {
+    let pending = sys::sem::sem_getvalue(sem).unwrap_or(0);
+    for _ in pending..n {
+        let _ = sys::sem::sem_post(sem);
+    }
+}
+
+/// Removes the semaphore of the cell `name` (`sem_unlink`); an absent one
+/// is fine.
+pub(crate) fn unlink_cell_semaphore(name: &str) -> Result<(), Error> {
+    let cname = NamedSemaphore::validate(name)?;
+    match sys::sem::sem_unlink(&cname) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(errno::ENOENT) => Ok(()),
+        Err(e) => Err(Error::from_io("sem_unlink", name, e)),
+    }
+}
+
+#[allow(private_interfaces)] // sealed trait, see lock/mod.rs
+impl Backend for NamedSemaphore {
+    const KIND: LockKind = LockKind::NamedSemaphore;
+    // The holder record names the process, not a mapping: unmapping a
+    // forgotten guard's view changes nothing for other processes.
+    const KEEP_MAPPING_WHILE_HELD: bool = false;
+    const MAX_NAME: usize = MAX_SEM_NAME;
+    type Shared = SemLockState;
+    type Local = SemLocal;
+
+    unsafe fn init_shared(_p: NonNull<SemLockState>, seg: &Segment) -> io::Result<()> {
+        // The zeroed state is "free, consistent, no waiters". What remains
+        // is the semaphore, which must exist before the segment is Ready.
+        let name = seg.name();
+        let cname =
+            NamedSemaphore::validate(name).map_err(|_| errno::error(errno::ENAMETOOLONG))?;
+        // The segment was created exclusively (or taken over with nobody
+        // attached): a semaphore of that name is a stale leftover.
+        match sys::sem::sem_unlink(&cname) {
+            Err(e) if e.raw_os_error() != Some(errno::ENOENT) => return Err(e),
+            _ => {}
+        }
+        let mode = sys::fd::fstat(seg.fd())?.mode() & 0o777;
+        // Created and closed: each handle opens its own in `attach`.
+        create_exclusive(&cname, name, 0, mode).map(drop)
+    }
+
+    fn attach(seg: &Segment) -> Result<SemLocal, Error> {
+        let ours = sys::proc::pid_namespace();
+        let theirs = seg.info().pid_namespace;
+        if ours != 0 && theirs != 0 && ours != theirs {
+            return Err(Error::Unsupported {
+                what: "a semaphore-locked cell made in another pid namespace \
+                       (holder pids would not be comparable)"
+                    .into(),
+            });
+        }
+        sys::fork::register_fork_handler();
+        let name = seg.name();
+        let cname = NamedSemaphore::validate(name)?;
+        // Never O_CREAT: the header (checked already) says the creator made
+        // the semaphore before publishing Ready.
+        let sem = sys::sem::sem_open_existing(&cname).map_err(|e| match e.raw_os_error() {
+            // The segment exists and is Ready, so its semaphore was made:
+            // someone removed it. That is damage, not a missing cell.
+            Some(errno::ENOENT) => Error::Corrupted {
+                what: format!("the cell's semaphore sem.{} is missing", &name[1..]),
+            },
+            _ => Error::from_io("sem_open", name, e),
+        })?;
+        Ok(SemLocal { sem })
+    }
+
+    #[inline]
+    fn acquire(
+        shared: &SemLockState,
+        local: &SemLocal,
+        _: &Segment,
+        how: Acquire,
+    ) -> Result<Acquired, RawLockError> {
+        let me = own_identity();
+        if shared
+            .holder
+            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return shared.won(&local.sem, false);
+        }
+        shared.acquire_slow(local, me, how)
+    }
+
+    #[inline]
+    unsafe fn release(shared: &SemLockState, local: &SemLocal, _: &Segment, consistent: bool) {
+        let nr = !consistent;
+        if nr {
+            // An owner death nobody repaired: the value cannot be trusted
+            // again, by anyone.
+            shared.state.store(NOT_RECOVERABLE, Ordering::Relaxed);
+        }
+        shared.give_back(&local.sem, nr);
+    }
+
+    unsafe fn make_consistent(shared: &SemLockState, _: &SemLocal, _: &Segment) {
+        shared.state.store(CONSISTENT, Ordering::Relaxed);
+    }
+
+    fn describe(area: &LockArea<'_>) -> LockInfo {
+        super::inspect::describe(area)
+    }
+
+    fn unlink_companions(name: &str) -> Result<(), Error> {
+        unlink_cell_semaphore(name)
+    }
+}
+
+impl LockBackend for NamedSemaphore {}
+
+impl SemLockState {
+    /// The pid of the process holding the lock now, if any (a snapshot,
+    /// read without locking; the holder may be dead and not yet taken
+    /// over).
+    pub(crate) fn holder_pid(&self) -> Option<u32> {
+        match self.holder.load(Ordering::Relaxed) {
+            0 => None,
+            word => Some(decode_identity(word).0),
+        }
+    }
+
+    /// How many threads sleep on the cell's semaphore now (a snapshot).
+    pub(crate) fn sleeping_waiters(&self) -> u32 {
+        self.waiters.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_is_24_bytes_aligned_8() {
+        assert_eq!(std::mem::size_of::<SemLockState>(), 24);
+        assert_eq!(std::mem::align_of::<SemLockState>(), 8);
+    }
+}

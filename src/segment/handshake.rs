@@ -1,0 +1,370 @@
+//! The initialisation and attach handshake on byte [`ATTACH_BYTE`] of the
+//! object, with open-file-description byte locks (see the [module
+//! docs](super)): create, initialise and publish; open and attach; take
+//! over an abandoned initialisation.
+
+use std::ffi::CStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
+
+use super::header::{self, HeaderInfo, SegmentSpec, HEADER_SIZE};
+use super::header::{STATE_INITIALISING, STATE_READY, STATE_UNINIT};
+use super::validate::{check_regular, same_inode, unlink_if_same};
+use super::{init_step, name, CreateOptions, Init, InitStep, Mapping, Segment, MAX_SHM_NAME};
+use crate::error::Error;
+use crate::sys;
+use crate::sys::errno;
+use crate::sys::fd::oflag;
+use crate::sys::fd_lock::OfdLock;
+use crate::sys::time::Monotonic;
+
+/// The byte the initialisation/attach lock covers.
+pub(crate) const ATTACH_BYTE: u64 = 0;
+/// How long `open` waits for a live creator to finish initialising.
+pub(crate) const INIT_WAIT: Duration = Duration::from_secs(5);
+/// How long an empty object is given to become a creator's (between its
+/// exclusive create and its first lock) before it counts as abandoned.
+const EMPTY_GRACE: Duration = Duration::from_millis(100);
+
+impl Segment {
+    pub(crate) fn create_with(
+        name: &str,
+        spec: &SegmentSpec,
+        options: &CreateOptions,
+        init: Init<'_>,
+    ) -> Result<Segment, Error> {
+        let cname = name::validate(name, MAX_SHM_NAME)?;
+        spec.layout()?;
+        let fd = sys::shm::shm_open(
+            &cname,
+            oflag::O_CREAT | oflag::O_EXCL | oflag::O_RDWR,
+            options.mode,
+        )
+        .map_err(|e| Error::from_io("shm_open", name, e))?;
+        init_step(InitStep::Opened);
+        // Until we hold the write lock, the object is visibly empty and
+        // unlocked. An opener may hold a read lock for a moment while it
+        // looks at it (wait for that); if we were descheduled for longer
+        // than an opener's grace period, another process may have judged
+        // the object abandoned and initialised it: then it is theirs, and we
+        // neither touch nor unlink it.
+        let deadline = Monotonic::now().after(INIT_WAIT);
+        let mut backoff = Backoff::new();
+        loop {
+            let locked = sys::fd_lock::ofd_try_set(fd.as_fd(), OfdLock::Write, ATTACH_BYTE, 1)
+                .map_err(|e| Error::io("fcntl(F_OFD_SETLK)", e))?;
+            let st = sys::fd::fstat(fd.as_fd()).map_err(|e| Error::io("fstat", e))?;
+            if st.size() != 0 || !same_inode(&st, &cname) {
+                return Err(Error::AlreadyExists { name: name.into() });
+            }
+            if locked {
+                break;
+            }
+            if Monotonic::now() >= deadline {
+                return Err(Error::InitTimedOut { name: name.into() });
+            }
+            backoff.sleep();
+        }
+        init_step(InitStep::Created);
+        if let Err(e) = sys::fd::fchmod(fd.as_fd(), options.mode) {
+            unlink_if_same(fd.as_fd(), &cname);
+            return Err(Error::io("fchmod", e));
+        }
+        Self::initialise(fd, &cname, name, spec, init, true)
+    }
+
+    /// Sizes, maps and initialises `fd`, whose write lock this process
+    /// holds; publishes Ready and converts to the attach (read) lock. On
+    /// failure with `unlink_on_error`, the name is removed *while the lock
+    /// is still held* (so nobody can have attached), and only if it still
+    /// names this object.
+    fn initialise(
+        fd: OwnedFd,
+        cname: &CStr,
+        name: &str,
+        spec: &SegmentSpec,
+        init: Init<'_>,
+        unlink_on_error: bool,
+    ) -> Result<Segment, Error> {
+        let fail = |fd: BorrowedFd<'_>, e: Error| {
+            if unlink_on_error {
+                unlink_if_same(fd, cname);
+            }
+            e
+        };
+        let layout = spec.layout()?;
+        // Truncating to zero first makes every byte zero again when an
+        // abandoned attempt is taken over.
+        let sized = sys::fd::ftruncate(fd.as_fd(), 0)
+            .and_then(|()| sys::fd::ftruncate(fd.as_fd(), layout.total_size))
+            .map_err(|e| Error::io("ftruncate", e))
+            .and_then(|()| {
+                sys::fd::posix_fallocate(fd.as_fd(), layout.total_size)
+                    .map_err(|e| Error::io("posix_fallocate", e))
+            });
+        if let Err(e) = sized {
+            return Err(fail(fd.as_fd(), e));
+        }
+        init_step(InitStep::Sized);
+        let map = match Mapping::new(fd.as_fd(), layout.total_size as usize) {
+            Ok(m) => m,
+            Err(e) => return Err(fail(fd.as_fd(), e)),
+        };
+        let bytes = header::build(spec, &layout, creator());
+        let info = header::decode(&bytes);
+        let seg = Segment {
+            map,
+            fd,
+            name: name.into(),
+            info,
+        };
+        match Self::fill(&seg, &bytes, init) {
+            Ok(()) => Ok(seg),
+            Err(e) => Err(fail(seg.fd(), e)),
+        }
+    }
+
+    /// Writes header, lock and value into a fresh mapping, publishes Ready
+    /// and converts the write lock into the attach lock.
+    fn fill(seg: &Segment, bytes: &[u8; HEADER_SIZE], init: Init<'_>) -> Result<(), Error> {
+        // SAFETY: the mapping is `total_size ≥ HEADER_SIZE` bytes, freshly
+        // zeroed by the truncation, and nobody else maps it while we hold
+        // the write lock. The state word (and what follows) is stored below.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), seg.map.ptr.as_ptr(), header::at!(state))
+        };
+        let state = &seg.header().state;
+        state.store(STATE_INITIALISING, std::sync::atomic::Ordering::Release);
+        init_step(InitStep::HeaderWritten);
+        (init.lock)(seg.lock_ptr(), seg).map_err(|e| Error::io("lock initialisation", e))?;
+        init_step(InitStep::LockInitialised);
+        (init.value)(seg.value_ptr());
+        init_step(InitStep::ValueWritten);
+        state.store(STATE_READY, std::sync::atomic::Ordering::Release);
+        init_step(InitStep::Published);
+        // Atomic write → read conversion: no window in which a cleaner could
+        // find the live segment unlocked.
+        let ok = sys::fd_lock::ofd_try_set(seg.fd(), OfdLock::Read, ATTACH_BYTE, 1)
+            .map_err(|e| Error::io("fcntl(F_OFD_SETLK)", e))?;
+        debug_assert!(ok, "converting our own write lock cannot conflict");
+        Ok(())
+    }
+
+    pub(super) fn open_inner(name: &str, expected: Option<&SegmentSpec>) -> Result<Segment, Error> {
+        let cname = name::validate(name, MAX_SHM_NAME)?;
+        let deadline = Monotonic::now().after(INIT_WAIT);
+        let empty_deadline = Monotonic::now().after(EMPTY_GRACE);
+        let mut backoff = Backoff::new();
+        loop {
+            let fd = sys::shm::shm_open(&cname, oflag::O_RDWR, 0)
+                .map_err(|e| Error::from_io("shm_open", name, e))?;
+            match Self::attach(&fd, name, &cname, expected)? {
+                Attach::Ready(info) => {
+                    let map = Mapping::new(fd.as_fd(), info.total_size as usize)?;
+                    let seg = Segment {
+                        map,
+                        fd,
+                        name: name.into(),
+                        info,
+                    };
+                    // Acquire pairs with the creator's Release store of Ready.
+                    let state = seg
+                        .header()
+                        .state
+                        .load(std::sync::atomic::Ordering::Acquire);
+                    if state != STATE_READY {
+                        return Err(Error::Corrupted {
+                            what: format!("state changed to {state} while attached"),
+                        });
+                    }
+                    return Ok(seg);
+                }
+                Attach::Busy if Monotonic::now() < deadline => {}
+                Attach::Busy => return Err(Error::InitTimedOut { name: name.into() }),
+                Attach::Empty if Monotonic::now() < empty_deadline => {}
+                Attach::Empty => {
+                    return Err(Error::AbandonedInit {
+                        name: name.into(),
+                        creator_pid: 0,
+                    })
+                }
+                Attach::Replaced if Monotonic::now() < deadline => {}
+                Attach::Replaced => return Err(Error::InitTimedOut { name: name.into() }),
+                Attach::Abandoned(pid) => {
+                    return Err(Error::AbandonedInit {
+                        name: name.into(),
+                        creator_pid: pid,
+                    })
+                }
+            }
+            drop(fd);
+            backoff.sleep();
+        }
+    }
+
+    /// Takes the attach (read) lock on `fd` and validates the object. On
+    /// any answer but `Ready`, the lock goes with the fd when it is dropped.
+    fn attach(
+        fd: &OwnedFd,
+        name: &str,
+        cname: &CStr,
+        expected: Option<&SegmentSpec>,
+    ) -> Result<Attach, Error> {
+        if !sys::fd_lock::ofd_try_set(fd.as_fd(), OfdLock::Read, ATTACH_BYTE, 1)
+            .map_err(|e| Error::io("fcntl(F_OFD_SETLK)", e))?
+        {
+            return Ok(Attach::Busy);
+        }
+        let st = sys::fd::fstat(fd.as_fd()).map_err(|e| Error::io("fstat", e))?;
+        if !same_inode(&st, cname) {
+            return Ok(Attach::Replaced);
+        }
+        check_regular(&st)?;
+        let size = st.size();
+        if size == 0 {
+            return Ok(Attach::Empty);
+        }
+        let mut bytes = [0u8; HEADER_SIZE];
+        let n =
+            sys::fd::pread_full(fd.as_fd(), &mut bytes, 0).map_err(|e| Error::io("pread", e))?;
+        let our_size = expected
+            .and_then(|spec| spec.layout().ok())
+            .map(|l| l.total_size);
+        if n >= HEADER_SIZE && our_size == Some(size) && bytes.iter().all(|&b| b == 0) {
+            // Sized by a creator that died before writing the header (an
+            // all-zero object of another size is foreign: Incompatible).
+            return Ok(Attach::Abandoned(0));
+        }
+        header::check_prefix(&bytes[..n.min(size as usize)])?;
+        if n < HEADER_SIZE {
+            return Err(Error::TooSmall {
+                size,
+                needed: HEADER_SIZE as u64,
+            });
+        }
+        let info = header::decode(&bytes);
+        match info.state {
+            STATE_READY => {}
+            STATE_UNINIT | STATE_INITIALISING => return Ok(Attach::Abandoned(info.creator_pid)),
+            other => {
+                return Err(Error::Corrupted {
+                    what: format!("unknown state word {other}"),
+                })
+            }
+        }
+        header::check_identity(&info, expected)?;
+        if size < info.total_size {
+            return Err(Error::TooSmall {
+                size,
+                needed: info.total_size,
+            });
+        }
+        let _ = name;
+        Ok(Attach::Ready(info))
+    }
+
+    /// Re-initialises an object whose creator died before Ready, if this
+    /// process can take it over: it must get the exclusive lock (no
+    /// creator, no attacher), the name must still name the same inode, and
+    /// the state must still not be Ready. `Ok(None)` when another process
+    /// got there first (the caller opens again).
+    pub(crate) fn take_over_abandoned(
+        name: &str,
+        spec: &SegmentSpec,
+        options: &CreateOptions,
+        init: Init<'_>,
+    ) -> Result<Option<Segment>, Error> {
+        let cname = name::validate(name, MAX_SHM_NAME)?;
+        let fd = match sys::shm::shm_open(&cname, oflag::O_RDWR, 0) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(Error::from_io("shm_open", name, e)),
+        };
+        if !sys::fd_lock::ofd_try_set(fd.as_fd(), OfdLock::Write, ATTACH_BYTE, 1)
+            .map_err(|e| Error::io("fcntl(F_OFD_SETLK)", e))?
+        {
+            return Ok(None);
+        }
+        let st = sys::fd::fstat(fd.as_fd()).map_err(|e| Error::io("fstat", e))?;
+        if !same_inode(&st, &cname) {
+            return Ok(None);
+        }
+        // Never touch (not even chmod) anything but a regular file.
+        check_regular(&st)?;
+        if !Self::is_abandoned_by_us(fd.as_fd(), st.size(), spec)? {
+            // Completed after all (or not ours to judge): open it normally,
+            // which reports whatever it is.
+            return Ok(None);
+        }
+        // Best effort: the taker's mode (the object may belong to another
+        // user who gave us write access).
+        let _ = sys::fd::fchmod(fd.as_fd(), options.mode);
+        Self::initialise(fd, &cname, name, spec, init, false).map(Some)
+    }
+
+    /// Whether an object (whose exclusive lock we hold) is a half-built
+    /// segment of ours: empty (the creator died right after creating it),
+    /// or with our magic and not Ready, or all zeros at exactly the size our
+    /// creator would have given it (it died between sizing and writing the
+    /// header). Anything else — a foreign object of any kind — is never
+    /// taken over.
+    fn is_abandoned_by_us(
+        fd: BorrowedFd<'_>,
+        size: u64,
+        spec: &SegmentSpec,
+    ) -> Result<bool, Error> {
+        if size == 0 {
+            return Ok(true);
+        }
+        let mut bytes = [0u8; HEADER_SIZE];
+        let n = sys::fd::pread_full(fd, &mut bytes, 0).map_err(|e| Error::io("pread", e))?;
+        if n < HEADER_SIZE {
+            return Ok(false);
+        }
+        let state = header::u32_at(&bytes, header::at!(state));
+        let ours =
+            bytes[..8] == header::MAGIC && (state == STATE_UNINIT || state == STATE_INITIALISING);
+        let zero_sized_by_us = size == spec.layout()?.total_size && bytes.iter().all(|&b| b == 0);
+        Ok(ours || zero_sized_by_us)
+    }
+}
+
+enum Attach {
+    Ready(HeaderInfo),
+    Busy,
+    Empty,
+    Replaced,
+    Abandoned(u32),
+}
+
+/// Bounded exponential sleep for the rare waits of open (a creator still
+/// initialising): 50 µs doubling to 5 ms.
+pub(crate) struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new() -> Self {
+        Backoff {
+            next: Duration::from_micros(50),
+        }
+    }
+
+    pub(crate) fn sleep(&mut self) {
+        std::thread::sleep(self.next);
+        self.next = (self.next * 2).min(Duration::from_millis(5));
+    }
+}
+
+/// The creator's identity, read here so that the header module only
+/// formats.
+fn creator() -> header::Creator {
+    header::Creator {
+        pid: sys::proc::getpid(),
+        pid_namespace: sys::proc::pid_namespace(),
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    }
+}
