@@ -59,20 +59,26 @@
 //!
 //! ## Layers
 //!
+//! Dependencies point down only:
+//!
 //! ```text
-//! ShmCell<T, L>, ShmGuard, wait/notify   typed value, guard, recovery   (cell/)
-//!   ├── Segment, header, inspect         named mapping, validated header,
-//!   │                                    read-only inspection/cleaning  (segment/)
-//!   └── RobustMutex, FileLock,           lock backends, each also a
-//!       NamedSemaphore                   standalone primitive           (lock/)
-//! sys                                    one function per OS call       (sys/)
-//! testing (feature `testing`)            users' crash tests             (testing/)
-//! bin/shmsync (feature `cli`)            list / inspect / clean         (bin/)
+//! bin/shmsync (feature `cli`)        the command                       (bin/)
+//! testing (feature `testing`)        users' crash tests                (testing/)
+//! inspect                            list / inspect / clean from outside,
+//!                                    each backend describing itself    (inspect/)
+//! ShmCell<T, L>, ShmGuard, wait      typed value, guard, recovery      (cell/)
+//! RobustMutex, FileLock,             lock backends, each a standalone
+//!   NamedSemaphore                   primitive (<kind>/mod.rs) plus its
+//!                                    ShmCell backend (<kind>/backend.rs) (lock/)
+//! Segment, header                    named mapping, validated header,
+//!                                    init/attach handshake             (segment/)
+//! sys                                one function per OS call, by OS
+//!                                    family; the only code naming libc (sys/)
 //! ```
 //!
-//! Only `sys` calls `libc`. Each type that lives in shared memory documents
-//! its invariants ([`segment::header::RawHeader`], [`RobustMutex`], and the
-//! state the `FileLock` and `NamedSemaphore` backends keep in a segment).
+//! Each type that lives in shared memory documents its invariants
+//! ([`segment::header::RawHeader`], [`RobustMutex`], and the state the
+//! `FileLock` and `NamedSemaphore` backends keep in a segment).
 //!
 //! ## Choosing a lock
 //!

@@ -5,7 +5,7 @@
 //!
 //! Initialisation and attachment are tracked with an open-file-description
 //! byte-range lock on byte 0 of the object (`fcntl(F_OFD_SETLK)`), not with
-//! `flock`, for two reasons recorded in `DESIGN.md`'s corrections: `flock`
+//! `flock`, for two reasons (README, "How it works"): `flock`
 //! stays free for the `FileLock` lock backend on the same object, and an OFD
 //! write → read conversion is atomic where a `flock` one is not.
 //!

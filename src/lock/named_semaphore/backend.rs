@@ -51,7 +51,7 @@ pub struct SemLockState {
 }
 
 /// Where [`SemLockState`]'s words lie, for the inspector
-/// ([`segment::inspect`](crate::segment::inspect)), which reads them with
+/// ([`inspect`](crate::inspect)), which reads them with
 /// `pread` and never through a mapping.
 pub(crate) mod layout {
     use super::SemLockState;

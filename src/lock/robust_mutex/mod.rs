@@ -19,7 +19,7 @@
 //! `nptl/pthread_mutex_unlock.c`). The kernel clears the tid when it marks
 //! `FUTEX_OWNER_DIED`, so after an owner death the dead thread's id is only
 //! left in `__owner`. The constants are in [`word`]; the inspector
-//! ([`segment::inspect`](crate::segment::inspect)) reads both words with
+//! ([`inspect`](crate::inspect)) reads both words with
 //! `pread`, never through a mapping and never by taking the lock.
 //!
 //! # Traps handled here
