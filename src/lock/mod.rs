@@ -9,6 +9,7 @@
 pub(crate) mod describe;
 pub(crate) mod file_lock;
 pub(crate) mod named_semaphore;
+pub(crate) mod per_process;
 pub(crate) mod robust_mutex;
 
 use std::io;
