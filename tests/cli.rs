@@ -564,13 +564,19 @@ fn foreign_and_garbage_objects_are_listed_and_never_removed() {
     std::fs::write(path_of(&empty), b"").expect("write");
     // Our magic and format version, then garbage claiming to be Ready: a
     // bad checksum.
-    let mut garbage = b"SHMSYNC\0\x01\0\0\0".to_vec();
+    let ours = shmsync::segment::header::FORMAT_VERSION.to_ne_bytes();
+    let mut garbage = [&b"SHMSYNC\0"[..], &ours].concat();
     garbage.extend((0..500u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
     garbage[144..148].copy_from_slice(&2u32.to_ne_bytes());
     std::fs::write(path_of(&damaged), &garbage).expect("write");
-    std::fs::write(path_of(&short), b"SHMSYNC\0\x01\0\0\0 short").expect("write");
+    std::fs::write(
+        path_of(&short),
+        [&b"SHMSYNC\0"[..], &ours, b" short"].concat(),
+    )
+    .expect("write");
     let mut future = garbage.clone();
-    future[8..12].copy_from_slice(&2u32.to_ne_bytes()); // format version 2
+    let next = shmsync::segment::header::FORMAT_VERSION + 1;
+    future[8..12].copy_from_slice(&next.to_ne_bytes()); // a newer format
     std::fs::write(path_of(&newer), &future).expect("write");
     std::os::unix::fs::symlink(path_of(&damaged), path_of(&link)).expect("symlink");
 

@@ -221,7 +221,8 @@ fn other_format_version() {
         .write(true)
         .open(name.path())
         .unwrap();
-    f.write_at(&2u32.to_ne_bytes(), 8).unwrap();
+    let other = shmsync::segment::header::FORMAT_VERSION + 1;
+    f.write_at(&other.to_ne_bytes(), 8).unwrap();
     expect_incompatible(ShmCell::<Rec>::open(name.as_str()), "format_version");
 }
 

@@ -6,12 +6,12 @@
 //! foreign or damaged object is refused without ever touching a mapping that
 //! could raise `SIGBUS`.
 //!
-//! # Layout (format version 1)
+//! # Layout (format version 2)
 //!
 //! | offset | field | meaning |
 //! |---|---|---|
 //! | 0 | `magic` | `b"SHMSYNC\0"` |
-//! | 8 | `format_version` | 1 |
+//! | 8 | `format_version` | 2 |
 //! | 12 | `header_size` | 256 |
 //! | 16 | `arch` | target architecture, NUL-padded (`x86_64`) |
 //! | 32 | `libc` | C library (`gnu`, `musl`) |
@@ -23,8 +23,12 @@
 //! | 136 | `checksum` | FNV-1a 64 of bytes 0..136 |
 //! | 144 | `state` | `0` Uninit → `1` Initialising → `2` Ready (Release/Acquire) |
 //! | 148 | `notify_seq`, `notify_waiters` | futex words of wait/notify |
-//! | 156 | reserved, zero | |
-//! | 160..256 | reserved, zero | |
+//! | 156 | `suspect` | non-zero: the value was left half-updated by a holder that panicked or whose owner-died error was converted away unrepaired; the next locker gets `OwnerDied` |
+//! | 160 | `handles` | handles attached and not yet dropped normally (a killed process never decrements it: non-zero with nobody attached means a crash) |
+//! | 164 | reserved, zero | |
+//! | 168 | `attach_pid_ns` | pid namespace of the processes attached now (re-recorded when the first attaches to an unattached segment) |
+//! | 176 | `boot_id` | `/proc/sys/kernel/random/boot_id` of the boot the lock state belongs to (file-backed segments) |
+//! | 192..256 | reserved, zero | |
 //!
 //! Bytes 0..144 never change after initialisation and are covered by the
 //! checksum; bytes 144.. are live words changed by every process.
@@ -42,14 +46,14 @@
 //! once it has stored `Ready` (Release). An opener takes the shared lock
 //! (so it waits for a live creator), then loads `state` (Acquire).
 
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 
 use crate::error::Error;
 
 /// `b"SHMSYNC\0"`: the first eight bytes of every segment this crate makes.
 pub const MAGIC: [u8; 8] = *b"SHMSYNC\0";
 /// The header format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Size of the header in bytes.
 pub const HEADER_SIZE: usize = 256;
 /// Bytes covered by the checksum (everything before `checksum`).
@@ -100,13 +104,20 @@ pub struct RawHeader {
     pub(crate) state: AtomicU32,
     pub(crate) notify_seq: AtomicU32,
     pub(crate) notify_waiters: AtomicU32,
+    pub(crate) suspect: AtomicU32,
+    pub(crate) handles: AtomicU32,
     pub(crate) reserved_word: u32,
-    pub(crate) reserved: [u8; 96],
+    pub(crate) attach_pid_ns: AtomicU64,
+    pub(crate) boot_id: [u8; 16],
+    pub(crate) reserved: [u8; 64],
 }
 
 const _: () = assert!(std::mem::size_of::<RawHeader>() == HEADER_SIZE);
 const _: () = assert!(std::mem::offset_of!(RawHeader, checksum) == CHECKSUMMED);
 const _: () = assert!(std::mem::offset_of!(RawHeader, state) == 144);
+const _: () = assert!(std::mem::offset_of!(RawHeader, suspect) == 156);
+const _: () = assert!(std::mem::offset_of!(RawHeader, attach_pid_ns) == 168);
+const _: () = assert!(std::mem::offset_of!(RawHeader, boot_id) == 176);
 
 /// The offset of a field of [`RawHeader`]: the one definition of the
 /// layout, used by `build`, `decode` and every reader of live words.
