@@ -207,7 +207,7 @@ impl Forked {
     /// Lets a copy blocked in `reached_and_wait` go on.
     fn go_on(&mut self) {
         if let Some(g) = self.go.as_mut() {
-            let _ = g.write_all(&[b'G']);
+            let _ = g.write_all(b"G");
         }
     }
 
