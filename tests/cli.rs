@@ -1,48 +1,53 @@
 //! End-to-end tests of the `shmsync` command, run as processes.
 //!
-//! `harness = false`, on the shared runner of `tests/common` (each test in
-//! its own forked process group under a watchdog, `/dev/shm` swept for
-//! leftovers after each). `main` doubles as the child program (`cli --child
-//! ROLE NAME`): children are this binary re-executed, which create or open
-//! cells, report `ready` on stdout at a known point and then block reading
-//! stdin, where the parent SIGKILLs them (or they exit at EOF, so a dying
-//! parent never leaves them behind). Every object name is unique
-//! (`/shmsync-t-PID-N-…`) and removed by a guard even when a test fails;
-//! every child is killed and reaped by a guard. No sleeps order anything.
-
-mod common;
+//! Default libtest harness: tests run in parallel threads of one process.
+//! The processes that create or open cells are this binary re-run by
+//! `shmsync::testing::child!` in a *role* ([`role`]): each sets up, reaches
+//! point `ready` and is stopped there (holding its cell or lock) until the
+//! test kills it; every child is killed and reaped by its handle, within a
+//! bound. The `shmsync` command itself runs under a watchdog
+//! ([`output_bounded`]). Every object name is unique (a
+//! [`TestName`] prefix) and removed by a guard even when a test fails,
+//! which also fails the test if something under the name is left. No
+//! sleeps order anything.
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread::JoinHandle;
 
 use serde_json::Value;
 use shmsync::segment::{InitStep, Segment};
+use shmsync::testing::{self, init_point, ChildCtx, ChildSpec, Running, TestName};
 use shmsync::{FileLock, LockError, NamedSemaphore, ShmCell};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shmsync");
 
 // ---------------------------------------------------------------- children
 
-fn child_main(role: &str, name: &str) -> ! {
-    let wait_for_eof = || {
-        let mut sink = Vec::new();
-        let _ = std::io::stdin().read_to_end(&mut sink);
-    };
+/// The code of every child (`child!("role", role)`): role `arg(0)` on the
+/// cell named `arg(1)`. A role that stays (holds a cell or a lock) stops at
+/// point `ready` until the test kills it.
+fn role(ctx: &ChildCtx) {
+    let (role, name) = (ctx.arg(0), ctx.arg(1));
+    // The thread that locks (libtest's test thread, not the main one): its
+    // id is what a robust mutex records as the owner.
+    // SAFETY: gettid cannot fail.
+    testing::point(&format!("tid {}", unsafe { libc::gettid() }));
+    let ready = || testing::point("ready");
     match role {
         // A live cell: create it and stay attached.
         "hold" => {
             let _cell = ShmCell::<u64>::create(name, 7).expect("create");
             ready();
-            wait_for_eof();
         }
-        // Create it and hold its lock (the parent SIGKILLs us).
+        // Create it and hold its lock (the test SIGKILLs us).
         "hold-locked" => {
             let cell = ShmCell::<u64>::create(name, 7).expect("create");
             let _guard = cell.lock().expect("lock");
             ready();
-            wait_for_eof();
         }
         // Take the lock from a dead owner and give up: drop the guard
         // without make_consistent, which makes the lock not recoverable.
@@ -62,136 +67,163 @@ fn child_main(role: &str, name: &str) -> ! {
                 other => panic!("expected OwnerDied, got {:?}", other.map(|_| ())),
             };
             ready();
-            wait_for_eof();
         }
         // The same two with the semaphore backend.
         "sem-hold" => {
             let _cell = ShmCell::<u64, NamedSemaphore>::create(name, 7).expect("create");
             ready();
-            wait_for_eof();
         }
         "sem-hold-locked" => {
             let cell = ShmCell::<u64, NamedSemaphore>::create(name, 7).expect("create");
             let _guard = cell.lock().expect("lock");
             ready();
-            wait_for_eof();
         }
         // And with the flock backend.
         "flock-hold-locked" => {
             let cell = ShmCell::<u64, FileLock>::create(name, 7).expect("create");
             let _guard = cell.lock().expect("lock");
             ready();
-            wait_for_eof();
         }
         // Attach to an existing cell and stay attached.
         "open-hold" => {
             let _cell = ShmCell::<u64>::open(name).expect("open");
             ready();
-            wait_for_eof();
         }
         // Stop in the middle of initialising (write lock held, header in
-        // state Initialising) until killed.
+        // state Initialising) until killed: the test stops it at the
+        // LockInitialised step's point.
         "die-in-init" => {
-            shmsync::segment::set_init_hook(Some(stop_in_init));
+            testing::points_at_init_steps();
             let _ = ShmCell::<u64>::create(name, 7);
-            std::process::exit(3); // reached only if the parent let us go on
+            std::process::exit(3); // reached only if the test let us go on
         }
         other => panic!("unknown child role {other}"),
     }
-    std::process::exit(0)
 }
 
-fn ready() {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "ready").expect("write to parent");
-    out.flush().expect("flush");
-}
-
-fn stop_in_init(step: InitStep) {
-    if step == InitStep::LockInitialised {
-        ready();
-        let mut sink = Vec::new();
-        let _ = std::io::stdin().read_to_end(&mut sink);
-        std::process::exit(4);
+/// The point a role is stopped at once it is set up.
+fn ready_point(role: &str) -> String {
+    match role {
+        "die-in-init" => init_point(InitStep::LockInitialised),
+        _ => "ready".to_string(),
     }
 }
 
-/// A child process, killed (SIGKILL) and reaped when dropped.
+/// A child in a role, stopped at its ready point; killed (SIGKILL) and
+/// reaped when dropped.
 struct ChildGuard {
-    child: Child,
-    _stdout: BufReader<ChildStdout>,
+    child: Option<Running>,
+    pid: u32,
+    tid: u32,
 }
 
 impl ChildGuard {
-    /// Spawns `role` on `name` and waits for it to report `ready`.
-    fn spawn(role: &str, name: &str) -> ChildGuard {
-        let mut child = Command::new(std::env::current_exe().expect("current exe"))
-            .args(["--child", role, name])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+    /// Spawns `role` on `name` and waits (bounded) until it is ready.
+    fn spawn(roles: ChildSpec, role: &str, name: &str) -> ChildGuard {
+        let mut child = roles
+            .arg(role)
+            .arg(name)
+            .stop_at(&ready_point(role))
             .spawn()
             .expect("spawn child");
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        let got = stdout.read_line(&mut line);
-        let mut guard = ChildGuard {
-            child,
-            _stdout: stdout,
-        };
-        if got.is_err() || line.trim() != "ready" {
-            guard.kill();
-            panic!("child {role} did not report ready (got {line:?})");
+        if let Err(e) = child.wait_stopped() {
+            panic!("child {role} did not report ready: {e}");
         }
-        guard
+        let tid = child
+            .points()
+            .iter()
+            .find_map(|p| p.strip_prefix("tid ")?.parse().ok())
+            .expect("the child reported its thread id");
+        ChildGuard {
+            pid: child.pid(),
+            tid,
+            child: Some(child),
+        }
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
+    }
+
+    /// The id of the child's thread that ran the role (and locked).
+    fn tid(&self) -> u32 {
+        self.tid
     }
 
     /// SIGKILL, then reap: when this returns the process is gone, its OFD
     /// locks are released and its robust list has been processed.
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        self.kill();
+        if let Some(c) = self.child.take() {
+            let ended = c.kill().expect("kill the child");
+            assert!(ended.killed, "{ended:?}");
+        }
     }
 }
 
 // ------------------------------------------------------------------ names
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
+/// A [`TestName`] that also makes the check the old fork-per-test runner
+/// made after each test: once the name is dropped (its own cleanup has
+/// run), nothing in `/dev/shm` may still start with it — an object its
+/// cleanup does not cover, or one re-created behind it, fails the test (and
+/// is removed).
+struct Name(Option<TestName>);
 
-/// A unique prefix for one test's objects; every object under it is removed
-/// when the guard drops (even after a failed assertion).
-struct Prefix(String);
-
-impl Prefix {
-    fn new(label: &str) -> Prefix {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        Prefix(format!("/shmsync-t-{}-{n}-{label}-", std::process::id()))
-    }
-
-    fn name(&self, what: &str) -> String {
-        format!("{}{what}", self.0)
+impl Name {
+    fn new(tag: &str) -> Name {
+        Name(Some(TestName::new(tag)))
     }
 }
 
-impl Drop for Prefix {
+impl std::ops::Deref for Name {
+    type Target = TestName;
+
+    fn deref(&self) -> &TestName {
+        self.0.as_ref().expect("a live name")
+    }
+}
+
+impl Drop for Name {
     fn drop(&mut self) {
-        let dir_prefix = self.0.trim_start_matches('/');
-        if let Ok(dir) = std::fs::read_dir("/dev/shm") {
-            for e in dir.flatten() {
-                if e.file_name().to_string_lossy().starts_with(dir_prefix) {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
+        let Some(name) = self.0.take() else { return };
+        let base = name.as_str()[1..].to_string();
+        drop(name);
+        let sem = format!("sem.{base}");
+        let left: Vec<String> = std::fs::read_dir("/dev/shm")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|f| f.starts_with(&base) || f.starts_with(&sem))
+            .collect();
+        for f in &left {
+            let _ = std::fs::remove_file(format!("/dev/shm/{f}"));
         }
+        if !left.is_empty() && !std::thread::panicking() {
+            panic!("objects left in /dev/shm after the test: {left:?}");
+        }
+    }
+}
+/// A unique prefix for one test's objects (`NAME-`, from a [`Name`]): every
+/// object under it is removed when the guard drops (even after a failed
+/// assertion), and one left behind then fails the test.
+struct Prefix {
+    _base: Name,
+    prefix: String,
+}
+
+impl Prefix {
+    fn new(label: &str) -> Prefix {
+        let base = Name::new(label);
+        let prefix = format!("{}-", base.as_str());
+        Prefix {
+            _base: base,
+            prefix,
+        }
+    }
+
+    fn name(&self, what: &str) -> String {
+        format!("{}{what}", self.prefix)
     }
 }
 
@@ -205,8 +237,80 @@ fn exists(name: &str) -> bool {
 
 // ---------------------------------------------------------------- command
 
+/// Kills a process that outlives the bound of `testing`
+/// ([`testing::default_bound`]): a hung `shmsync` fails the test instead
+/// of hanging it. Watches a pidfd, so it can never signal a reused pid.
+struct Watchdog(Option<JoinHandle<bool>>);
+
+impl Watchdog {
+    fn new(child: &Child) -> Watchdog {
+        // SAFETY: plain system call on our own, unreaped child.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+        assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+        // SAFETY: a fresh descriptor we own.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let ms = testing::default_bound().as_millis().min(i32::MAX as u128) as i32;
+        Watchdog(Some(std::thread::spawn(move || {
+            let mut pfd = libc::pollfd {
+                fd: pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            loop {
+                // SAFETY: one valid pollfd.
+                let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+                if r > 0 {
+                    return false; // it ended
+                }
+                if r < 0
+                    && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+                {
+                    continue;
+                }
+                // SAFETY: signalling the process the pidfd refers to.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        pidfd.as_raw_fd(),
+                        libc::SIGKILL,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0,
+                    )
+                };
+                return true;
+            }
+        })))
+    }
+
+    /// After the process ended: fails the test if the watchdog killed it.
+    fn check(mut self, what: &str) {
+        if let Some(t) = self.0.take() {
+            let fired = t.join().expect("watchdog thread");
+            assert!(
+                !fired,
+                "watchdog: {what} did not end within {:?} and was killed",
+                testing::default_bound()
+            );
+        }
+    }
+}
+
+/// Runs `cmd` to its end (stdin closed, output captured), bounded.
+fn output_bounded(cmd: &mut Command) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run shmsync");
+    let watchdog = Watchdog::new(&child);
+    let out = child.wait_with_output().expect("wait for shmsync");
+    watchdog.check(&format!("{cmd:?}"));
+    out
+}
+
 fn shmsync(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("run shmsync")
+    output_bounded(Command::new(BIN).args(args))
 }
 
 fn stdout_of(out: &Output) -> String {
@@ -225,8 +329,8 @@ fn ok(args: &[&str]) -> String {
 }
 
 /// `shmsync list --json --prefix P`, parsed.
-fn list(prefix: &Prefix) -> Vec<Value> {
-    let text = ok(&["list", "--json", "--prefix", &prefix.0]);
+fn list(prefix: &str) -> Vec<Value> {
+    let text = ok(&["list", "--json", "--prefix", prefix]);
     match serde_json::from_str(&text).expect("list --json parses") {
         Value::Array(v) => v,
         other => panic!("list --json is not an array: {other}"),
@@ -239,8 +343,8 @@ fn entry<'a>(rows: &'a [Value], name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("{name} not listed in {rows:?}"))
 }
 
-fn clean(prefix: &Prefix, dry_run: bool) -> Vec<Value> {
-    let mut args = vec!["clean", "--json", "--prefix", &prefix.0];
+fn clean(prefix: &str, dry_run: bool) -> Vec<Value> {
+    let mut args = vec!["clean", "--json", "--prefix", prefix];
     if dry_run {
         args.push("--dry-run");
     }
@@ -249,7 +353,6 @@ fn clean(prefix: &Prefix, dry_run: bool) -> Vec<Value> {
         other => panic!("clean --json is not an array: {other}"),
     }
 }
-
 fn action_for<'a>(outcomes: &'a [Value], name: &str) -> &'a str {
     outcomes
         .iter()
@@ -287,13 +390,15 @@ const FIELDS: &[&str] = &[
     "type_version",
 ];
 
+#[test]
 fn live_cells_are_attached_and_survive_clean() {
+    let roles = testing::child!("role", role);
     let p = Prefix::new("live");
     let (idle, locked) = (p.name("idle"), p.name("locked"));
-    let a = ChildGuard::spawn("hold", &idle);
-    let b = ChildGuard::spawn("hold-locked", &locked);
+    let a = ChildGuard::spawn(roles, "hold", &idle);
+    let b = ChildGuard::spawn(roles, "hold-locked", &locked);
 
-    let rows = list(&p);
+    let rows = list(&p.prefix);
     let e = entry(&rows, &idle);
     assert_eq!(e["state"], "ready");
     assert_eq!(e["attached"], "live");
@@ -311,7 +416,7 @@ fn live_cells_are_attached_and_survive_clean() {
     assert_eq!(e["holder_alive"], true);
     assert_eq!(e["stale"], false);
 
-    let outcomes = clean(&p, false);
+    let outcomes = clean(&p.prefix, false);
     assert_eq!(action_for(&outcomes, &idle), "skipped");
     assert_eq!(action_for(&outcomes, &locked), "skipped");
     assert!(
@@ -323,16 +428,18 @@ fn live_cells_are_attached_and_survive_clean() {
     assert_eq!(*cell.lock().expect("lock"), 7);
 }
 
+#[test]
 fn killed_attachers_leave_stale_cells_that_clean_removes() {
+    let roles = testing::child!("role", role);
     let p = Prefix::new("stale");
     let (idle, locked) = (p.name("idle"), p.name("locked"));
-    let mut a = ChildGuard::spawn("hold", &idle);
-    let mut b = ChildGuard::spawn("hold-locked", &locked);
-    let b_pid = b.pid();
+    let mut a = ChildGuard::spawn(roles, "hold", &idle);
+    let mut b = ChildGuard::spawn(roles, "hold-locked", &locked);
+    let b_tid = b.tid();
     a.kill();
     b.kill();
 
-    let rows = list(&p);
+    let rows = list(&p.prefix);
     let e = entry(&rows, &idle);
     assert_eq!(e["state"], "ready");
     assert_eq!(e["attached"], "none");
@@ -340,11 +447,11 @@ fn killed_attachers_leave_stale_cells_that_clean_removes() {
     let e = entry(&rows, &locked);
     assert_eq!(e["state"], "owner-died");
     assert_eq!(e["lock_state"], "owner-died");
-    assert_eq!(e["holder_tid"], b_pid, "glibc __owner keeps the dead tid");
+    assert_eq!(e["holder_tid"], b_tid, "glibc __owner keeps the dead tid");
     assert_eq!(e["holder_alive"], false);
     assert_eq!(e["stale"], true);
 
-    let dry = clean(&p, true);
+    let dry = clean(&p.prefix, true);
     assert_eq!(action_for(&dry, &idle), "would-remove");
     assert_eq!(action_for(&dry, &locked), "would-remove");
     assert!(
@@ -352,7 +459,7 @@ fn killed_attachers_leave_stale_cells_that_clean_removes() {
         "--dry-run removed something"
     );
 
-    let done = clean(&p, false);
+    let done = clean(&p.prefix, false);
     assert_eq!(action_for(&done, &idle), "removed");
     assert_eq!(action_for(&done, &locked), "removed");
     assert!(
@@ -361,65 +468,71 @@ fn killed_attachers_leave_stale_cells_that_clean_removes() {
     );
 }
 
+#[test]
 fn initialising_then_abandoned_init() {
+    let roles = testing::child!("role", role);
     let p = Prefix::new("init");
     let name = p.name("half");
-    let mut creator = ChildGuard::spawn("die-in-init", &name);
+    let mut creator = ChildGuard::spawn(roles, "die-in-init", &name);
 
-    let e = entry(&list(&p), &name).clone();
+    let e = entry(&list(&p.prefix), &name).clone();
     assert_eq!(e["state"], "initialising");
     assert_eq!(e["attached"], "creator");
     assert_eq!(e["stale"], false);
     assert_eq!(e["creator_pid"], creator.pid());
-    assert_eq!(action_for(&clean(&p, false), &name), "skipped");
+    assert_eq!(action_for(&clean(&p.prefix, false), &name), "skipped");
     assert!(exists(&name), "clean removed an object being initialised");
 
     creator.kill();
-    let e = entry(&list(&p), &name).clone();
+    let e = entry(&list(&p.prefix), &name).clone();
     assert_eq!(e["state"], "abandoned-init");
     assert_eq!(e["attached"], "none");
     assert_eq!(e["stale"], true);
-    assert_eq!(action_for(&clean(&p, false), &name), "removed");
+    assert_eq!(action_for(&clean(&p.prefix, false), &name), "removed");
     assert!(!exists(&name));
 }
 
+#[test]
 fn not_recoverable_cell_is_shown() {
+    let roles = testing::child!("role", role);
     let p = Prefix::new("nrec");
     let name = p.name("wedged");
-    let mut holder = ChildGuard::spawn("hold-locked", &name);
+    let mut holder = ChildGuard::spawn(roles, "hold-locked", &name);
     holder.kill();
-    ChildGuard::spawn("give-up", &name).kill();
+    roles.arg("give-up").arg(&name).run().unwrap();
     {
         let cell = ShmCell::<u64>::open(&name).expect("open");
         assert!(matches!(cell.try_lock(), Err(LockError::NotRecoverable)));
     }
-    let mut user = ChildGuard::spawn("open-hold", &name);
+    let mut user = ChildGuard::spawn(roles, "open-hold", &name);
 
-    let e = entry(&list(&p), &name).clone();
+    let e = entry(&list(&p.prefix), &name).clone();
     assert_eq!(e["state"], "not-recoverable");
     assert_eq!(e["lock_state"], "not-recoverable");
     assert_eq!(e["lock_words"]["owner_word"], 0x7fff_fffe_u32);
     assert_eq!(e["attached"], "live");
     assert_eq!(e["stale"], false);
-    assert_eq!(action_for(&clean(&p, false), &name), "skipped");
+    assert_eq!(action_for(&clean(&p.prefix, false), &name), "skipped");
 
     user.kill();
-    let e = entry(&list(&p), &name).clone();
+    let e = entry(&list(&p.prefix), &name).clone();
     assert_eq!(e["state"], "not-recoverable");
     assert_eq!(e["stale"], true);
-    assert_eq!(action_for(&clean(&p, false), &name), "removed");
+    assert_eq!(action_for(&clean(&p.prefix, false), &name), "removed");
     assert!(!exists(&name));
 }
 
+#[test]
 fn recovering_and_holder_dead_cells_are_shown() {
+    let roles = testing::child!("role", role);
     let p = Prefix::new("recov");
     let (recov, gone) = (p.name("recovering"), p.name("gone"));
 
     // Recovering: a live process took the lock with OwnerDied and has not
     // made it consistent yet.
-    ChildGuard::spawn("hold-locked", &recov).kill();
-    let mut fixer = ChildGuard::spawn("recover-hold", &recov);
-    let e = entry(&list(&p), &recov).clone();
+    ChildGuard::spawn(roles, "hold-locked", &recov).kill();
+    let mut fixer = ChildGuard::spawn(roles, "recover-hold", &recov);
+    let e = entry(&list(&p.prefix), &recov).clone();
     assert_eq!(e["state"], "recovering");
     assert_eq!(e["lock_state"], "recovering");
     assert_eq!(e["lock_words"]["owner_word"], 0x7fff_ffff_u32);
@@ -428,7 +541,7 @@ fn recovering_and_holder_dead_cells_are_shown() {
     assert_eq!(e["stale"], false);
     // ... and dies: owner died again.
     fixer.kill();
-    let e = entry(&list(&p), &recov).clone();
+    let e = entry(&list(&p.prefix), &recov).clone();
     assert_eq!(e["state"], "owner-died");
     assert_eq!(e["stale"], true);
 
@@ -452,28 +565,30 @@ fn recovering_and_holder_dead_cells_are_shown() {
         f.write_all_at(&(pid_max + 1).to_ne_bytes(), lock_offset)
             .expect("write lock word");
     }
-    let e = entry(&list(&p), &gone).clone();
+    let e = entry(&list(&p.prefix), &gone).clone();
     assert_eq!(e["state"], "holder-dead");
     assert_eq!(e["lock_state"], "held");
     assert_eq!(e["holder_tid"], pid_max + 1);
     assert_eq!(e["holder_alive"], false);
     assert_eq!(e["stale"], true);
 
-    let done = clean(&p, false);
+    let done = clean(&p.prefix, false);
     assert_eq!(action_for(&done, &recov), "removed");
     assert_eq!(action_for(&done, &gone), "removed");
 }
 
+#[test]
 fn semaphore_cells_show_their_holder_and_go_with_their_semaphore() {
+    let roles = testing::child!("role", role);
     let p = Prefix::new("sem");
     let (idle, locked) = (p.name("idle"), p.name("locked"));
     let sem_file = |name: &str| format!("/sem.{}", &name[1..]);
     // The semaphore files' prefix (its guard removes leftovers too).
-    let sem_prefix = Prefix(sem_file(&p.0));
-    let mut a = ChildGuard::spawn("sem-hold", &idle);
-    let mut b = ChildGuard::spawn("sem-hold-locked", &locked);
+    let sem_prefix = sem_file(&p.prefix);
+    let mut a = ChildGuard::spawn(roles, "sem-hold", &idle);
+    let mut b = ChildGuard::spawn(roles, "sem-hold-locked", &locked);
 
-    let rows = list(&p);
+    let rows = list(&p.prefix);
     let e = entry(&rows, &idle);
     assert_eq!(e["lock_kind"], "semaphore");
     assert_eq!(
@@ -494,7 +609,7 @@ fn semaphore_cells_show_their_holder_and_go_with_their_semaphore() {
 
     a.kill();
     b.kill();
-    let rows = list(&p);
+    let rows = list(&p.prefix);
     assert_eq!(entry(&rows, &idle)["stale"], true);
     let e = entry(&rows, &locked);
     assert_eq!(e["state"], "owner-died");
@@ -507,7 +622,7 @@ fn semaphore_cells_show_their_holder_and_go_with_their_semaphore() {
     let outcomes = clean(&sem_prefix, false);
     assert_eq!(action_for(&outcomes, &sem_file(&idle)), "skipped");
     assert!(exists(&sem_file(&idle)));
-    let outcomes = clean(&p, false);
+    let outcomes = clean(&p.prefix, false);
     assert_eq!(action_for(&outcomes, &idle), "removed");
     assert_eq!(action_for(&outcomes, &locked), "removed");
     for name in [&idle, &locked] {
@@ -518,11 +633,13 @@ fn semaphore_cells_show_their_holder_and_go_with_their_semaphore() {
     }
 }
 
+#[test]
 fn flock_cells_show_their_holder() {
+    let roles = testing::child!("role", role);
     let p = Prefix::new("flock");
     let name = p.name("cell");
-    let mut holder = ChildGuard::spawn("flock-hold-locked", &name);
-    let e = entry(&list(&p), &name).clone();
+    let mut holder = ChildGuard::spawn(roles, "flock-hold-locked", &name);
+    let e = entry(&list(&p.prefix), &name).clone();
     assert_eq!(e["lock_kind"], "flock");
     assert_eq!(
         (e["state"].as_str(), e["lock_state"].as_str()),
@@ -534,7 +651,7 @@ fn flock_cells_show_their_holder() {
     assert_eq!(e["stale"], false);
 
     holder.kill();
-    let e = entry(&list(&p), &name).clone();
+    let e = entry(&list(&p.prefix), &name).clone();
     assert_eq!(e["state"], "owner-died");
     assert_eq!(e["holder_pid"], holder.pid());
     assert_eq!(e["holder_alive"], false);
@@ -545,11 +662,12 @@ fn flock_cells_show_their_holder() {
         assert!(matches!(cell.try_lock(), Err(LockError::OwnerDied(_))));
     }
     // That guard was dropped unrepaired: not recoverable.
-    let e = entry(&list(&p), &name).clone();
+    let e = entry(&list(&p.prefix), &name).clone();
     assert_eq!(e["state"], "not-recoverable");
-    assert_eq!(action_for(&clean(&p, false), &name), "removed");
+    assert_eq!(action_for(&clean(&p.prefix, false), &name), "removed");
 }
 
+#[test]
 fn foreign_and_garbage_objects_are_listed_and_never_removed() {
     let p = Prefix::new("foreign");
     let text = p.name("text");
@@ -580,7 +698,7 @@ fn foreign_and_garbage_objects_are_listed_and_never_removed() {
     std::fs::write(path_of(&newer), &future).expect("write");
     std::os::unix::fs::symlink(path_of(&damaged), path_of(&link)).expect("symlink");
 
-    let rows = list(&p);
+    let rows = list(&p.prefix);
     for (name, state) in [
         (&text, "foreign"),
         (&zeros, "foreign"),
@@ -607,7 +725,7 @@ fn foreign_and_garbage_objects_are_listed_and_never_removed() {
         .as_str()
         .is_some_and(|r| r.contains("symbolic link")));
 
-    let outcomes = clean(&p, false);
+    let outcomes = clean(&p.prefix, false);
     for name in [&text, &zeros, &empty, &damaged, &short, &newer, &link] {
         assert_eq!(action_for(&outcomes, name), "skipped", "{name}");
         assert!(exists(name), "clean removed {name}");
@@ -619,7 +737,7 @@ fn foreign_and_garbage_objects_are_listed_and_never_removed() {
     );
 
     // The table shows them with their reason, and exits 0.
-    let table = ok(&["list", "--prefix", &p.0]);
+    let table = ok(&["list", "--prefix", &p.prefix]);
     assert!(table.contains("no shmsync magic"), "{table}");
 
     // Forced unlink removes a foreign object, with a warning.
@@ -629,13 +747,15 @@ fn foreign_and_garbage_objects_are_listed_and_never_removed() {
     assert!(!exists(&text));
 }
 
+#[test]
 fn json_output_has_the_documented_fields() {
+    let roles = testing::child!("role", role);
     let p = Prefix::new("json");
     let name = p.name("cell");
-    let _live = ChildGuard::spawn("hold", &name);
+    let _live = ChildGuard::spawn(roles, "hold", &name);
     std::fs::write(path_of(&p.name("foreign")), b"xyz").expect("write");
 
-    let rows = list(&p);
+    let rows = list(&p.prefix);
     assert_eq!(rows.len(), 2);
     for row in &rows {
         for f in FIELDS {
@@ -657,22 +777,24 @@ fn json_output_has_the_documented_fields() {
     assert_eq!(one["header"]["checksum_ok"], true);
     assert_eq!(one["header"]["value_size"], 8);
 
-    for o in clean(&p, true) {
+    for o in clean(&p.prefix, true) {
         for f in ["name", "action", "reason", "state"] {
             assert!(o.get(f).is_some(), "clean --json lacks {f}: {o}");
         }
     }
 }
 
+#[test]
 fn clean_skips_a_name_replaced_between_check_and_unlink() {
+    let roles = testing::child!("role", role);
     let p = Prefix::new("race");
     let name = p.name("cell");
-    ChildGuard::spawn("hold", &name).kill(); // stale
+    ChildGuard::spawn(roles, "hold", &name).kill(); // stale
     let old_ino = ino(&name);
 
     let mut cleaner = Reaped(
         Command::new(BIN)
-            .args(["clean", "--prefix", &p.0])
+            .args(["clean", "--prefix", &p.prefix])
             .env("SHMSYNC_CLEAN_PAUSE", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -680,6 +802,7 @@ fn clean_skips_a_name_replaced_between_check_and_unlink() {
             .spawn()
             .expect("spawn clean"),
     );
+    let watchdog = Watchdog::new(&cleaner.0);
     let child = &mut cleaner.0;
     let mut err = BufReader::new(child.stderr.take().expect("stderr"));
     let mut line = String::new();
@@ -707,6 +830,7 @@ fn clean_skips_a_name_replaced_between_check_and_unlink() {
         .read_to_string(&mut out)
         .expect("read stdout");
     let status = child.wait().expect("wait");
+    watchdog.check("shmsync clean (paused)");
     assert!(status.success(), "clean failed: {status}");
     assert!(out.contains("skipped") && out.contains("replaced"), "{out}");
     assert!(exists(&name), "clean removed the replacement");
@@ -734,10 +858,12 @@ fn ino(name: &str) -> u64 {
         .ino()
 }
 
+#[test]
 fn unlink_is_forced_and_warns_when_attached() {
+    let roles = testing::child!("role", role);
     let p = Prefix::new("unlink");
     let name = p.name("cell");
-    let _live = ChildGuard::spawn("hold", &name);
+    let _live = ChildGuard::spawn(roles, "hold", &name);
     let out = shmsync(&["unlink", &name]);
     assert!(out.status.success(), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -754,10 +880,12 @@ fn unlink_is_forced_and_warns_when_attached() {
     assert_eq!(err.trim().lines().count(), 1, "one-line message: {err}");
 }
 
+#[test]
 fn inspect_explains_every_field() {
+    let roles = testing::child!("role", role);
     let p = Prefix::new("inspect");
     let name = p.name("cell");
-    let _live = ChildGuard::spawn("hold-locked", &name);
+    let _live = ChildGuard::spawn(roles, "hold-locked", &name);
     let text = ok(&["inspect", &name]);
     for f in [
         "format_version",
@@ -786,6 +914,7 @@ fn inspect_explains_every_field() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no shared object"));
 }
 
+#[test]
 fn usage_and_help() {
     for sub in ["list", "inspect", "clean", "unlink"] {
         let text = ok(&[sub, "--help"]);
@@ -804,32 +933,114 @@ fn usage_and_help() {
     assert!(!out.stderr.is_empty());
 }
 
+static BIN_DIRS: AtomicU32 = AtomicU32::new(0);
+
+/// A copy of the `shmsync` binary that user `nobody` (65534) can run, in a
+/// fresh directory of mode 0755, removed on drop.
+///
+/// The built binary lives in the checkout's `target/`, which `nobody`
+/// cannot reach when the checkout is under a directory closed to others
+/// (a clone in `mktemp -d`, or under `/root`): exec fails with EACCES.
+struct BinForNobody {
+    dir: std::path::PathBuf,
+    bin: std::path::PathBuf,
+}
+
+impl Drop for BinForNobody {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Whether every directory from `/` down to `dir` lets others through
+/// (`o+x`).
+fn reachable_by_others(dir: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    for d in dir.ancestors() {
+        let mode = std::fs::metadata(d)
+            .map_err(|e| format!("{}: {e}", d.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o001 == 0 {
+            return Err(format!("{} has mode {:o}", d.display(), mode & 0o7777));
+        }
+    }
+    Ok(())
+}
+
+/// Copies the binary where `nobody` can run it, or says why it cannot be
+/// done here.
+fn bin_for_nobody() -> Result<BinForNobody, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut why = Vec::new();
+    for base in [std::env::temp_dir(), std::path::PathBuf::from("/tmp")] {
+        if let Err(e) = reachable_by_others(&base) {
+            why.push(e);
+            continue;
+        }
+        let n = BIN_DIRS.fetch_add(1, Ordering::Relaxed);
+        let dir = base.join(format!("shmsync-t-{}-{n}-bin", std::process::id()));
+        if let Err(e) = std::fs::create_dir(&dir) {
+            why.push(format!("{}: {e}", dir.display()));
+            continue;
+        }
+        let guard = BinForNobody {
+            bin: dir.join("shmsync"),
+            dir,
+        };
+        let perm = |p: &std::path::Path| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))
+        };
+        let copied = perm(&guard.dir)
+            .and_then(|()| std::fs::copy(BIN, &guard.bin).map(|_| ()))
+            .and_then(|()| perm(&guard.bin));
+        match copied {
+            Ok(()) => return Ok(guard),
+            Err(e) => why.push(format!("copy to {}: {e}", guard.dir.display())),
+        }
+    }
+    Err(why.join("; "))
+}
+
 /// Run as an unprivileged user (`nobody`): another user's objects are
-/// unreadable and never cleaned. Run only as root (to switch user).
+/// unreadable and never cleaned. Runs only as root (to switch user);
+/// otherwise, or when no directory `nobody` can reach can hold a copy of
+/// the binary, it says so on stderr and checks nothing.
+#[test]
 fn other_users_objects_are_unreadable_and_kept() {
+    let roles = testing::child!("role", role);
+    if !is_root() {
+        eprintln!(
+            "SKIPPED other_users_objects_are_unreadable_and_kept: needs root (to run \
+             shmsync as user nobody)"
+        );
+        return;
+    }
+    let bin = match bin_for_nobody() {
+        Ok(b) => b,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED other_users_objects_are_unreadable_and_kept: no directory user \
+                 nobody can reach to run a copy of shmsync from ({why})"
+            );
+            return;
+        }
+    };
     let p = Prefix::new("uid");
     let name = p.name("cell");
-    ChildGuard::spawn("hold", &name).kill(); // stale, root's, mode 0600
-    let run_as_nobody = |args: &[&str]| {
-        Command::new(BIN)
-            .args(args)
-            .uid(65534)
-            .gid(65534)
-            .output()
-            .expect("run as nobody")
-    };
-    let out = run_as_nobody(&["list", "--json", "--prefix", &p.0]);
+    ChildGuard::spawn(roles, "hold", &name).kill(); // stale, root's, mode 0600
+    let run_as_nobody =
+        |args: &[&str]| output_bounded(Command::new(&bin.bin).args(args).uid(65534).gid(65534));
+    let out = run_as_nobody(&["list", "--json", "--prefix", &p.prefix]);
     assert!(out.status.success(), "{out:?}");
     let rows: Vec<Value> = serde_json::from_slice(&out.stdout).expect("json");
     let e = entry(&rows, &name);
     assert_eq!(e["state"], "unreadable");
     assert_eq!(e["reason"], "permission denied");
-    let out = run_as_nobody(&["clean", "--prefix", &p.0]);
+    let out = run_as_nobody(&["clean", "--prefix", &p.prefix]);
     assert!(out.status.success(), "{out:?}");
     assert!(exists(&name), "an unprivileged clean removed root's object");
 }
-
-// ----------------------------------------------------------------- runner
 
 /// Whether we may switch to another user (for the unprivileged test).
 fn is_root() -> bool {
@@ -841,68 +1052,4 @@ fn is_root() -> bool {
                 .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
         })
         .unwrap_or(false)
-}
-
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.len() == 4 && args[1] == "--child" {
-        child_main(&args[2], &args[3]);
-    }
-    let mut tests: Vec<(&str, common::TestFn)> = vec![
-        (
-            "live_cells_are_attached_and_survive_clean",
-            live_cells_are_attached_and_survive_clean,
-        ),
-        (
-            "killed_attachers_leave_stale_cells_that_clean_removes",
-            killed_attachers_leave_stale_cells_that_clean_removes,
-        ),
-        (
-            "initialising_then_abandoned_init",
-            initialising_then_abandoned_init,
-        ),
-        (
-            "not_recoverable_cell_is_shown",
-            not_recoverable_cell_is_shown,
-        ),
-        (
-            "recovering_and_holder_dead_cells_are_shown",
-            recovering_and_holder_dead_cells_are_shown,
-        ),
-        (
-            "semaphore_cells_show_their_holder_and_go_with_their_semaphore",
-            semaphore_cells_show_their_holder_and_go_with_their_semaphore,
-        ),
-        (
-            "flock_cells_show_their_holder",
-            flock_cells_show_their_holder,
-        ),
-        (
-            "foreign_and_garbage_objects_are_listed_and_never_removed",
-            foreign_and_garbage_objects_are_listed_and_never_removed,
-        ),
-        (
-            "json_output_has_the_documented_fields",
-            json_output_has_the_documented_fields,
-        ),
-        (
-            "clean_skips_a_name_replaced_between_check_and_unlink",
-            clean_skips_a_name_replaced_between_check_and_unlink,
-        ),
-        (
-            "unlink_is_forced_and_warns_when_attached",
-            unlink_is_forced_and_warns_when_attached,
-        ),
-        ("inspect_explains_every_field", inspect_explains_every_field),
-        ("usage_and_help", usage_and_help),
-    ];
-    if is_root() {
-        tests.push((
-            "other_users_objects_are_unreadable_and_kept",
-            other_users_objects_are_unreadable_and_kept,
-        ));
-    } else {
-        println!("note: other_users_objects_are_unreadable_and_kept needs root; not run");
-    }
-    common::run(&tests);
 }

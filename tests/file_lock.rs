@@ -1,79 +1,66 @@
 //! The standalone `FileLock`: each `flock` pitfall it handles, across
 //! threads and real processes. Files live in a temporary directory removed
 //! by a guard; nothing is written to the working directory.
-
-mod common;
+//!
+//! Default libtest harness: tests run in parallel threads of one process.
+//! Other processes are this binary re-run by `shmsync::testing::child!`.
+//! The two tests about a *forked* copy of a live handle run their body in
+//! such a child and fork there ([`Forked`]); the umask test too runs in a
+//! child.
 
 use std::cell::UnsafeCell;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{Child, BOUND};
+use shmsync::testing::{self, ChildCtx, ChildSpec, TestName};
 use shmsync::{Error, FileLock, FileLockOptions, LockError};
 
-fn main() {
-    let tests: [(&str, common::TestFn); 17] = [
-        (
-            "threads_sharing_one_handle_exclude",
-            threads_sharing_one_handle_exclude,
-        ),
-        (
-            "readers_and_writers_of_one_handle",
-            readers_and_writers_of_one_handle,
-        ),
-        (
-            "same_thread_relock_and_upgrade_are_deadlock",
-            same_thread_relock_and_upgrade_are_deadlock,
-        ),
-        (
-            "shared_recursion_last_guard_unlocks",
-            shared_recursion_last_guard_unlocks,
-        ),
-        ("in_process_try_and_timed", in_process_try_and_timed),
-        (
-            "guard_dropped_in_forked_child_keeps_parent_lock",
-            guard_dropped_in_forked_child_keeps_parent_lock,
-        ),
-        (
-            "fd_based_lock_in_forked_child",
-            fd_based_lock_in_forked_child,
-        ),
-        (
-            "replaced_between_open_and_lock",
-            replaced_between_open_and_lock,
-        ),
-        (
-            "unlinked_between_open_and_lock",
-            unlinked_between_open_and_lock,
-        ),
-        (
-            "replaced_while_waiting_in_another_process",
-            replaced_while_waiting_in_another_process,
-        ),
-        (
-            "shared_locks_coexist_across_processes",
-            shared_locks_coexist_across_processes,
-        ),
-        (
-            "try_and_timed_against_another_process",
-            try_and_timed_against_another_process,
-        ),
-        (
-            "holder_sigkilled_frees_the_lock",
-            holder_sigkilled_frees_the_lock,
-        ),
-        (
-            "exec_does_not_inherit_the_lock",
-            exec_does_not_inherit_the_lock,
-        ),
-        ("open_errors_are_typed", open_errors_are_typed),
-        ("create_sets_the_mode", create_sets_the_mode),
-        ("local_filesystem_is_accepted", local_filesystem_is_accepted),
-    ];
-    common::run(&tests);
+/// A [`TestName`] that also makes the check the old fork-per-test runner
+/// made after each test: once the name is dropped (its own cleanup has
+/// run), nothing in `/dev/shm` may still start with it — an object its
+/// cleanup does not cover, or one re-created behind it, fails the test (and
+/// is removed).
+struct Name(Option<TestName>);
+
+impl Name {
+    fn new(tag: &str) -> Name {
+        Name(Some(TestName::new(tag)))
+    }
 }
 
+impl std::ops::Deref for Name {
+    type Target = TestName;
+
+    fn deref(&self) -> &TestName {
+        self.0.as_ref().expect("a live name")
+    }
+}
+
+impl Drop for Name {
+    fn drop(&mut self) {
+        let Some(name) = self.0.take() else { return };
+        let base = name.as_str()[1..].to_string();
+        drop(name);
+        let sem = format!("sem.{base}");
+        let left: Vec<String> = std::fs::read_dir("/dev/shm")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|f| f.starts_with(&base) || f.starts_with(&sem))
+            .collect();
+        for f in &left {
+            let _ = std::fs::remove_file(format!("/dev/shm/{f}"));
+        }
+        if !left.is_empty() && !std::thread::panicking() {
+            panic!("objects left in /dev/shm after the test: {left:?}");
+        }
+    }
+}
 static DIRS: AtomicU32 = AtomicU32::new(0);
 
 /// A directory under the system temporary directory, removed (with its
@@ -106,22 +93,160 @@ fn kind<G>(r: Result<G, LockError<std::convert::Infallible>>) -> &'static str {
     }
 }
 
-/// In another process: open `path` and try the exclusive lock.
-fn other_process_try_exclusive(path: &Path) -> &'static str {
+/// A path as a child's argument.
+fn arg(path: &Path) -> &str {
+    path.to_str().expect("a UTF-8 temporary path")
+}
+
+/// The code of a probe child (`child!("probe", probe)`): opens `arg(0)`,
+/// tries the exclusive lock and prints the answer.
+fn probe(ctx: &ChildCtx) {
+    let l = FileLock::open(ctx.arg(0)).unwrap();
+    match kind(l.try_lock_exclusive()) {
+        a @ ("Ok" | "WouldBlock") => println!("answer {a}"),
+        other => panic!("try_lock_exclusive answered {other}"),
+    }
+}
+
+/// In another process (a `probe` child): open `path` and try the exclusive
+/// lock.
+fn other_process_try_exclusive(probe: ChildSpec, path: &Path) -> &'static str {
+    let ended = probe.arg(arg(path)).run().unwrap();
+    match ended.stdout.lines().find_map(|l| l.strip_prefix("answer ")) {
+        Some("Ok") => "Ok",
+        Some("WouldBlock") => "WouldBlock",
+        _ => panic!("the probe answered nothing: {ended:?}"),
+    }
+}
+
+/// A forked copy of this process running a closure, for what `testing`
+/// cannot do: its children are fresh processes, and these tests need a
+/// copy of a live handle (a guard, a lock without a path).
+///
+/// Only ever made inside a `child!` process, never in the harness. That
+/// process has two threads: this one and libtest's main thread, parked
+/// waiting for this test's result and holding no lock, so the forked copy
+/// may run ordinary Rust. Waits here are not bounded one by one: the
+/// `child!` process runs under the watchdog of `testing`, which kills its
+/// whole process group (the fork with it) past its bound.
+struct Forked {
+    pid: libc::pid_t,
+    report: File,
+    go: Option<File>,
+}
+
+/// The forked side's channel to its parent.
+struct ForkCtx {
+    report: File,
+    go: File,
+}
+
+impl ForkCtx {
+    /// Tells the parent it reached point `tag`, then blocks until the
+    /// parent says go on (or is gone).
+    fn reached_and_wait(&mut self, tag: u8) {
+        self.report.write_all(&[tag]).expect("report to parent");
+        let mut b = [0u8];
+        if self.go.read_exact(&mut b).is_err() {
+            // SAFETY: the parent is gone; leave at once.
+            unsafe { libc::_exit(3) };
+        }
+    }
+}
+
+fn pipe() -> (File, File) {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for two descriptors.
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(r, 0, "pipe2");
+    // SAFETY: fresh descriptors we own.
+    unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
+}
+
+impl Forked {
+    /// Forks; the copy runs `f` and exits 0 (101 if it panicked).
+    fn spawn(f: impl FnOnce(&mut ForkCtx)) -> Forked {
+        let (report_r, report_w) = pipe();
+        let (go_r, go_w) = pipe();
+        let _ = std::io::stdout().flush();
+        // SAFETY: called in a child! process whose only other thread holds
+        // no lock (see the type's docs).
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            drop((report_r, go_w));
+            let mut ctx = ForkCtx {
+                report: report_w,
+                go: go_r,
+            };
+            let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut ctx)))
+            {
+                Ok(()) => 0,
+                Err(_) => 101,
+            };
+            let _ = std::io::stdout().flush();
+            // SAFETY: leave without unwinding into the parent's test code.
+            unsafe { libc::_exit(code) };
+        }
+        Forked {
+            pid,
+            report: report_r,
+            go: Some(go_w),
+        }
+    }
+
+    /// Waits for the copy to report a point; returns its tag.
+    fn expect_reached(&mut self) -> u8 {
+        let mut b = [0u8];
+        match self.report.read(&mut b) {
+            Ok(1) => b[0],
+            _ => panic!("forked child {} ended before reporting", self.pid),
+        }
+    }
+
+    /// Lets a copy blocked in `reached_and_wait` go on.
+    fn go_on(&mut self) {
+        if let Some(g) = self.go.as_mut() {
+            let _ = g.write_all(b"G");
+        }
+    }
+
+    /// Reaps the copy and asserts it exited 0.
+    fn join(mut self) {
+        self.go = None;
+        let mut status = 0;
+        // SAFETY: reaping our own child.
+        let r = unsafe { libc::waitpid(self.pid, &mut status, 0) };
+        assert_eq!(r, self.pid, "waitpid");
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "forked child {} failed: wait status {status:#x}",
+            self.pid
+        );
+    }
+}
+
+/// In a forked copy: open `path` and try the exclusive lock (the probe of
+/// a test that runs in a `child!` process).
+fn forked_try_exclusive(path: &Path) -> &'static str {
     let p = path.to_path_buf();
-    let code = common::in_child(move || {
+    let answer = |ok: bool| if ok { b'O' } else { b'W' };
+    let mut c = Forked::spawn(move |ctx| {
         let l = FileLock::open(&p).unwrap();
-        let code = match kind(l.try_lock_exclusive()) {
-            "Ok" => 10,
-            "WouldBlock" => 11,
-            _ => 12,
+        let tag = match kind(l.try_lock_exclusive()) {
+            "Ok" => answer(true),
+            "WouldBlock" => answer(false),
+            other => panic!("try_lock_exclusive answered {other}"),
         };
-        std::process::exit(code);
+        ctx.reached_and_wait(tag);
     });
-    match code {
-        10 => "Ok",
-        11 => "WouldBlock",
-        c => panic!("child answered {c}"),
+    let tag = c.expect_reached();
+    c.go_on();
+    c.join();
+    if tag == answer(true) {
+        "Ok"
+    } else {
+        "WouldBlock"
     }
 }
 
@@ -138,6 +263,7 @@ impl Racy {
 /// flock belongs to the open file description: four threads sharing one
 /// handle must still exclude each other. A counter incremented
 /// non-atomically under the lock ends exact.
+#[test]
 fn threads_sharing_one_handle_exclude() {
     const THREADS: u64 = 4;
     const ROUNDS: u64 = 3_000;
@@ -167,6 +293,7 @@ fn threads_sharing_one_handle_exclude() {
 
 /// Writers keep two words equal under the exclusive lock (with a yield in
 /// between); readers under the shared lock never see them differ.
+#[test]
 fn readers_and_writers_of_one_handle() {
     let dir = TempDir::new();
     let lock = FileLock::open_or_create(dir.path("rw.lock")).unwrap();
@@ -206,6 +333,7 @@ fn readers_and_writers_of_one_handle() {
 /// A thread asking again for the exclusive lock it holds, or for the
 /// exclusive lock while it holds a shared one (an "upgrade", which flock
 /// cannot do atomically), gets Deadlock instead of waiting for itself.
+#[test]
 fn same_thread_relock_and_upgrade_are_deadlock() {
     let dir = TempDir::new();
     let lock = FileLock::open_or_create(dir.path("d.lock")).unwrap();
@@ -226,20 +354,23 @@ fn same_thread_relock_and_upgrade_are_deadlock() {
 
 /// Shared guards of one process: the lock is released (LOCK_UN) only when
 /// the last of them goes.
+#[test]
 fn shared_recursion_last_guard_unlocks() {
+    let probe = testing::child!("probe", probe);
     let dir = TempDir::new();
     let path = dir.path("s.lock");
     let lock = FileLock::open_or_create(&path).unwrap();
     let a = lock.lock_shared().unwrap();
     let b = lock.try_lock_shared().unwrap();
     drop(a);
-    assert_eq!(other_process_try_exclusive(&path), "WouldBlock");
+    assert_eq!(other_process_try_exclusive(probe, &path), "WouldBlock");
     drop(b);
-    assert_eq!(other_process_try_exclusive(&path), "Ok");
+    assert_eq!(other_process_try_exclusive(probe, &path), "Ok");
 }
 
 /// Against another thread of this process holding the lock: try answers
 /// WouldBlock, timed answers TimedOut, a shared request waits too.
+#[test]
 fn in_process_try_and_timed() {
     let dir = TempDir::new();
     let lock = FileLock::open_or_create(dir.path("t.lock")).unwrap();
@@ -274,56 +405,68 @@ fn in_process_try_and_timed() {
 /// (the child shares the open file description): a third process still
 /// cannot take it, and the child's own attempt through the inherited
 /// handle (a new description in the child) finds it taken too.
+#[test]
 fn guard_dropped_in_forked_child_keeps_parent_lock() {
+    // The whole test runs in a child process: it forks.
+    let body = testing::child!("forking test", |ctx| {
+        let path = PathBuf::from(ctx.arg(0));
+        let lock = FileLock::open_or_create(&path).unwrap();
+        let guard = lock.lock_exclusive().unwrap();
+        let (guard_ref, lock_ref) = (&guard, &lock);
+        Forked::spawn(move |_| {
+            // SAFETY: the child owns a copy of the parent's memory; dropping
+            // its copy of the guard is what unwinding through the frame
+            // would do.
+            drop(unsafe { std::ptr::read(guard_ref) });
+            assert_eq!(kind(lock_ref.try_lock_exclusive()), "WouldBlock");
+            assert_eq!(kind(lock_ref.try_lock_shared()), "WouldBlock");
+        })
+        .join();
+        assert_eq!(forked_try_exclusive(&path), "WouldBlock");
+        drop(guard);
+        assert_eq!(forked_try_exclusive(&path), "Ok");
+        // The inherited handle works in a child once the parent released.
+        Forked::spawn(move |_| {
+            let _g = lock_ref.try_lock_exclusive().expect("free");
+        })
+        .join();
+    });
     let dir = TempDir::new();
-    let path = dir.path("fork.lock");
-    let lock = FileLock::open_or_create(&path).unwrap();
-    let guard = lock.lock_exclusive().unwrap();
-    let (guard_ref, lock_ref) = (&guard, &lock);
-    Child::spawn(move |_| {
-        // SAFETY: the child owns a copy of the parent's memory; dropping its
-        // copy of the guard is what unwinding through the frame would do.
-        drop(unsafe { std::ptr::read(guard_ref) });
-        assert_eq!(kind(lock_ref.try_lock_exclusive()), "WouldBlock");
-        assert_eq!(kind(lock_ref.try_lock_shared()), "WouldBlock");
-    })
-    .join();
-    assert_eq!(other_process_try_exclusive(&path), "WouldBlock");
-    drop(guard);
-    assert_eq!(other_process_try_exclusive(&path), "Ok");
-    // The inherited handle works in a child once the parent released.
-    Child::spawn(move |_| {
-        let _g = lock_ref.try_lock_exclusive().expect("free");
-    })
-    .join();
+    body.arg(arg(&dir.path("fork.lock"))).run().unwrap();
 }
 
 /// A lock built from a descriptor (no path) used in a forked child: the
 /// child locks through a new description of the same file
 /// (`/proc/self/fd/N`), so it conflicts with the parent's.
+#[test]
 fn fd_based_lock_in_forked_child() {
-    let dir = TempDir::new();
-    let path = dir.path("fd.lock");
-    let file = std::fs::File::create(&path).unwrap();
-    let lock = FileLock::from_file(file).unwrap();
-    assert!(lock.path().is_none());
-    let lock_ref = &lock;
-    let mut child = Child::spawn(move |ctx| {
-        let _g = lock_ref.lock_exclusive().unwrap();
-        ctx.reached_and_wait(b'L');
+    // The whole test runs in a child process: it forks.
+    let body = testing::child!("forking test", |ctx| {
+        let file = File::create(ctx.arg(0)).unwrap();
+        let lock = FileLock::from_file(file).unwrap();
+        assert!(lock.path().is_none());
+        let lock_ref = &lock;
+        let mut child = Forked::spawn(move |ctx| {
+            let _g = lock_ref.lock_exclusive().unwrap();
+            ctx.reached_and_wait(b'L');
+        });
+        assert_eq!(child.expect_reached(), b'L');
+        assert_eq!(kind(lock.try_lock_exclusive()), "WouldBlock");
+        assert_eq!(kind(lock.try_lock_shared()), "WouldBlock");
+        child.go_on();
+        child.join();
+        assert_eq!(kind(lock.try_lock_exclusive()), "Ok");
     });
-    assert_eq!(child.expect_reached(), b'L');
-    assert_eq!(kind(lock.try_lock_exclusive()), "WouldBlock");
-    assert_eq!(kind(lock.try_lock_shared()), "WouldBlock");
-    child.command(b'R');
-    child.join();
-    assert_eq!(kind(lock.try_lock_exclusive()), "Ok");
+    let dir = TempDir::new();
+    body.arg(arg(&dir.path("fd.lock"))).run().unwrap();
 }
 
 /// The file at the path is replaced (rename over it) after the handle
 /// opened it: the lock is taken on the file now at the path, not on the
 /// old inode.
+#[test]
 fn replaced_between_open_and_lock() {
+    let probe = testing::child!("probe", probe);
     let dir = TempDir::new();
     let path = dir.path("r.lock");
     let lock = FileLock::open_or_create(&path).unwrap();
@@ -333,12 +476,12 @@ fn replaced_between_open_and_lock() {
     std::fs::rename(dir.path("new"), &path).unwrap();
     let _g = lock.lock_exclusive().unwrap();
     assert_eq!(
-        other_process_try_exclusive(&path),
+        other_process_try_exclusive(probe, &path),
         "WouldBlock",
         "new file locked"
     );
     assert_eq!(
-        other_process_try_exclusive(&dir.path("old")),
+        other_process_try_exclusive(probe, &dir.path("old")),
         "Ok",
         "old inode free"
     );
@@ -347,14 +490,16 @@ fn replaced_between_open_and_lock() {
 /// The file is removed after the handle opened it: with `create`, the lock
 /// recreates it and locks the new file; without, the lock answers the OS
 /// error (ENOENT) and holds nothing.
+#[test]
 fn unlinked_between_open_and_lock() {
+    let probe = testing::child!("probe", probe);
     let dir = TempDir::new();
     let path = dir.path("u.lock");
     let lock = FileLock::open_or_create(&path).unwrap();
     std::fs::remove_file(&path).unwrap();
     let g = lock.lock_exclusive().unwrap();
     assert!(path.exists(), "recreated");
-    assert_eq!(other_process_try_exclusive(&path), "WouldBlock");
+    assert_eq!(other_process_try_exclusive(probe, &path), "WouldBlock");
     drop(g);
 
     let path2 = dir.path("u2.lock");
@@ -374,20 +519,22 @@ fn unlinked_between_open_and_lock() {
 /// that opened the old file and waits gets the old inode's flock — and must
 /// notice, and lock the file now at the path instead. Then a newcomer
 /// (opening the path) is excluded by it.
+#[test]
 fn replaced_while_waiting_in_another_process() {
+    let waiter = testing::child!("waiter", |ctx| {
+        let l = FileLock::open_or_create(ctx.arg(0)).unwrap();
+        testing::point("opened");
+        let _g = l.lock_exclusive().unwrap();
+        testing::point("locked");
+    });
+    let probe = testing::child!("probe", probe);
     for replace in [false, true] {
         let dir = TempDir::new();
         let path = dir.path("w.lock");
         let lock = FileLock::open_or_create(&path).unwrap();
         let g = lock.lock_exclusive().unwrap();
-        let p = path.clone();
-        let mut waiter = Child::spawn(move |ctx| {
-            let l = FileLock::open_or_create(&p).unwrap();
-            ctx.reached(b'O');
-            let _g = l.lock_exclusive().unwrap();
-            ctx.reached_and_wait(b'L');
-        });
-        assert_eq!(waiter.expect_reached(), b'O');
+        let mut waiter = waiter.arg(arg(&path)).stop_at("locked").spawn().unwrap();
+        waiter.wait_point("opened").unwrap();
         if replace {
             std::fs::write(dir.path("next"), b"").unwrap();
             std::fs::rename(dir.path("next"), &path).unwrap();
@@ -395,69 +542,71 @@ fn replaced_while_waiting_in_another_process() {
             std::fs::remove_file(&path).unwrap();
         }
         drop(g);
-        assert_eq!(waiter.expect_reached(), b'L');
+        waiter.wait_stopped().unwrap();
         assert!(path.exists());
         assert_eq!(
-            other_process_try_exclusive(&path),
+            other_process_try_exclusive(probe, &path),
             "WouldBlock",
             "replace={replace}"
         );
-        waiter.command(b'R');
-        waiter.join();
+        waiter.resume().unwrap();
+        waiter.wait().unwrap();
     }
 }
 
 /// Shared locks of several processes coexist and exclude an exclusive one
 /// (try → WouldBlock, timed → TimedOut); once all are gone it is free.
+#[test]
 fn shared_locks_coexist_across_processes() {
-    let dir = TempDir::new();
-    let path = dir.path("sh.lock");
-    let lock = FileLock::open_or_create(&path).unwrap();
-    let mine = lock.lock_shared().unwrap();
-    let p = path.clone();
-    let mut reader = Child::spawn(move |ctx| {
-        let l = FileLock::open(&p).unwrap();
+    let reader = testing::child!("reader", |ctx| {
+        let l = FileLock::open(ctx.arg(0)).unwrap();
         let _s = l
             .try_lock_shared()
             .expect("shared beside the parent's shared");
-        ctx.reached_and_wait(b'S');
+        testing::point("shared");
     });
-    assert_eq!(reader.expect_reached(), b'S');
-    drop(mine);
-    // Only the child holds a shared lock now.
-    let p = path.clone();
-    Child::spawn(move |_| {
-        let l = FileLock::open(&p).unwrap();
+    let checker = testing::child!("checker", |ctx| {
+        let l = FileLock::open(ctx.arg(0)).unwrap();
         assert_eq!(kind(l.try_lock_exclusive()), "WouldBlock");
         assert_eq!(
             kind(l.lock_exclusive_timeout(Duration::from_millis(50))),
             "TimedOut"
         );
         drop(l.try_lock_shared().expect("shared beside another shared"));
-    })
-    .join();
-    assert_eq!(other_process_try_exclusive(&path), "WouldBlock");
+    });
+    let probe = testing::child!("probe", probe);
+    let dir = TempDir::new();
+    let path = dir.path("sh.lock");
+    let lock = FileLock::open_or_create(&path).unwrap();
+    let mine = lock.lock_shared().unwrap();
+    let mut reader = reader.arg(arg(&path)).stop_at("shared").spawn().unwrap();
+    reader.wait_stopped().unwrap();
+    drop(mine);
+    // Only the child holds a shared lock now.
+    checker.arg(arg(&path)).run().unwrap();
+    assert_eq!(other_process_try_exclusive(probe, &path), "WouldBlock");
     assert_eq!(kind(lock.try_lock_shared()), "Ok");
-    reader.command(b'R');
-    reader.join();
-    assert_eq!(other_process_try_exclusive(&path), "Ok");
+    reader.resume().unwrap();
+    reader.wait().unwrap();
+    assert_eq!(other_process_try_exclusive(probe, &path), "Ok");
 }
 
 /// Against an exclusive holder in another process: every try answers
 /// WouldBlock and every timed wait TimedOut (zero included); after the
 /// holder releases, a timed wait succeeds.
+#[test]
 fn try_and_timed_against_another_process() {
+    let holder = testing::child!("holder", |ctx| {
+        let l = FileLock::open(ctx.arg(0)).unwrap();
+        let g = l.lock_exclusive().unwrap();
+        testing::point("held");
+        drop(g);
+    });
     let dir = TempDir::new();
     let path = dir.path("x.lock");
     let lock = FileLock::open_or_create(&path).unwrap();
-    let p = path.clone();
-    let mut holder = Child::spawn(move |ctx| {
-        let l = FileLock::open(&p).unwrap();
-        let g = l.lock_exclusive().unwrap();
-        ctx.reached_and_wait(b'H');
-        drop(g);
-    });
-    assert_eq!(holder.expect_reached(), b'H');
+    let mut holder = holder.arg(arg(&path)).stop_at("held").spawn().unwrap();
+    holder.wait_stopped().unwrap();
     assert_eq!(kind(lock.try_lock_exclusive()), "WouldBlock");
     assert_eq!(kind(lock.try_lock_shared()), "WouldBlock");
     assert_eq!(
@@ -472,39 +621,54 @@ fn try_and_timed_against_another_process() {
         kind(lock.lock_exclusive_timeout(Duration::ZERO)),
         "TimedOut"
     );
-    holder.command(b'R');
-    assert_eq!(kind(lock.lock_exclusive_timeout(BOUND)), "Ok");
-    holder.join();
+    holder.resume().unwrap();
+    assert_eq!(
+        kind(lock.lock_exclusive_timeout(testing::default_bound())),
+        "Ok"
+    );
+    holder.wait().unwrap();
     // Duration::MAX is a blocking wait that succeeds on a free lock.
     assert_eq!(kind(lock.lock_exclusive_timeout(Duration::MAX)), "Ok");
 }
 
 /// A holder killed with SIGKILL: the kernel frees its lock.
+#[test]
 fn holder_sigkilled_frees_the_lock() {
+    let holder = testing::child!("holder", |ctx| {
+        let l = FileLock::open(ctx.arg(0)).unwrap();
+        let _g = l.lock_exclusive().unwrap();
+        testing::point("held");
+    });
     let dir = TempDir::new();
     let path = dir.path("k.lock");
     let lock = FileLock::open_or_create(&path).unwrap();
-    let p = path.clone();
-    let mut holder = Child::spawn(move |ctx| {
-        let l = FileLock::open(&p).unwrap();
-        let _g = l.lock_exclusive().unwrap();
-        ctx.reached_and_wait(b'H');
-    });
-    assert_eq!(holder.expect_reached(), b'H');
+    let mut holder = holder.arg(arg(&path)).stop_at("held").spawn().unwrap();
+    holder.wait_stopped().unwrap();
     assert_eq!(kind(lock.try_lock_exclusive()), "WouldBlock");
-    holder.kill();
+    let ended = holder.kill().unwrap();
+    assert!(ended.killed);
     assert_eq!(kind(lock.try_lock_exclusive()), "Ok");
+}
+
+/// Process `pid`'s command name and state letter, from `/proc`.
+fn comm_and_state(pid: u32) -> Option<(String, String)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let comm = stat.get(stat.find('(')? + 1..stat.rfind(')')?)?.to_string();
+    let state = stat[stat.rfind(')')? + 1..].split_whitespace().next()?;
+    Some((comm, state.to_string()))
+}
+
+/// Whether `pid` runs `/bin/sleep` (exec'd, alive, not a zombie).
+fn runs_sleep(pid: u32) -> bool {
+    comm_and_state(pid).is_some_and(|(comm, state)| comm == "sleep" && state != "Z")
 }
 
 /// Descriptors are O_CLOEXEC: a holder that execs another program does not
 /// pass the lock on to it.
+#[test]
 fn exec_does_not_inherit_the_lock() {
-    let dir = TempDir::new();
-    let path = dir.path("e.lock");
-    let lock = FileLock::open_or_create(&path).unwrap();
-    let p = path.clone();
-    let mut child = Child::spawn(move |_| {
-        let l = FileLock::open(&p).unwrap();
+    let execer = testing::child!("execer", |ctx| {
+        let l = FileLock::open(ctx.arg(0)).unwrap();
         std::mem::forget(l.lock_exclusive().unwrap());
         std::mem::forget(l);
         let prog = std::ffi::CString::new("/bin/sleep").unwrap();
@@ -515,27 +679,38 @@ fn exec_does_not_inherit_the_lock() {
         unsafe { libc::execv(prog.as_ptr(), args.as_ptr()) };
         panic!("execv failed");
     });
-    child.expect_report_closed();
-    // SAFETY: probing our own child.
-    let alive = unsafe { libc::kill(child.pid as i32, 0) } == 0;
-    assert!(alive, "exec'd program alive");
-    // exec closes close-on-exec descriptors one at a time: the report pipe
-    // may reach end of file just before the lock's descriptor is closed.
-    let deadline = std::time::Instant::now() + common::BOUND;
+    let dir = TempDir::new();
+    let path = dir.path("e.lock");
+    let lock = FileLock::open_or_create(&path).unwrap();
+    let child = execer.arg(arg(&path)).spawn().unwrap();
+    let pid = child.pid();
+    // Wait (bounded) until the child is the exec'd program.
+    let deadline = Instant::now() + testing::default_bound();
+    while !runs_sleep(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the child never exec'd: {:?}",
+            comm_and_state(pid)
+        );
+        std::thread::yield_now();
+    }
+    assert!(runs_sleep(pid), "exec'd program alive");
+    // exec closes close-on-exec descriptors one at a time: the program may
+    // run just before the lock's descriptor is closed.
     while kind(lock.try_lock_exclusive()) != "Ok" {
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "the exec'd program kept the lock"
         );
         std::thread::yield_now();
     }
-    // SAFETY: probing our own child.
-    let still_alive = unsafe { libc::kill(child.pid as i32, 0) } == 0;
-    assert!(still_alive, "still alive while the lock is free");
-    child.kill();
+    assert!(runs_sleep(pid), "still alive while the lock is free");
+    let ended = child.kill().unwrap();
+    assert!(ended.killed);
 }
 
 /// Bad paths get typed errors.
+#[test]
 fn open_errors_are_typed() {
     let dir = TempDir::new();
     assert!(matches!(
@@ -553,17 +728,22 @@ fn open_errors_are_typed() {
 }
 
 /// A created lock file gets exactly the requested mode, whatever the umask.
+#[test]
 fn create_sets_the_mode() {
     use std::os::unix::fs::PermissionsExt;
+    // In a child: the umask is process-wide.
+    let creator = testing::child!("umask", |ctx| {
+        // SAFETY: umask is process-wide; this is a child process.
+        unsafe { libc::umask(0o077) };
+        let _l = FileLockOptions::new()
+            .create(true)
+            .mode(0o644)
+            .open(ctx.arg(0))
+            .unwrap();
+    });
     let dir = TempDir::new();
     let path = dir.path("m.lock");
-    // SAFETY: umask is process-wide; this test runs in its own process.
-    unsafe { libc::umask(0o077) };
-    let _l = FileLockOptions::new()
-        .create(true)
-        .mode(0o644)
-        .open(&path)
-        .unwrap();
+    creator.arg(arg(&path)).run().unwrap();
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode, 0o644);
 }
@@ -571,12 +751,13 @@ fn create_sets_the_mode() {
 /// A file on a local filesystem (the temp dir, and tmpfs) is accepted
 /// without opting in. (The refusal of NFS/CIFS is unit-tested on the
 /// magic-number classification: no network mount exists here.)
+#[test]
 fn local_filesystem_is_accepted() {
     let dir = TempDir::new();
     assert!(FileLock::open_or_create(dir.path("l.lock")).is_ok());
-    let shm = format!("/dev/shm/shmsync-t-{}-flock-local", std::process::id());
-    let l = FileLock::open_or_create(&shm);
-    let _ = std::fs::remove_file(&shm);
+    let shm = Name::new("flock-local");
+    let l = FileLock::open_or_create(shm.path());
+    let _ = std::fs::remove_file(shm.path());
     assert!(l.is_ok());
     let f = std::fs::File::open(dir.path("l.lock")).unwrap();
     assert!(FileLockOptions::new()

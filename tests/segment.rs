@@ -1,14 +1,17 @@
 //! Segments: names, bad objects, header corruption, permissions, and the
 //! initialisation race — each failure a distinct error, never a crash.
-
-mod common;
+//!
+//! Default libtest harness: tests run in parallel threads of one process.
+//! Other processes are this binary re-run by `shmsync::testing::child!`,
+//! killed or stopped at kill points (`testing::point`, and the
+//! initialisation steps as points); a test that changes process-wide state
+//! (the umask, the user) does so in such a child.
 
 use std::os::unix::fs::{FileExt, PermissionsExt};
-use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 use std::time::Duration;
 
-use common::{Child, TestName};
 use shmsync::segment::{InitStep, LockKind};
+use shmsync::testing::{self, init_point, ChildCtx, TestName};
 use shmsync::{CreateOptions, Error, Segment, ShmCell, ShmSafe};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -55,75 +58,81 @@ const REC: Rec = Rec {
     y: [1, 2, 3, 4, 5, 6],
 };
 
-fn main() {
-    common::run(&[
-        ("not_found", not_found),
-        ("already_exists", already_exists),
-        ("invalid_names", invalid_names),
-        ("other_value_type", other_value_type),
-        ("other_lock_kind", other_lock_kind),
-        ("other_format_version", other_format_version),
-        ("three_byte_object", three_byte_object),
-        ("zero_length_object", zero_length_object),
-        ("garbage_object", garbage_object),
-        ("truncated_segment", truncated_segment),
-        ("corrupt_every_header_byte", corrupt_every_header_byte),
-        ("corrupt_header_proptest", corrupt_header_proptest),
-        ("permission_denied", permission_denied),
-        ("mode_is_exact_despite_umask", mode_is_exact_despite_umask),
-        ("unlink_errors", unlink_errors),
-        (
-            "creator_killed_at_each_init_step",
-            creator_killed_at_each_init_step,
-        ),
-        (
-            "racing_takeover_of_abandoned_init",
-            racing_takeover_of_abandoned_init,
-        ),
-        ("racing_open_or_create", racing_open_or_create),
-        ("open_waits_for_live_creator", open_waits_for_live_creator),
-        (
-            "attach_lock_tracks_live_handles",
-            attach_lock_tracks_live_handles,
-        ),
-        (
-            "creator_descheduled_before_its_lock",
-            creator_descheduled_before_its_lock,
-        ),
-        (
-            "zero_filled_foreign_object_is_never_taken_over",
-            zero_filled_foreign_object_is_never_taken_over,
-        ),
-        (
-            "unlink_refuses_foreign_objects",
-            unlink_refuses_foreign_objects,
-        ),
-        ("io_errors_show_the_os_error", io_errors_show_the_os_error),
-        (
-            "a_fifo_under_the_name_is_never_touched",
-            a_fifo_under_the_name_is_never_touched,
-        ),
-        (
-            "same_layout_builtins_do_not_open_each_other",
-            same_layout_builtins_do_not_open_each_other,
-        ),
-    ]);
+/// A [`TestName`] that also makes the check the old fork-per-test runner
+/// made after each test: once the name is dropped (its own cleanup has
+/// run), nothing in `/dev/shm` may still start with it — an object its
+/// cleanup does not cover, or one re-created behind it, fails the test (and
+/// is removed).
+struct Name(Option<TestName>);
+
+impl Name {
+    fn new(tag: &str) -> Name {
+        Name(Some(TestName::new(tag)))
+    }
 }
 
-fn write_object(name: &TestName, bytes: &[u8]) {
+impl std::ops::Deref for Name {
+    type Target = TestName;
+
+    fn deref(&self) -> &TestName {
+        self.0.as_ref().expect("a live name")
+    }
+}
+
+impl Drop for Name {
+    fn drop(&mut self) {
+        let Some(name) = self.0.take() else { return };
+        let base = name.as_str()[1..].to_string();
+        drop(name);
+        let sem = format!("sem.{base}");
+        let left: Vec<String> = std::fs::read_dir("/dev/shm")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|f| f.starts_with(&base) || f.starts_with(&sem))
+            .collect();
+        for f in &left {
+            let _ = std::fs::remove_file(format!("/dev/shm/{f}"));
+        }
+        if !left.is_empty() && !std::thread::panicking() {
+            panic!("objects left in /dev/shm after the test: {left:?}");
+        }
+    }
+}
+
+/// A small deterministic PRNG (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+fn write_object(name: &Name, bytes: &[u8]) {
     std::fs::write(name.path(), bytes).unwrap();
 }
 
+#[test]
 fn not_found() {
-    let name = TestName::new("nf");
+    let name = Name::new("nf");
     assert!(matches!(
         ShmCell::<Rec>::open(name.as_str()),
         Err(Error::NotFound { .. })
     ));
 }
 
+#[test]
 fn already_exists() {
-    let name = TestName::new("ae");
+    let name = Name::new("ae");
     let _c = ShmCell::<Rec>::create(name.as_str(), REC).unwrap();
     assert!(matches!(
         ShmCell::<Rec>::create(name.as_str(), REC),
@@ -134,6 +143,7 @@ fn already_exists() {
     assert_eq!(*c2.lock().unwrap(), REC);
 }
 
+#[test]
 fn invalid_names() {
     let long = format!("/{}", "n".repeat(256));
     for bad in [
@@ -168,8 +178,9 @@ fn expect_incompatible<T>(r: Result<T, Error>, field: &str) {
     }
 }
 
+#[test]
 fn other_value_type() {
-    let name = TestName::new("type");
+    let name = Name::new("type");
     let _c = ShmCell::<Rec>::create(name.as_str(), REC).unwrap();
     expect_incompatible(ShmCell::<u64>::open(name.as_str()), "value_size");
     expect_incompatible(ShmCell::<[u32; 8]>::open(name.as_str()), "value_align");
@@ -187,8 +198,9 @@ fn other_value_type() {
 /// refuses it (its zeroed mutex would be neither robust nor shared), and a
 /// standalone segment cannot claim a managed lock kind it did not
 /// initialise.
+#[test]
 fn other_lock_kind() {
-    let name = TestName::new("kind");
+    let name = Name::new("kind");
     let mut spec = ShmCell::<Rec>::spec();
     for managed in [
         LockKind::RobustMutex,
@@ -214,8 +226,9 @@ fn other_lock_kind() {
     );
 }
 
+#[test]
 fn other_format_version() {
-    let name = TestName::new("ver");
+    let name = Name::new("ver");
     drop(ShmCell::<Rec>::create(name.as_str(), REC).unwrap());
     let f = std::fs::OpenOptions::new()
         .write(true)
@@ -226,8 +239,9 @@ fn other_format_version() {
     expect_incompatible(ShmCell::<Rec>::open(name.as_str()), "format_version");
 }
 
+#[test]
 fn three_byte_object() {
-    let name = TestName::new("three");
+    let name = Name::new("three");
     write_object(&name, b"abc");
     assert!(matches!(
         ShmCell::<Rec>::open(name.as_str()),
@@ -241,8 +255,9 @@ fn three_byte_object() {
     assert_eq!(std::fs::read(name.path()).unwrap(), b"abc");
 }
 
+#[test]
 fn zero_length_object() {
-    let name = TestName::new("zero");
+    let name = Name::new("zero");
     write_object(&name, b"");
     assert!(matches!(
         ShmCell::<Rec>::open(name.as_str()),
@@ -252,9 +267,10 @@ fn zero_length_object() {
     assert_eq!(*c.lock().unwrap(), REC);
 }
 
+#[test]
 fn garbage_object() {
-    let name = TestName::new("garbage");
-    let mut rng = common::Rng::new(7);
+    let name = Name::new("garbage");
+    let mut rng = Rng::new(7);
     let bytes: Vec<u8> = (0..4096).map(|_| rng.next() as u8).collect();
     write_object(&name, &bytes);
     expect_incompatible(ShmCell::<Rec>::open(name.as_str()), "magic");
@@ -266,8 +282,9 @@ fn garbage_object() {
     );
 }
 
+#[test]
 fn truncated_segment() {
-    let name = TestName::new("trunc");
+    let name = Name::new("trunc");
     drop(ShmCell::<[u8; 8192]>::create(name.as_str(), [7; 8192]).unwrap());
     let f = std::fs::OpenOptions::new()
         .write(true)
@@ -289,7 +306,7 @@ fn truncated_segment() {
 
 /// Opens `name` after a corruption: either an error, or a handle whose
 /// meaning is identical (same value, same header identity).
-fn check_corrupted_open(name: &TestName, reference: &shmsync::segment::HeaderInfo, what: &str) {
+fn check_corrupted_open(name: &Name, reference: &shmsync::segment::HeaderInfo, what: &str) {
     match ShmCell::<Rec>::open(name.as_str()) {
         Ok(c) => {
             let i = c.info();
@@ -329,8 +346,9 @@ fn check_corrupted_open(name: &TestName, reference: &shmsync::segment::HeaderInf
     }
 }
 
+#[test]
 fn corrupt_every_header_byte() {
-    let name = TestName::new("corrupt");
+    let name = Name::new("corrupt");
     let reference = ShmCell::<Rec>::create(name.as_str(), REC)
         .unwrap()
         .info()
@@ -363,10 +381,11 @@ fn corrupt_every_header_byte() {
     assert!(refused >= 144 * 3, "too few corruptions refused: {refused}");
 }
 
+#[test]
 fn corrupt_header_proptest() {
     use proptest::prelude::*;
     use proptest::test_runner::{Config, TestRunner};
-    let name = TestName::new("prop");
+    let name = Name::new("prop");
     let reference = ShmCell::<Rec>::create(name.as_str(), REC)
         .unwrap()
         .info()
@@ -407,64 +426,77 @@ fn corrupt_header_proptest() {
         .unwrap();
 }
 
+#[test]
 fn permission_denied() {
-    let name = TestName::new("perm");
-    let _c = ShmCell::<Rec>::create(name.as_str(), REC).unwrap();
-    let n = name.0.clone();
-    // SAFETY: geteuid cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        // Same user: a mode without owner bits still denies a non-root user.
-        std::fs::set_permissions(name.path(), std::fs::Permissions::from_mode(0o000)).unwrap();
-    }
-    let code = common::in_child(move || {
-        if root {
-            // SAFETY: dropping privileges in the child only.
+    // In a child: a root run drops privileges (setuid is process-wide).
+    let opener = testing::child!("opener", |ctx| {
+        let n = ctx.arg(0);
+        if ctx.arg(1) == "root" {
+            // SAFETY: dropping privileges in this child process only.
             unsafe {
                 assert_eq!(libc::setgid(65534), 0);
                 assert_eq!(libc::setuid(65534), 0);
             }
         }
         assert!(matches!(
-            ShmCell::<Rec>::open(&n),
+            ShmCell::<Rec>::open(n),
             Err(Error::PermissionDenied { .. })
         ));
         assert!(matches!(
-            ShmCell::<Rec>::open_or_create(&n, REC),
+            ShmCell::<Rec>::open_or_create(n, REC),
             Err(Error::PermissionDenied { .. })
         ));
     });
-    assert_eq!(code, 0);
+    let name = Name::new("perm");
+    let _c = ShmCell::<Rec>::create(&name, REC).unwrap();
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        // Same user: a mode without owner bits still denies a non-root user.
+        std::fs::set_permissions(name.path(), std::fs::Permissions::from_mode(0o000)).unwrap();
+    }
+    opener
+        .arg(name.as_str())
+        .arg(if root { "root" } else { "user" })
+        .run()
+        .unwrap();
 }
 
+#[test]
 fn mode_is_exact_despite_umask() {
-    let name = TestName::new("mode");
-    let other = TestName::new("mode2");
-    // SAFETY: umask only changes this (test) process's creation mask.
-    let old = unsafe { libc::umask(0o077) };
-    let c =
-        ShmCell::<Rec>::create_with(name.as_str(), REC, &CreateOptions::new().mode(0o664)).unwrap();
-    let d = ShmCell::<Rec>::create(other.as_str(), REC).unwrap();
-    // SAFETY: as above.
-    unsafe { libc::umask(0o777) };
-    let e = ShmCell::<Rec>::open_or_create_with(
-        &format!("{}-x", name.as_str()),
-        REC,
-        &CreateOptions::new().mode(0o640),
-    )
-    .unwrap();
-    // SAFETY: restore.
-    unsafe { libc::umask(old) };
+    // In a child: the umask is process-wide.
+    let creator = testing::child!("umask", |ctx| {
+        let (name, other) = (ctx.arg(0), ctx.arg(1));
+        let third = format!("{name}-x");
+        // SAFETY: umask only changes this child process's creation mask.
+        let old = unsafe { libc::umask(0o077) };
+        let c = ShmCell::<Rec>::create_with(name, REC, &CreateOptions::new().mode(0o664)).unwrap();
+        let d = ShmCell::<Rec>::create(other, REC).unwrap();
+        // SAFETY: as above.
+        unsafe { libc::umask(0o777) };
+        let e = ShmCell::<Rec>::open_or_create_with(&third, REC, &CreateOptions::new().mode(0o640))
+            .unwrap();
+        // SAFETY: restore.
+        unsafe { libc::umask(old) };
+        drop((c, d, e));
+    });
+    let name = Name::new("mode");
+    let other = Name::new("mode2");
+    creator
+        .arg(name.as_str())
+        .arg(other.as_str())
+        .run()
+        .unwrap();
     let mode = |p: String| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode(name.path()), 0o664);
     assert_eq!(mode(other.path()), 0o600);
     assert_eq!(mode(format!("{}-x", name.path())), 0o640);
-    drop((c, d, e));
     ShmCell::<Rec>::unlink(&format!("{}-x", name.as_str())).unwrap();
 }
 
+#[test]
 fn unlink_errors() {
-    let name = TestName::new("unl");
+    let name = Name::new("unl");
     assert!(matches!(
         ShmCell::<Rec>::unlink(name.as_str()),
         Err(Error::NotFound { .. })
@@ -478,38 +510,28 @@ fn unlink_errors() {
     assert_eq!(c.lock().unwrap().x, 42);
 }
 
-static KILL_AT: AtomicU8 = AtomicU8::new(u8::MAX);
-static PAUSE_FD: AtomicI32 = AtomicI32::new(-1);
-
-fn kill_at_step(step: InitStep) {
-    if InitStep::ALL.iter().position(|s| *s == step)
-        == Some(KILL_AT.load(Ordering::SeqCst) as usize)
-    {
-        // SAFETY: the test child kills itself at the chosen step.
-        unsafe { libc::raise(libc::SIGKILL) };
-    }
-}
-
 /// The creator is SIGKILLed at each step of initialisation; `open` then
 /// answers AbandonedInit (or the value, once Ready was published) and
 /// `open_or_create` always succeeds with a whole value.
+#[test]
 fn creator_killed_at_each_init_step() {
-    for (i, step) in InitStep::ALL.iter().enumerate() {
-        let name = TestName::new("init");
-        let n = name.0.clone();
-        let mut creator = Child::spawn(move |_| {
-            KILL_AT.store(i as u8, Ordering::SeqCst);
-            shmsync::segment::set_init_hook(Some(kill_at_step));
-            let _ = ShmCell::<Rec>::create(&n, REC);
-            panic!("creator survived its kill point");
-        });
-        let status = creator.wait();
+    let creator = testing::child!("creator", |ctx| {
+        testing::points_at_init_steps();
+        let _ = ShmCell::<Rec>::create(ctx.arg(0), REC);
+        panic!("creator survived its kill point");
+    });
+    for step in InitStep::ALL {
+        let name = Name::new("init");
+        let ended = creator
+            .arg(name.as_str())
+            .kill_at(&init_point(step))
+            .unwrap_or_else(|e| panic!("step {step:?}: {e}"));
         assert!(
-            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == 9,
-            "step {step:?}"
+            ended.killed && ended.killed_at == Some(init_point(step)),
+            "step {step:?}: {ended:?}"
         );
-        let published = *step == InitStep::Published;
-        match ShmCell::<Rec>::open(name.as_str()) {
+        let published = step == InitStep::Published;
+        match ShmCell::<Rec>::open(&name) {
             Ok(c) => {
                 assert!(published, "{step:?}: a half-initialised segment opened");
                 assert_eq!(*c.lock().unwrap(), REC);
@@ -519,7 +541,7 @@ fn creator_killed_at_each_init_step() {
                 let written =
                     !matches!(step, InitStep::Opened | InitStep::Created | InitStep::Sized);
                 assert_eq!(
-                    creator_pid == creator.pid,
+                    creator_pid == ended.pid,
                     written,
                     "{step:?}: creator pid {creator_pid}"
                 );
@@ -527,11 +549,11 @@ fn creator_killed_at_each_init_step() {
             Err(e) => panic!("{step:?}: {e:?}"),
         }
         let fresh = Rec { x: 9, y: [9; 6] };
-        let c = ShmCell::<Rec>::open_or_create(name.as_str(), fresh).unwrap();
+        let c = ShmCell::<Rec>::open_or_create(&name, fresh).unwrap();
         let expect = if published { REC } else { fresh };
         assert_eq!(*c.lock().unwrap(), expect, "{step:?}");
         assert_eq!(
-            *ShmCell::<Rec>::open(name.as_str()).unwrap().lock().unwrap(),
+            *ShmCell::<Rec>::open(&name).unwrap().lock().unwrap(),
             expect
         );
     }
@@ -539,23 +561,37 @@ fn creator_killed_at_each_init_step() {
 
 /// Several processes race to take over one abandoned initialisation:
 /// exactly one initialises, all see its value.
+#[test]
 fn racing_takeover_of_abandoned_init() {
-    let name = TestName::new("race");
-    let n = name.0.clone();
-    let mut creator = Child::spawn(move |_| {
-        let at = InitStep::ALL
-            .iter()
-            .position(|s| *s == InitStep::HeaderWritten);
-        KILL_AT.store(at.unwrap() as u8, Ordering::SeqCst);
-        shmsync::segment::set_init_hook(Some(kill_at_step));
-        let _ = ShmCell::<Rec>::create(&n, REC);
+    let creator = testing::child!("creator", |ctx| {
+        testing::points_at_init_steps();
+        let _ = ShmCell::<Rec>::create(ctx.arg(0), REC);
     });
-    creator.wait();
+    let racer = testing::child!("racer", racer);
+    let name = Name::new("race");
+    creator
+        .arg(name.as_str())
+        .kill_at(&init_point(InitStep::HeaderWritten))
+        .unwrap();
     assert!(matches!(
-        ShmCell::<Rec>::open(name.as_str()),
+        ShmCell::<Rec>::open(&name),
         Err(Error::AbandonedInit { .. })
     ));
-    race_open_or_create(&name);
+    race_open_or_create(racer, &name);
+}
+
+/// A racer of [`race_open_or_create`]: stops at point "ready" until the
+/// test releases all racers, then `open_or_create`s `arg(0)` with
+/// `x = arg(1)`, increments `y[5]` and prints the `x` it found.
+fn racer(ctx: &ChildCtx) {
+    let k: u64 = ctx.arg(1).parse().unwrap();
+    testing::point("ready");
+    let c = ShmCell::<Rec>::open_or_create(ctx.arg(0), Rec { x: k, y: [0; 6] }).unwrap();
+    let mut g = c.lock().unwrap();
+    g.y[5] += 1;
+    let x = g.x;
+    drop(g);
+    println!("winner {x}");
 }
 
 /// Four processes released at once each `open_or_create` `name` with their
@@ -563,112 +599,89 @@ fn racing_takeover_of_abandoned_init() {
 /// the same winner's value, and a later opener must see all four
 /// increments (an increment lost means a racer got a segment the name does
 /// not reach).
-fn race_open_or_create(name: &TestName) {
-    let mut racers: Vec<Child> = (1..=4u64)
+fn race_open_or_create(racer: testing::ChildSpec, name: &Name) {
+    let mut racers: Vec<testing::Running> = (1..=4u64)
         .map(|k| {
-            let n = name.0.clone();
-            let mut c = Child::spawn(move |ctx| {
-                ctx.reached_and_wait(b'R');
-                let c = ShmCell::<Rec>::open_or_create(&n, Rec { x: k, y: [0; 6] }).unwrap();
-                let mut g = c.lock().unwrap();
-                g.y[5] += 1;
-                let x = g.x;
-                drop(g);
-                std::process::exit(x as i32 + 10);
-            });
-            assert_eq!(c.expect_reached(), b'R');
+            let mut c = racer
+                .arg(name.as_str())
+                .arg(k.to_string())
+                .stop_at("ready")
+                .spawn()
+                .unwrap();
+            c.wait_stopped().unwrap();
             c
         })
         .collect();
     for r in &mut racers {
-        r.command(b'G');
+        r.resume().unwrap();
     }
-    let seen: Vec<i32> = racers
-        .iter_mut()
-        .map(|r| libc::WEXITSTATUS(r.wait()))
+    let seen: Vec<u64> = racers
+        .into_iter()
+        .map(|r| {
+            let ended = r.wait().unwrap();
+            ended
+                .stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("winner ")?.parse().ok())
+                .unwrap_or_else(|| panic!("a racer reported no winner: {ended:?}"))
+        })
         .collect();
     assert!(
-        seen.iter().all(|&s| s == seen[0] && (11..=14).contains(&s)),
+        seen.iter().all(|&s| s == seen[0] && (1..=4).contains(&s)),
         "racers disagree: {seen:?}"
     );
-    let later = ShmCell::<Rec>::open(name.as_str()).unwrap();
+    let later = ShmCell::<Rec>::open(name).unwrap();
     let g = later.lock().unwrap();
     assert_eq!(
-        (g.x as i32 + 10, g.y[5]),
+        (g.x, g.y[5]),
         (seen[0], 4),
         "a racer wrote to a segment the name does not reach"
     );
 }
 
 /// Racing open_or_create on a fresh name: one creates, all agree.
+#[test]
 fn racing_open_or_create() {
+    let racer = testing::child!("racer", racer);
     for _ in 0..10 {
-        race_open_or_create(&TestName::new("ooc"));
-    }
-}
-
-static PAUSE_AT: AtomicU8 = AtomicU8::new(u8::MAX);
-static PAUSED_FD: AtomicI32 = AtomicI32::new(-1);
-
-fn pause_at_step(step: InitStep) {
-    if InitStep::ALL.iter().position(|s| *s == step)
-        == Some(PAUSE_AT.load(Ordering::SeqCst) as usize)
-    {
-        // SAFETY: the child's report pipe: tell the parent we are paused.
-        unsafe { libc::write(PAUSED_FD.load(Ordering::SeqCst), [b'P'].as_ptr().cast(), 1) };
-        let fd = PAUSE_FD.load(Ordering::SeqCst);
-        let mut b = [0u8; 1];
-        // SAFETY: `fd` is the child's inherited pipe; block until the
-        // parent writes one byte.
-        unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) };
+        race_open_or_create(racer, &Name::new("ooc"));
     }
 }
 
 /// A creator paused mid-initialisation: `open` reports `InitTimedOut` after
 /// its bounded wait, and an opener running across the release sees the
 /// whole value (never a half-built one).
+#[test]
 fn open_waits_for_live_creator() {
-    let name = TestName::new("wait");
-    let (r, w) = {
-        let mut fds = [0; 2];
-        // SAFETY: room for two fds.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        (fds[0], fds[1])
-    };
-    let n = name.0.clone();
-    let mut creator = Child::spawn(move |ctx| {
-        PAUSE_FD.store(r, Ordering::SeqCst);
-        PAUSED_FD.store(ctx.report_fd(), Ordering::SeqCst);
-        PAUSE_AT.store(step_index(InitStep::HeaderWritten), Ordering::SeqCst);
-        shmsync::segment::set_init_hook(Some(pause_at_step));
-        ShmCell::<Rec>::create(&n, REC).unwrap();
+    let creator = testing::child!("creator", |ctx| {
+        testing::points_at_init_steps();
+        ShmCell::<Rec>::create(ctx.arg(0), REC).unwrap();
     });
-    assert_eq!(creator.expect_reached(), b'P'); // paused mid-initialisation
-                                                // Deterministic: while the creator is paused, an open waits its bounded
-                                                // time and reports the live initialisation.
+    let opener = testing::child!("opener", |ctx| {
+        testing::point("opening");
+        let c = ShmCell::<Rec>::open(ctx.arg(0)).expect("open across the release");
+        assert_eq!(*c.lock().unwrap(), REC);
+    });
+    let name = Name::new("wait");
+    let mut creator = creator
+        .arg(name.as_str())
+        .stop_at(&init_point(InitStep::HeaderWritten))
+        .spawn()
+        .unwrap();
+    creator.wait_stopped().unwrap(); // paused mid-initialisation
+                                     // Deterministic: while the creator is paused, an open waits its bounded
+                                     // time and reports the live initialisation.
     assert!(matches!(
-        ShmCell::<Rec>::open(name.as_str()),
+        ShmCell::<Rec>::open(&name),
         Err(Error::InitTimedOut { .. })
     ));
     // An opener started now waits for the creator, which is released
     // right after: it must see the whole value.
-    let n = name.0.clone();
-    let mut opener = Child::spawn(move |ctx| {
-        ctx.reached(b'O');
-        let c = ShmCell::<Rec>::open(&n).expect("open across the release");
-        assert_eq!(*c.lock().unwrap(), REC);
-    });
-    assert_eq!(opener.expect_reached(), b'O');
-    // Release the creator (one byte on the pipe it blocks on).
-    // SAFETY: writing one byte to our pipe.
-    assert_eq!(unsafe { libc::write(w, [1u8].as_ptr().cast(), 1) }, 1);
-    creator.join();
-    opener.join();
-    // SAFETY: closing our pipe ends.
-    unsafe {
-        libc::close(r);
-        libc::close(w);
-    }
+    let mut opener = opener.arg(name.as_str()).spawn().unwrap();
+    opener.wait_point("opening").unwrap();
+    creator.resume().unwrap();
+    creator.wait().unwrap();
+    opener.wait().unwrap();
 }
 
 fn ofd_write_lock_free(path: &str) -> bool {
@@ -688,83 +701,76 @@ fn ofd_write_lock_free(path: &str) -> bool {
 
 /// Every attached handle holds the attach lock; when the last attacher is
 /// killed the lock is free (what a cleaner checks).
+#[test]
 fn attach_lock_tracks_live_handles() {
-    let name = TestName::new("attach");
-    drop(ShmCell::<Rec>::create(name.as_str(), REC).unwrap());
+    let attacher = testing::child!("attacher", |ctx| {
+        let _c = ShmCell::<Rec>::open(ctx.arg(0)).unwrap();
+        testing::point("attached");
+    });
+    let name = Name::new("attach");
+    drop(ShmCell::<Rec>::create(&name, REC).unwrap());
     assert!(
         ofd_write_lock_free(&name.path()),
         "no handle: nobody attached"
     );
-    let n = name.0.clone();
-    let mut child = Child::spawn(move |ctx| {
-        let _c = ShmCell::<Rec>::open(&n).unwrap();
-        ctx.reached_and_wait(b'A');
-    });
-    assert_eq!(child.expect_reached(), b'A');
+    let mut child = attacher
+        .arg(name.as_str())
+        .stop_at("attached")
+        .spawn()
+        .unwrap();
+    child.wait_stopped().unwrap();
     assert!(
         !ofd_write_lock_free(&name.path()),
         "a live handle is attached"
     );
-    child.kill();
+    child.kill().unwrap();
     assert!(
         ofd_write_lock_free(&name.path()),
         "the killed attacher's lock is gone"
     );
 }
 
-fn step_index(step: InitStep) -> u8 {
-    InitStep::ALL.iter().position(|s| *s == step).unwrap() as u8
-}
-
 /// A creator descheduled between its exclusive create and its lock for
 /// longer than an opener's grace: another process takes the empty object
 /// over. The slow creator must then neither initialise nor unlink it: one
 /// segment, one value, reachable by name.
+#[test]
 fn creator_descheduled_before_its_lock() {
-    let name = TestName::new("desched");
-    let (r, w) = {
-        let mut fds = [0; 2];
-        // SAFETY: room for two fds.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        (fds[0], fds[1])
-    };
-    let n = name.0.clone();
-    let mut slow = Child::spawn(move |ctx| {
-        PAUSE_FD.store(r, Ordering::SeqCst);
-        PAUSED_FD.store(ctx.report_fd(), Ordering::SeqCst);
-        PAUSE_AT.store(step_index(InitStep::Opened), Ordering::SeqCst);
-        shmsync::segment::set_init_hook(Some(pause_at_step));
-        // Paused at Opened until the parent writes to the pipe.
+    let slow = testing::child!("slow creator", |ctx| {
+        let n = ctx.arg(0);
+        testing::points_at_init_steps();
+        // Stopped at Opened until the test resumes it.
         assert!(matches!(
-            ShmCell::<Rec>::create(&n, REC),
+            ShmCell::<Rec>::create(n, REC),
             Err(Error::AlreadyExists { .. })
         ));
-        let c = ShmCell::<Rec>::open_or_create(&n, REC).unwrap();
+        let c = ShmCell::<Rec>::open_or_create(n, REC).unwrap();
         let mut g = c.lock().unwrap();
         assert_eq!(g.x, 77, "the slow creator sees the taker's value");
         g.y[0] += 1;
     });
-    assert_eq!(slow.expect_reached(), b'P'); // paused before its lock
-                                             // The object exists, empty and unlocked: wait (bounded) until it shows.
-    let deadline = std::time::Instant::now() + common::BOUND;
-    while std::fs::metadata(name.path()).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "creator never created"
-        );
-        std::thread::yield_now();
-    }
-    let taker = ShmCell::<Rec>::open_or_create(name.as_str(), Rec { x: 77, y: [0; 6] }).unwrap();
+    let name = Name::new("desched");
+    let mut slow = slow
+        .arg(name.as_str())
+        .stop_at(&init_point(InitStep::Opened))
+        .spawn()
+        .unwrap();
+    slow.wait_stopped().unwrap(); // paused before its lock
+                                  // The object exists, empty and unlocked.
+    assert!(
+        std::fs::metadata(name.path()).is_ok(),
+        "creator never created"
+    );
+    let taker = ShmCell::<Rec>::open_or_create(&name, Rec { x: 77, y: [0; 6] }).unwrap();
     assert_eq!(taker.lock().unwrap().x, 77);
-    // SAFETY: one byte to our pipe releases the slow creator.
-    assert_eq!(unsafe { libc::write(w, [1u8].as_ptr().cast(), 1) }, 1);
-    slow.join();
+    slow.resume().unwrap();
+    slow.wait().unwrap();
     assert_eq!(
         taker.lock().unwrap().y[0],
         1,
         "the slow creator wrote to the same segment"
     );
-    let later = ShmCell::<Rec>::open(name.as_str()).unwrap();
+    let later = ShmCell::<Rec>::open(&name).unwrap();
     assert_eq!(
         *later.lock().unwrap(),
         Rec {
@@ -772,19 +778,15 @@ fn creator_descheduled_before_its_lock() {
             y: [1, 0, 0, 0, 0, 0]
         }
     );
-    // SAFETY: closing our pipe ends.
-    unsafe {
-        libc::close(r);
-        libc::close(w);
-    }
 }
 
 /// An all-zero object (another program's fresh `ftruncate`) is foreign:
 /// refused and never overwritten, whatever its size — unless it has
 /// exactly the size our own creator gives a segment of this type before
 /// writing the header.
+#[test]
 fn zero_filled_foreign_object_is_never_taken_over() {
-    let name = TestName::new("zeros");
+    let name = Name::new("zeros");
     let size = 4096; // not the 328 bytes of a Rec segment
     write_object(&name, &vec![0u8; size]);
     expect_incompatible(ShmCell::<Rec>::open(name.as_str()), "magic");
@@ -792,8 +794,9 @@ fn zero_filled_foreign_object_is_never_taken_over() {
     assert_eq!(std::fs::read(name.path()).unwrap(), vec![0u8; size]);
 }
 
+#[test]
 fn unlink_refuses_foreign_objects() {
-    let name = TestName::new("foreign");
+    let name = Name::new("foreign");
     write_object(&name, &[0x5a; 4096]);
     expect_incompatible(ShmCell::<Rec>::unlink(name.as_str()), "magic");
     assert!(
@@ -810,6 +813,7 @@ fn unlink_refuses_foreign_objects() {
     assert!(std::fs::metadata(name.path()).is_err());
 }
 
+#[test]
 fn io_errors_show_the_os_error() {
     let e = Error::Io {
         op: "posix_fallocate",
@@ -824,8 +828,9 @@ fn io_errors_show_the_os_error() {
 
 /// A FIFO (or any non-regular file) under the name is someone else's: every
 /// entry point refuses it without waiting on it or changing its mode.
+#[test]
 fn a_fifo_under_the_name_is_never_touched() {
-    let name = TestName::new("fifo");
+    let name = Name::new("fifo");
     let path = std::ffi::CString::new(name.path()).unwrap();
     // SAFETY: NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o644) }, 0);
@@ -843,8 +848,9 @@ fn a_fifo_under_the_name_is_never_touched() {
 
 /// `u64`, `i64`, `f64` and `[u64; 1]` share size and alignment but not
 /// meaning: their tags keep them apart.
+#[test]
 fn same_layout_builtins_do_not_open_each_other() {
-    let name = TestName::new("tags");
+    let name = Name::new("tags");
     let _c = ShmCell::<u64>::create(name.as_str(), 7).unwrap();
     expect_incompatible(ShmCell::<i64>::open(name.as_str()), "type_tag");
     expect_incompatible(ShmCell::<f64>::open(name.as_str()), "type_tag");
