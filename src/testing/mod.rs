@@ -224,7 +224,7 @@ pub use crate::segment::InitStep;
 pub use child::{__declare, __type_name_of};
 pub use child::{ChildCtx, ChildError, ChildSpec, Ended, Running, Spawn};
 pub use deadline::Watchdog;
-pub use names::{TestName, MAX_TEST_NAME, NAME_PREFIX};
+pub use names::{leftovers, TestName, MAX_TEST_NAME, NAME_PREFIX};
 pub use points::point;
 pub use recover::{recover, Seen};
 pub use sweep::{PointOutcome, Sweep, SweepReport, SweepRun};
