@@ -86,6 +86,10 @@ pub(crate) fn is_pipe_end(fd: RawFd, write: bool) -> bool {
     if flags < 0 {
         return false;
     }
-    let want = if write { libc::O_WRONLY } else { libc::O_RDONLY };
+    let want = if write {
+        libc::O_WRONLY
+    } else {
+        libc::O_RDONLY
+    };
     flags & libc::O_ACCMODE == want
 }

@@ -347,7 +347,11 @@ pub fn child<L: LockBackend>(ctx: &ChildCtx) {
 pub fn round_trip<L: LockBackend>(child: ChildSpec) {
     let name = name("rt");
     let cell = ShmCell::<Ledger, L>::create(name.as_str(), ledger()).unwrap();
-    child.command().args(["round_trip_write", &name]).run().unwrap();
+    child
+        .command()
+        .args(["round_trip_write", &name])
+        .run()
+        .unwrap();
     {
         let mut g = cell.lock().unwrap();
         assert_eq!(
@@ -362,7 +366,11 @@ pub fn round_trip<L: LockBackend>(child: ChildSpec) {
         g.a -= 1;
         g.b += 1;
     }
-    child.command().args(["round_trip_read", &name]).run().unwrap();
+    child
+        .command()
+        .args(["round_trip_read", &name])
+        .run()
+        .unwrap();
 }
 
 /// Table row "free": every op succeeds.
@@ -630,7 +638,10 @@ fn fork_with_guard<L: LockBackend>(name: &str) {
         let c = ShmCell::<Ledger, L>::open(name).unwrap();
         assert!(c.try_lock().is_ok());
     });
-    assert_eq!(status, 0, "the lock was not free after the holder's release");
+    assert_eq!(
+        status, 0,
+        "the lock was not free after the holder's release"
+    );
 }
 
 /// A process forked while it holds a guard drops its copy: the lock stays
@@ -640,7 +651,11 @@ fn fork_with_guard<L: LockBackend>(name: &str) {
 pub fn fork_with_guard_does_not_unlock<L: LockBackend>(child: ChildSpec) {
     let name = name("fork");
     let _cell = ShmCell::<Ledger, L>::create(name.as_str(), ledger()).unwrap();
-    child.command().args(["fork_with_guard", &name]).run().unwrap();
+    child
+        .command()
+        .args(["fork_with_guard", &name])
+        .run()
+        .unwrap();
 }
 
 /// Locking twice from one thread through one handle is reported as
