@@ -133,7 +133,7 @@ fn roles(ctx: &ChildCtx) {
 /// still runs.
 #[test]
 fn exec_while_holding() {
-    let child = testing::child!(|ctx| roles(ctx));
+    let child = testing::child!(roles);
     let _guard = Guard::new();
     let name = name("exec");
     let cell = Cell::create(name.as_str(), ledger()).unwrap();
@@ -157,7 +157,7 @@ fn exec_while_holding() {
 /// process is still alive.
 #[test]
 fn forgotten_guard_and_dropped_handle() {
-    let child = testing::child!(|ctx| roles(ctx));
+    let child = testing::child!(roles);
     let _guard = Guard::new();
     let name = name("forget");
     let cell = Cell::create(name.as_str(), ledger()).unwrap();
@@ -181,7 +181,7 @@ fn forgotten_guard_and_dropped_handle() {
 /// next locker gets OwnerDied again (not a clean lock, not NotRecoverable).
 #[test]
 fn owner_died_guard_holder_killed_again() {
-    let child = testing::child!(|ctx| roles(ctx));
+    let child = testing::child!(roles);
     let _guard = Guard::new();
     let name = name("again");
     let cell = Cell::create(name.as_str(), ledger()).unwrap();
@@ -203,7 +203,7 @@ fn owner_died_guard_holder_killed_again() {
 /// then the marker reports OwnerDied.
 #[test]
 fn thread_exit_keeps_lock_until_process_exits() {
-    let child = testing::child!(|ctx| roles(ctx));
+    let child = testing::child!(roles);
     let _guard = Guard::new();
     let name = name("thr");
     let cell = Cell::create(name.as_str(), ledger()).unwrap();
@@ -272,7 +272,7 @@ fn fork_with_guard(n: &str) {
 /// forking is done by a child (see `backend_suite`).
 #[test]
 fn fork_with_guard_child_is_not_the_holder() {
-    let child = testing::child!(|ctx| roles(ctx));
+    let child = testing::child!(roles);
     let _guard = Guard::new();
     let name = name("fork");
     let _cell = Cell::create(name.as_str(), ledger()).unwrap();
@@ -375,7 +375,7 @@ fn other_lock_kind_is_incompatible() {
 /// process releases it before the deadline, and sees its last write.
 #[test]
 fn timed_lock_waits_for_a_release() {
-    let child = testing::child!(|ctx| roles(ctx));
+    let child = testing::child!(roles);
     let _guard = Guard::new();
     let name = name("timed");
     let cell = Cell::create(name.as_str(), ledger()).unwrap();
@@ -393,7 +393,7 @@ fn timed_lock_waits_for_a_release() {
 /// not an owner death of the cell.
 #[test]
 fn foreign_flock_excludes_the_cell() {
-    let child = testing::child!(|ctx| roles(ctx));
+    let child = testing::child!(roles);
     let _guard = Guard::new();
     let name = name("foreign");
     let cell = Cell::create(name.as_str(), ledger()).unwrap();
@@ -431,7 +431,7 @@ fn foreign_flock_excludes_the_cell() {
 /// when the test kills the group.
 #[test]
 fn holder_killed_after_forking_a_worker() {
-    let child = testing::child!(|ctx| roles(ctx));
+    let child = testing::child!(roles);
     let _guard = Guard::new();
     let name = name("prefork");
     let cell = Cell::create(name.as_str(), ledger()).unwrap();

@@ -185,7 +185,7 @@ fn roles(ctx: &ChildCtx) {
 /// bound turns a hang into a failure).
 #[test]
 fn holder_killed_while_waiter_sleeps() {
-    let child = testing::child!(|ctx| roles(ctx));
+    let child = testing::child!(roles);
     let _guard = Guard::new();
     let name = name("sleeper");
     let cell = Cell::create(name.as_str(), ledger()).unwrap();
@@ -205,7 +205,7 @@ fn holder_killed_while_waiter_sleeps() {
 #[test]
 fn sleeping_waiters_race_for_dead_holder() {
     const ROUNDS: usize = 20;
-    let child = testing::child!(|ctx| roles(ctx));
+    let child = testing::child!(roles);
     let _guard = Guard::new();
     for round in 0..ROUNDS {
         let name = name("race");
@@ -244,7 +244,7 @@ fn sleeping_waiters_race_for_dead_holder() {
 /// one gets OwnerDied; the other sees the winner holding (WouldBlock).
 #[test]
 fn try_lock_race_for_dead_holder() {
-    let child = testing::child!(|ctx| roles(ctx));
+    let child = testing::child!(roles);
     let _guard = Guard::new();
     for round in 0..20 {
         let name = name("tryrace");
@@ -281,7 +281,7 @@ fn try_lock_race_for_dead_holder() {
 /// succeeds on it — and must count as dead, on every acquire path.
 #[test]
 fn zombie_holder_counts_as_dead() {
-    let child = testing::child!(|ctx| roles(ctx));
+    let child = testing::child!(roles);
     let _guard = Guard::new();
     for op in backend_suite::OPS {
         let name = name("zombie");
@@ -317,7 +317,7 @@ fn zombie_holder_counts_as_dead() {
 /// before `make_consistent`: the next locker gets OwnerDied again.
 #[test]
 fn owner_died_holder_killed_again() {
-    let child = testing::child!(|ctx| roles(ctx));
+    let child = testing::child!(roles);
     let _guard = Guard::new();
     let name = name("twice");
     let cell = Cell::create(name.as_str(), ledger()).unwrap();
@@ -378,7 +378,7 @@ fn contender(name: &str, spin: u32) {
 #[test]
 fn contended_kill_loop() {
     const CYCLES: u32 = 100;
-    let child = testing::child!(|ctx| roles(ctx));
+    let child = testing::child!(roles);
     let _guard = Guard::new();
     let name = name("contend");
     let cell = Cell::create(name.as_str(), ledger()).unwrap();
@@ -474,7 +474,7 @@ fn semaphore_when_ready(name: &str) {
 /// process-wide.
 #[test]
 fn semaphore_exists_when_ready() {
-    let child = testing::child!(|ctx| roles(ctx));
+    let child = testing::child!(roles);
     let _guard = Guard::new();
     let name = name("ready");
     child
@@ -491,7 +491,7 @@ fn semaphore_exists_when_ready() {
 /// lock works across processes.
 #[test]
 fn abandoned_init_is_taken_over_with_fresh_semaphore() {
-    let child = testing::child!(|ctx| roles(ctx));
+    let child = testing::child!(roles);
     let _guard = Guard::new();
     let name = name("abandon");
     match child.command().args(["abandoning_creator", &name]).run() {
@@ -579,7 +579,7 @@ fn fork_with_guard(n: &str) {
 /// done by a child: see `backend_suite`.)
 #[test]
 fn fork_with_guard_child_is_not_the_holder() {
-    let child = testing::child!(|ctx| roles(ctx));
+    let child = testing::child!(roles);
     let _guard = Guard::new();
     let name = name("fork");
     let _cell = Cell::create(name.as_str(), ledger()).unwrap();
@@ -594,7 +594,7 @@ fn fork_with_guard_child_is_not_the_holder() {
 /// process lives, and its exit makes the next locker get OwnerDied.
 #[test]
 fn forgotten_guard_then_exit_is_owner_died() {
-    let child = testing::child!(|ctx| roles(ctx));
+    let child = testing::child!(roles);
     let _guard = Guard::new();
     let name = name("forget");
     let cell = Cell::create(name.as_str(), ledger()).unwrap();
@@ -652,7 +652,7 @@ fn leader_exits(n: &str) {
 /// next locker gets OwnerDied.
 #[test]
 fn holder_whose_main_thread_exited_is_alive() {
-    let child = testing::child!(|ctx| roles(ctx));
+    let child = testing::child!(roles);
     let _guard = Guard::new();
     let name = name("zleader");
     let cell = SemCell::create(name.as_str(), ledger()).unwrap();
@@ -721,7 +721,7 @@ fn hidepid_checker(n: &str, holder_pid: u32) {
 /// `/proc/PID` at all: it must still count as alive.
 #[test]
 fn holder_hidden_by_hidepid_is_alive() {
-    let child = testing::child!(|ctx| roles(ctx));
+    let child = testing::child!(roles);
     let _guard = Guard::new();
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
@@ -774,7 +774,7 @@ fn default_typed_unlink_removes_semaphore() {
 /// the segment is created exclusively: it is replaced by a fresh one.
 #[test]
 fn stale_semaphore_at_create_is_replaced() {
-    let child = testing::child!(|ctx| roles(ctx));
+    let child = testing::child!(roles);
     let _guard = Guard::new();
     let name = name("stale");
     let stale = NamedSemaphore::create(name.as_str(), 5).unwrap();

@@ -290,7 +290,7 @@ fn spawn_mutex_holder(child: testing::ChildSpec, name: &str) -> Running {
 /// for the release and sees the holder's last write.
 #[test]
 fn standalone_mutex_excludes_across_processes() {
-    let child = testing::child!(|ctx| mutex_child(ctx));
+    let child = testing::child!(mutex_child);
     let _guard = Guard::new();
     let name = name("sa-held");
     let seg = create_mutex_segment(&name);
@@ -327,7 +327,7 @@ fn shmsync_gettid() -> u32 {
 /// made consistent, the mutex is clean again for every process.
 #[test]
 fn standalone_mutex_owner_died_then_consistent() {
-    let child = testing::child!(|ctx| mutex_child(ctx));
+    let child = testing::child!(mutex_child);
     let _guard = Guard::new();
     for op in backend_suite::OPS {
         let name = name("sa-died");
@@ -362,7 +362,7 @@ fn standalone_mutex_owner_died_then_consistent() {
 /// process.
 #[test]
 fn standalone_mutex_not_recoverable() {
-    let child = testing::child!(|ctx| mutex_child(ctx));
+    let child = testing::child!(mutex_child);
     let _guard = Guard::new();
     let name = name("sa-nr");
     let seg = create_mutex_segment(&name);

@@ -27,21 +27,21 @@ macro_rules! per_backend {
 
             #[test]
             fn robust_mutex() {
-                let child = testing::child!(|ctx| roles::<RobustMutex>(ctx));
+                let child = testing::child!(roles::<RobustMutex>);
                 let _guard = Guard::new();
                 super::$test::<RobustMutex>(child);
             }
 
             #[test]
             fn named_semaphore() {
-                let child = testing::child!(|ctx| roles::<NamedSemaphore>(ctx));
+                let child = testing::child!(roles::<NamedSemaphore>);
                 let _guard = Guard::new();
                 super::$test::<NamedSemaphore>(child);
             }
 
             #[test]
             fn file_lock() {
-                let child = testing::child!(|ctx| roles::<FileLock>(ctx));
+                let child = testing::child!(roles::<FileLock>);
                 let _guard = Guard::new();
                 super::$test::<FileLock>(child);
             }
@@ -248,7 +248,7 @@ fn idle_waiter(n: &str) {
 /// (measured for the whole process: in a child, alone).
 #[test]
 fn idle_waiter_uses_no_cpu() {
-    let child = testing::child!(|ctx| roles::<RobustMutex>(ctx));
+    let child = testing::child!(roles::<RobustMutex>);
     let _guard = Guard::new();
     let name = name("idle");
     let _cell = ShmCell::<u64>::create(name.as_str(), 0).unwrap();
@@ -336,7 +336,7 @@ fn notifier_killed_holding_lock_gives_owner_died<L: LockBackend>(child: ChildSpe
 /// wakes the waiter, and `wait_while_timeout` returns at its timeout.
 #[test]
 fn dead_notifier_timeout_returns() {
-    let child = testing::child!(|ctx| roles::<RobustMutex>(ctx));
+    let child = testing::child!(roles::<RobustMutex>);
     let _guard = Guard::new();
     let name = name("ndead");
     let cell = ShmCell::<u64>::create(name.as_str(), 0).unwrap();
@@ -401,7 +401,7 @@ fn dead_notifier_holding_lock_found_by_timeout<L: LockBackend>(child: ChildSpec)
 /// `notify_one` wakes a waiter in another process.
 #[test]
 fn notify_one_wakes_a_waiter() {
-    let child = testing::child!(|ctx| roles::<RobustMutex>(ctx));
+    let child = testing::child!(roles::<RobustMutex>);
     let _guard = Guard::new();
     let name = name("one");
     let cell = ShmCell::<u64>::create(name.as_str(), 0).unwrap();
@@ -499,7 +499,7 @@ fn signals_during_wait(n: &str) {
 /// signal handler is process-wide.
 #[test]
 fn signals_do_not_shorten_the_timeout() {
-    let child = testing::child!(|ctx| roles::<RobustMutex>(ctx));
+    let child = testing::child!(roles::<RobustMutex>);
     let _guard = Guard::new();
     let name = name("eintr");
     let _cell = ShmCell::<u64>::create(name.as_str(), 0).unwrap();
@@ -565,7 +565,7 @@ fn forked_copy_of_guard(n: &str) {
 /// (The forking is done by a child.)
 #[test]
 fn forked_copy_of_guard_cannot_wait() {
-    let child = testing::child!(|ctx| roles::<RobustMutex>(ctx));
+    let child = testing::child!(roles::<RobustMutex>);
     let _guard = Guard::new();
     let name = name("forkw");
     let _cell = ShmCell::<u64>::create(name.as_str(), 0).unwrap();

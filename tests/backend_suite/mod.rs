@@ -704,9 +704,8 @@ macro_rules! backend_suite {
         $(
             #[test]
             fn $test() {
-                let child = ::shmsync::testing::child!(|ctx| {
-                    $crate::backend_suite::child::<$l>(ctx)
-                });
+                let child =
+                    ::shmsync::testing::child!($crate::backend_suite::child::<$l>);
                 let _guard = $crate::backend_suite::Guard::new();
                 $crate::backend_suite::$test::<$l>(child);
             }
