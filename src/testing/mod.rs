@@ -141,8 +141,10 @@
 //! ## What a child's code may do
 //!
 //! The child process is the test binary running one test, so its code
-//! runs on libtest's test thread; libtest's main thread only waits for
-//! the result, and this module starts no thread in a child. So:
+//! runs on the thread libtest starts for that test (even with
+//! `--test-threads=1`), not on the process's main thread; libtest's main
+//! thread only waits for the result, and this module starts no thread in
+//! a child (unless the child's code starts children of its own). So:
 //!
 //! * Changing process-wide state (the umask, signal handlers, timers,
 //!   resource limits, [`segment::set_init_hook`](crate::segment::set_init_hook))
@@ -151,6 +153,12 @@
 //!   delivered to libtest's main thread; aim a timer at the child's
 //!   thread (`timer_create` with `SIGEV_THREAD_ID`) when the code under
 //!   test must be the one interrupted.
+//! * Code that must run on a process's main thread — `exec` while holding
+//!   a [`RobustMutex`](crate::RobustMutex) (the kernel marks a robust lock
+//!   of an exec'ing *secondary* thread only if that thread was the
+//!   leader), a leader that exits while another thread lives on — runs in
+//!   a process the child's code forks: there, the forking thread is the
+//!   only one, hence the leader.
 //! * `fork` without `exec` (a guard held across `fork`, a pre-fork
 //!   worker) is fine there: the only other thread is parked in a channel
 //!   receive and holds no lock the forked process could need. The forked
