@@ -154,9 +154,10 @@
 //!   thread (`timer_create` with `SIGEV_THREAD_ID`) when the code under
 //!   test must be the one interrupted.
 //! * Code that must run on a process's main thread — `exec` while holding
-//!   a [`RobustMutex`](crate::RobustMutex) (the kernel marks a robust lock
-//!   of an exec'ing *secondary* thread only if that thread was the
-//!   leader), a leader that exits while another thread lives on — runs in
+//!   a [`RobustMutex`](crate::RobustMutex) (a secondary thread that calls
+//!   `exec` first gets the leader's id, so the kernel no longer finds its
+//!   own id in the lock word and does not mark it: the lock stays held),
+//!   a leader that exits while another thread lives on — runs in
 //!   a process the child's code forks: there, the forking thread is the
 //!   only one, hence the leader.
 //! * `fork` without `exec` (a guard held across `fork`, a pre-fork
