@@ -5,85 +5,26 @@
 //! made by `open`, removed by a default-typed unlink, stale one replaced),
 //! names, threads, fork.
 
-mod common;
+mod backend_suite;
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::suite::{consistent, ledger, repair, spawn_holder, Ledger, SharedCounters, A0};
-use common::{Child, TestName, BOUND};
+use backend_suite::{
+    consistent, forked, ledger, name, repair, spawn_holder, Guard, Ledger, Rng, SharedCounters, A0,
+    BOUND,
+};
+use shmsync::testing::{self, ChildCtx, ChildError, Running};
 use shmsync::{Error, LockError, NamedSemaphore, ShmCell};
 
 type Cell = ShmCell<Ledger, NamedSemaphore>;
+type SemCell = Cell;
 
-fn main() {
-    let suite = backend_suite!(NamedSemaphore);
-    let own: [(&str, common::TestFn); 18] = [
-        (
-            "holder_whose_main_thread_exited_is_alive",
-            holder_whose_main_thread_exited_is_alive,
-        ),
-        (
-            "holder_hidden_by_hidepid_is_alive",
-            holder_hidden_by_hidepid_is_alive,
-        ),
-        (
-            "holder_killed_while_waiter_sleeps",
-            holder_killed_while_waiter_sleeps,
-        ),
-        (
-            "sleeping_waiters_race_for_dead_holder",
-            sleeping_waiters_race_for_dead_holder,
-        ),
-        (
-            "try_lock_race_for_dead_holder",
-            try_lock_race_for_dead_holder,
-        ),
-        ("zombie_holder_counts_as_dead", zombie_holder_counts_as_dead),
-        (
-            "owner_died_holder_killed_again",
-            owner_died_holder_killed_again,
-        ),
-        ("contended_kill_loop", contended_kill_loop),
-        ("semaphore_exists_when_ready", semaphore_exists_when_ready),
-        (
-            "abandoned_init_is_taken_over_with_fresh_semaphore",
-            abandoned_init_is_taken_over_with_fresh_semaphore,
-        ),
-        (
-            "default_typed_unlink_removes_semaphore",
-            default_typed_unlink_removes_semaphore,
-        ),
-        (
-            "stale_semaphore_at_create_is_replaced",
-            stale_semaphore_at_create_is_replaced,
-        ),
-        (
-            "open_never_creates_the_semaphore",
-            open_never_creates_the_semaphore,
-        ),
-        ("other_kind_is_incompatible", other_kind_is_incompatible),
-        (
-            "name_limit_checked_before_create",
-            name_limit_checked_before_create,
-        ),
-        ("threads_exclude_each_other", threads_exclude_each_other),
-        (
-            "fork_with_guard_child_is_not_the_holder",
-            fork_with_guard_child_is_not_the_holder,
-        ),
-        (
-            "forgotten_guard_then_exit_is_owner_died",
-            forgotten_guard_then_exit_is_owner_died,
-        ),
-    ];
-    let all: Vec<_> = suite.into_iter().chain(own).collect();
-    common::run(&all);
-}
+backend_suite!(NamedSemaphore);
 
-fn sem_path(name: &TestName) -> String {
-    format!("/dev/shm/sem.{}", &name.as_str()[1..])
+fn sem_path(name: &str) -> String {
+    format!("/dev/shm/sem.{}", &name[1..])
 }
 
 /// Waits (bounded, no sleeps) until `n` threads sleep on the cell's
@@ -96,30 +37,164 @@ fn await_sleepers(cell: &Cell, n: u32) {
     }
 }
 
+/// Waits (bounded) until `cond` holds.
+fn await_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + BOUND;
+    while !cond() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::yield_now();
+    }
+}
+
+/// The state letter of process `pid` in `/proc/PID/stat`.
+fn proc_state(pid: u32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap()
+}
+
+fn expect_held(cell: &SemCell, what: &str) {
+    assert_eq!(
+        cell.try_lock().err().map(|e| e.kind()),
+        Some("WouldBlock"),
+        "{what}: try_lock"
+    );
+    assert_eq!(
+        cell.lock_timeout(Duration::from_millis(50))
+            .err()
+            .map(|e| e.kind()),
+        Some("TimedOut"),
+        "{what}: lock_timeout"
+    );
+}
+
+// Counter slots of the racing tests.
+const DIED: usize = 0;
+const CLEAN: usize = 1;
+const BLOCKED: usize = 1;
+const DONE: usize = 2;
+// Counter slots of the contended kill loop.
+const INSIDE: usize = 0;
+const VIOLATIONS: usize = 1;
+const RECOVERED: usize = 2;
+const COMMITTED: usize = 3;
+
+/// The roles of this binary's own children (`ctx.arg(0)`), the cell's
+/// name being `ctx.arg(1)`; the suite's roles (`"holder"`) otherwise.
+fn roles(ctx: &ChildCtx) {
+    let n = ctx.arg(1);
+    match ctx.arg(0) {
+        "sleeper" => {
+            let c = Cell::open(n).unwrap();
+            match c.lock() {
+                Err(LockError::OwnerDied(mut g)) => {
+                    assert_eq!(g.a, 1, "the dead holder's write is visible");
+                    repair(&mut g);
+                    g.make_consistent();
+                }
+                other => panic!("waiter got {:?}", other.map(|_| ())),
+            };
+        }
+        "race_waiter" => {
+            let ctr = SharedCounters::open(n);
+            let c = Cell::open(n).unwrap();
+            match c.lock_timeout(BOUND) {
+                Err(LockError::OwnerDied(mut g)) => {
+                    ctr.get(DIED).fetch_add(1, Ordering::SeqCst);
+                    repair(&mut g);
+                    g.make_consistent();
+                }
+                Ok(g) => {
+                    assert!(consistent(&g));
+                    ctr.get(CLEAN).fetch_add(1, Ordering::SeqCst);
+                }
+                Err(e) => panic!("waiter: {e}"),
+            };
+        }
+        "try_racer" => {
+            let ctr = SharedCounters::open(n);
+            let c = Cell::open(n).unwrap();
+            testing::point("ready");
+            // Each racer keeps what it got until both have tried, so that
+            // the loser meets the winner holding the lock.
+            let both_tried = || {
+                ctr.get(DONE).fetch_add(1, Ordering::SeqCst);
+                await_until("both racers tried", || {
+                    ctr.get(DONE).load(Ordering::SeqCst) == 2
+                });
+            };
+            match c.try_lock() {
+                Err(LockError::OwnerDied(mut g)) => {
+                    ctr.get(DIED).fetch_add(1, Ordering::SeqCst);
+                    both_tried();
+                    repair(&mut g);
+                    g.make_consistent();
+                }
+                Err(LockError::WouldBlock) => {
+                    ctr.get(BLOCKED).fetch_add(1, Ordering::SeqCst);
+                    both_tried();
+                }
+                other => panic!("racer got {:?}", other.map(|_| ())),
+            };
+        }
+        "second" => {
+            let c = Cell::open(n).unwrap();
+            let mut g = c.lock().err().and_then(LockError::into_owner_died).unwrap();
+            g.b = 9;
+            testing::point("owner died");
+            drop(g);
+        }
+        "contender" => contender(n, ctx.arg(2).parse().unwrap()),
+        "semaphore_when_ready" => semaphore_when_ready(n),
+        "abandoning_creator" => {
+            shmsync::segment::set_init_hook(Some(|step| {
+                if step == shmsync::segment::InitStep::ValueWritten {
+                    // SAFETY: dying on purpose, mid-initialisation.
+                    unsafe { libc::_exit(7) };
+                }
+            }));
+            let _ = Cell::create(n, ledger());
+        }
+        "fork_with_guard" => fork_with_guard(n),
+        "forget_then_exit" => {
+            let c = Cell::open(n).unwrap();
+            let mut g = c.lock().unwrap();
+            g.b = 3;
+            std::mem::forget(g);
+            drop(c);
+            testing::point("forgotten");
+        }
+        "leader_exits" => leader_exits(n),
+        "hidden_holder" => {
+            // SAFETY: dropping privileges in this child only.
+            unsafe {
+                assert_eq!(libc::setgid(65533), 0);
+                assert_eq!(libc::setuid(65533), 0);
+            }
+            let c = SemCell::open(n).unwrap();
+            let _g = c.lock().unwrap();
+            testing::point("holding");
+        }
+        "hidepid_checker" => hidepid_checker(n, ctx.arg(2).parse().unwrap()),
+        _ => backend_suite::child::<NamedSemaphore>(ctx),
+    }
+}
+
 /// A holder is killed while another process already sleeps in `lock()`
 /// (no timeout): the sleeper notices within its slice and comes back with
-/// OwnerDied and the dead holder's write — it does not hang (the Child
+/// OwnerDied and the dead holder's write — it does not hang (the child's
 /// bound turns a hang into a failure).
+#[test]
 fn holder_killed_while_waiter_sleeps() {
-    let name = TestName::new("sleeper");
+    let child = testing::child!(roles);
+    let _guard = Guard::new();
+    let name = name("sleeper");
     let cell = Cell::create(name.as_str(), ledger()).unwrap();
-    let mut holder = spawn_holder::<NamedSemaphore>(name.as_str());
-    let n = name.0.clone();
-    let mut waiter = Child::spawn(move |_| {
-        let c = Cell::open(&n).unwrap();
-        match c.lock() {
-            Err(LockError::OwnerDied(mut g)) => {
-                assert_eq!(g.a, 1, "the dead holder's write is visible");
-                repair(&mut g);
-                g.make_consistent();
-            }
-            other => panic!("waiter got {:?}", other.map(|_| ())),
-        };
-    });
+    let holder = spawn_holder(child, &name);
+    let waiter = child.command().args(["sleeper", &name]).spawn().unwrap();
     await_sleepers(&cell, 1);
-    assert_eq!(cell.holder_pid(), Some(holder.pid));
-    holder.kill();
-    waiter.join();
+    assert_eq!(cell.holder_pid(), Some(holder.pid()));
+    holder.kill().unwrap();
+    waiter.wait().unwrap();
     let g = cell.try_lock().expect("clean after the waiter's repair");
     assert!(consistent(&g));
 }
@@ -127,128 +202,105 @@ fn holder_killed_while_waiter_sleeps() {
 /// Two processes sleep in `lock_timeout` when the holder is killed (and
 /// are woken together): exactly one gets OwnerDied, the other then gets the
 /// repaired value cleanly. Repeated, to give the takeover race many chances.
+#[test]
 fn sleeping_waiters_race_for_dead_holder() {
     const ROUNDS: usize = 20;
-    let counters = SharedCounters::new();
+    let child = testing::child!(roles);
+    let _guard = Guard::new();
     for round in 0..ROUNDS {
-        let name = TestName::new("race");
+        let name = name("race");
         let cell = Cell::create(name.as_str(), ledger()).unwrap();
-        let mut holder = spawn_holder::<NamedSemaphore>(name.as_str());
-        let (died, clean) = (2 * round, 2 * round + 1);
-        let base = counters.get(0) as *const _ as usize;
-        let waiters: Vec<Child> = (0..2)
+        let counters = SharedCounters::create(&name);
+        let holder = spawn_holder(child, &name);
+        let waiters: Vec<Running> = (0..2)
             .map(|_| {
-                let n = name.0.clone();
-                Child::spawn(move |_| {
-                    // SAFETY: the shared page is mapped in the child (fork).
-                    let ctr = |i: usize| unsafe {
-                        &*(base as *const std::sync::atomic::AtomicU64).add(i)
-                    };
-                    let c = Cell::open(&n).unwrap();
-                    match c.lock_timeout(BOUND) {
-                        Err(LockError::OwnerDied(mut g)) => {
-                            ctr(died).fetch_add(1, Ordering::SeqCst);
-                            repair(&mut g);
-                            g.make_consistent();
-                        }
-                        Ok(g) => {
-                            assert!(consistent(&g));
-                            ctr(clean).fetch_add(1, Ordering::SeqCst);
-                        }
-                        Err(e) => panic!("waiter: {e}"),
-                    };
-                })
+                child
+                    .command()
+                    .args(["race_waiter", &name])
+                    .spawn()
+                    .unwrap()
             })
             .collect();
         await_sleepers(&cell, 2);
-        holder.kill();
+        holder.kill().unwrap();
         // Wake both at once so that they really race (rather than finding
         // the death one slice apart).
         let sem = NamedSemaphore::open(name.as_str()).unwrap();
         sem.post().unwrap();
         sem.post().unwrap();
-        for mut w in waiters {
-            w.join();
+        for w in waiters {
+            w.wait().unwrap();
         }
         assert_eq!(
-            counters.get(died).load(Ordering::SeqCst),
+            counters.get(DIED).load(Ordering::SeqCst),
             1,
             "round {round}: exactly one OwnerDied"
         );
-        assert_eq!(counters.get(clean).load(Ordering::SeqCst), 1);
+        assert_eq!(counters.get(CLEAN).load(Ordering::SeqCst), 1);
     }
 }
 
 /// Two processes call `try_lock` at once on a dead holder's lock: exactly
 /// one gets OwnerDied; the other sees the winner holding (WouldBlock).
+#[test]
 fn try_lock_race_for_dead_holder() {
+    let child = testing::child!(roles);
+    let _guard = Guard::new();
     for round in 0..20 {
-        let name = TestName::new("tryrace");
+        let name = name("tryrace");
         let _cell = Cell::create(name.as_str(), ledger()).unwrap();
-        spawn_holder::<NamedSemaphore>(name.as_str()).kill();
-        let mut racers: Vec<Child> = (0..2)
+        let counters = SharedCounters::create(&name);
+        spawn_holder(child, &name).kill().unwrap();
+        let mut racers: Vec<Running> = (0..2)
             .map(|_| {
-                let n = name.0.clone();
-                let mut c = Child::spawn(move |ctx| {
-                    let c = Cell::open(&n).unwrap();
-                    ctx.reached_and_wait(b'R');
-                    match c.try_lock() {
-                        Err(LockError::OwnerDied(mut g)) => {
-                            ctx.reached_and_wait(b'O');
-                            repair(&mut g);
-                            g.make_consistent();
-                        }
-                        Err(LockError::WouldBlock) => {
-                            ctx.reached_and_wait(b'B');
-                        }
-                        other => panic!("racer got {:?}", other.map(|_| ())),
-                    };
-                });
-                assert_eq!(c.expect_reached(), b'R');
-                c
+                let mut r = child
+                    .command()
+                    .args(["try_racer", &name])
+                    .stop_at("ready")
+                    .spawn()
+                    .unwrap();
+                r.wait_stopped().unwrap();
+                r
             })
             .collect();
         for r in racers.iter_mut() {
-            r.command(b'G');
+            r.resume().unwrap();
         }
-        let mut got: Vec<u8> = racers.iter_mut().map(|r| r.expect_reached()).collect();
-        got.sort();
-        assert_eq!(got, b"BO", "round {round}: one OwnerDied, one WouldBlock");
-        for r in racers.iter_mut() {
-            r.command(b'G');
-            r.join();
+        for r in racers {
+            r.wait().unwrap();
         }
+        let got = (
+            counters.get(DIED).load(Ordering::SeqCst),
+            counters.get(BLOCKED).load(Ordering::SeqCst),
+        );
+        assert_eq!(got, (1, 1), "round {round}: one OwnerDied, one WouldBlock");
     }
 }
 
 /// A holder killed but not yet reaped is a zombie — `kill(pid, 0)` still
 /// succeeds on it — and must count as dead, on every acquire path.
+#[test]
 fn zombie_holder_counts_as_dead() {
-    for op in common::suite::OPS {
-        let name = TestName::new("zombie");
+    let child = testing::child!(roles);
+    let _guard = Guard::new();
+    for op in backend_suite::OPS {
+        let name = name("zombie");
         let cell = Cell::create(name.as_str(), ledger()).unwrap();
-        let mut holder = spawn_holder::<NamedSemaphore>(name.as_str());
+        let holder = spawn_holder(child, &name);
+        let pid = holder.pid();
+        // Only this process reaps it (when `holder` is killed or dropped).
         // SAFETY: signalling our own child.
-        assert_eq!(unsafe { libc::kill(holder.pid as i32, libc::SIGKILL) }, 0);
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
         // Wait until it has exited, without reaping it (WNOWAIT).
         // SAFETY: an all-zero siginfo_t is valid storage for waitid.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: waiting on our own child with a valid out-pointer.
-        let r = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                holder.pid,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT,
-            )
-        };
+        let r = unsafe { libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT) };
         assert_eq!(r, 0);
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", holder.pid)).unwrap();
-        let state = stat.rsplit(')').next().unwrap().split_whitespace().next();
-        assert_eq!(state, Some("Z"), "the holder is a zombie");
+        assert_eq!(proc_state(pid), 'Z', "the holder is a zombie");
         // SAFETY: probing our own (zombie) child.
-        assert_eq!(unsafe { libc::kill(holder.pid as i32, 0) }, 0);
-        match common::suite::attempt(&cell, op) {
+        assert_eq!(unsafe { libc::kill(pid as i32, 0) }, 0);
+        match backend_suite::attempt(&cell, op) {
             Err(LockError::OwnerDied(mut g)) => {
                 assert_eq!(g.a, 1);
                 repair(&mut g);
@@ -257,26 +309,24 @@ fn zombie_holder_counts_as_dead() {
             other => panic!("{op:?} on a zombie's lock: {:?}", other.map(|_| ())),
         }
         assert!(cell.try_lock().is_ok());
-        holder.wait();
+        holder.kill().unwrap();
     }
 }
 
 /// The process that took a dead holder's lock over (OwnerDied) dies too
 /// before `make_consistent`: the next locker gets OwnerDied again.
+#[test]
 fn owner_died_holder_killed_again() {
-    let name = TestName::new("twice");
+    let child = testing::child!(roles);
+    let _guard = Guard::new();
+    let name = name("twice");
     let cell = Cell::create(name.as_str(), ledger()).unwrap();
-    spawn_holder::<NamedSemaphore>(name.as_str()).kill();
-    let n = name.0.clone();
-    let mut second = Child::spawn(move |ctx| {
-        let c = Cell::open(&n).unwrap();
-        let mut g = c.lock().err().and_then(LockError::into_owner_died).unwrap();
-        g.b = 9;
-        ctx.reached_and_wait(b'O');
-        drop(g);
-    });
-    assert_eq!(second.expect_reached(), b'O');
-    second.kill();
+    spawn_holder(child, &name).kill().unwrap();
+    child
+        .command()
+        .args(["second", &name])
+        .kill_at("owner died")
+        .unwrap();
     match cell.try_lock() {
         Err(LockError::OwnerDied(mut g)) => {
             assert_eq!((g.a, g.b), (1, 9));
@@ -288,71 +338,76 @@ fn owner_died_holder_killed_again() {
     assert!(consistent(&cell.try_lock().unwrap()));
 }
 
+/// A contender of [`contended_kill_loop`].
+fn contender(name: &str, spin: u32) {
+    let ctr = SharedCounters::open(name);
+    let c = Cell::open(name).unwrap();
+    testing::point("started");
+    loop {
+        let mut g = match c.lock() {
+            Ok(g) => g,
+            Err(LockError::OwnerDied(mut g)) => {
+                ctr.get(RECOVERED).fetch_add(1, Ordering::SeqCst);
+                // The dead holder may have left the flag set.
+                ctr.get(INSIDE).store(0, Ordering::SeqCst);
+                repair(&mut g);
+                g.make_consistent();
+                g
+            }
+            Err(e) => panic!("child lock: {e}"),
+        };
+        if ctr.get(INSIDE).swap(1, Ordering::SeqCst) != 0 {
+            ctr.get(VIOLATIONS).fetch_add(1, Ordering::SeqCst);
+        }
+        g.a -= 1;
+        for _ in 0..spin {
+            std::hint::spin_loop();
+        }
+        g.b += 1;
+        g.n += 1;
+        ctr.get(COMMITTED).store(g.n, Ordering::SeqCst);
+        ctr.get(INSIDE).store(0, Ordering::SeqCst);
+        drop(g);
+    }
+}
+
 /// Two processes contend for the lock while one of them is SIGKILLed at a
 /// random moment and replaced, cycle after cycle. Mutual exclusion is
 /// checked inside the critical section (a flag that must be clear on
 /// entry), and the ledger invariant after every kill.
+#[test]
 fn contended_kill_loop() {
     const CYCLES: u32 = 100;
-    let name = TestName::new("contend");
+    let child = testing::child!(roles);
+    let _guard = Guard::new();
+    let name = name("contend");
     let cell = Cell::create(name.as_str(), ledger()).unwrap();
-    let counters = SharedCounters::new();
-    // 0: inside flag, 1: exclusion violations, 2: owner-died recoveries by
-    // children, 3: committed transfers.
-    let base = counters.get(0) as *const _ as usize;
-    let spawn = |name: String, spin: u32| {
-        Child::spawn(move |ctx| {
-            // SAFETY: the shared page is mapped in the child (fork).
-            let ctr = |i: usize| unsafe { &*(base as *const std::sync::atomic::AtomicU64).add(i) };
-            let c = Cell::open(&name).unwrap();
-            ctx.reached(b'S');
-            loop {
-                let mut g = match c.lock() {
-                    Ok(g) => g,
-                    Err(LockError::OwnerDied(mut g)) => {
-                        ctr(2).fetch_add(1, Ordering::SeqCst);
-                        // The dead holder may have left the flag set.
-                        ctr(0).store(0, Ordering::SeqCst);
-                        repair(&mut g);
-                        g.make_consistent();
-                        g
-                    }
-                    Err(e) => panic!("child lock: {e}"),
-                };
-                if ctr(0).swap(1, Ordering::SeqCst) != 0 {
-                    ctr(1).fetch_add(1, Ordering::SeqCst);
-                }
-                g.a -= 1;
-                for _ in 0..spin {
-                    std::hint::spin_loop();
-                }
-                g.b += 1;
-                g.n += 1;
-                ctr(3).store(g.n, Ordering::SeqCst);
-                ctr(0).store(0, Ordering::SeqCst);
-                drop(g);
-            }
-        })
+    let counters = SharedCounters::create(&name);
+    let spawn = |spin: u64| {
+        let mut c = child
+            .command()
+            .args(["contender".to_string(), name.to_string(), spin.to_string()])
+            .spawn()
+            .unwrap();
+        c.wait_point("started").unwrap();
+        c
     };
-    let mut rng = common::Rng::new(0xc0de ^ std::process::id() as u64);
-    let mut kids: Vec<Child> = (0..2).map(|i| spawn(name.0.clone(), 50 * i)).collect();
-    for k in kids.iter_mut() {
-        assert_eq!(k.expect_reached(), b'S');
-    }
+    let mut rng = Rng::new(0xc0de ^ std::process::id() as u64);
+    let mut kids: Vec<Option<Running>> = (0..2).map(|i| Some(spawn(50 * i))).collect();
     for cycle in 0..CYCLES {
-        let target = counters.get(3).load(Ordering::SeqCst) + 1 + rng.below(30);
+        let target = counters.get(COMMITTED).load(Ordering::SeqCst) + 1 + rng.below(30);
         let deadline = Instant::now() + BOUND;
-        while counters.get(3).load(Ordering::SeqCst) < target {
+        while counters.get(COMMITTED).load(Ordering::SeqCst) < target {
             assert!(Instant::now() < deadline, "cycle {cycle}: no progress");
             std::thread::yield_now();
         }
         let victim = rng.below(2) as usize;
-        kids[victim].kill();
-        kids[victim] = spawn(name.0.clone(), rng.below(300) as u32);
-        assert_eq!(kids[victim].expect_reached(), b'S');
+        let ended = kids[victim].take().unwrap().kill().unwrap();
+        assert!(ended.killed, "cycle {cycle}: contender had ended");
+        kids[victim] = Some(spawn(rng.below(300)));
     }
-    for k in kids.iter_mut() {
-        k.kill();
+    for k in kids.into_iter().flatten() {
+        k.kill().unwrap();
     }
     let g = match cell.lock_timeout(BOUND) {
         Ok(g) => g,
@@ -366,13 +421,13 @@ fn contended_kill_loop() {
     assert!(consistent(&g), "invariant broken: {:?}", *g);
     assert!(g.n > 0 && g.a == A0 - g.n);
     assert_eq!(
-        counters.get(1).load(Ordering::SeqCst),
+        counters.get(VIOLATIONS).load(Ordering::SeqCst),
         0,
         "two holders at once"
     );
     println!(
         "    contended kill loop: {CYCLES} kills, {} owner-died recoveries in children, {} transfers",
-        counters.get(2).load(Ordering::SeqCst),
+        counters.get(RECOVERED).load(Ordering::SeqCst),
         g.n
     );
 }
@@ -381,12 +436,10 @@ static SEM_AT_PUBLISH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 static SEM_SEEN_AT_PUBLISH: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
-/// The semaphore exists before the segment is published Ready (checked
-/// from the creator's Published hook), with the segment's mode whatever the
-/// umask, and starts at 0.
-fn semaphore_exists_when_ready() {
-    let name = TestName::new("ready");
-    SEM_AT_PUBLISH.set(sem_path(&name)).unwrap();
+/// The child's side of [`semaphore_exists_when_ready`]: the umask and the
+/// init hook are process-wide.
+fn semaphore_when_ready(name: &str) {
+    SEM_AT_PUBLISH.set(sem_path(name)).unwrap();
     shmsync::segment::set_init_hook(Some(|step| {
         if step == shmsync::segment::InitStep::Published {
             let exists = Path::new(SEM_AT_PUBLISH.get().unwrap()).exists();
@@ -394,9 +447,9 @@ fn semaphore_exists_when_ready() {
         }
     }));
     let opts = shmsync::CreateOptions::new().mode(0o640);
-    // SAFETY: umask is process-wide; this test runs in its own process.
+    // SAFETY: umask is process-wide; this child is alone in its process.
     let old = unsafe { libc::umask(0o077) };
-    let cell = Cell::create_with(name.as_str(), ledger(), &opts);
+    let cell = Cell::create_with(name, ledger(), &opts);
     // SAFETY: as above.
     unsafe { libc::umask(old) };
     shmsync::segment::set_init_hook(None);
@@ -406,33 +459,47 @@ fn semaphore_exists_when_ready() {
         "sem.NAME before Ready"
     );
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(sem_path(&name))
+    let mode = std::fs::metadata(sem_path(name))
         .unwrap()
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o640, "the semaphore gets the segment's mode");
-    let sem = NamedSemaphore::open(name.as_str()).unwrap();
+    let sem = NamedSemaphore::open(name).unwrap();
     assert_eq!(sem.value().unwrap(), 0, "waiters' semaphore starts at 0");
+}
+
+/// The semaphore exists before the segment is published Ready (checked
+/// from the creator's Published hook), with the segment's mode whatever the
+/// umask, and starts at 0. The creator is a child: umask and hook are
+/// process-wide.
+#[test]
+fn semaphore_exists_when_ready() {
+    let child = testing::child!(roles);
+    let _guard = Guard::new();
+    let name = name("ready");
+    child
+        .command()
+        .args(["semaphore_when_ready", &name])
+        .run()
+        .unwrap();
+    assert!(Path::new(&sem_path(&name)).exists());
 }
 
 /// A creator that dies after making the semaphore but before Ready leaves
 /// an abandoned segment and a semaphore: `open` reports AbandonedInit,
 /// `open_or_create` takes the segment over with a fresh semaphore, and the
 /// lock works across processes.
+#[test]
 fn abandoned_init_is_taken_over_with_fresh_semaphore() {
-    let name = TestName::new("abandon");
-    let n = name.0.clone();
-    let mut creator = Child::spawn(move |_| {
-        shmsync::segment::set_init_hook(Some(|step| {
-            if step == shmsync::segment::InitStep::ValueWritten {
-                // SAFETY: dying on purpose, mid-initialisation.
-                unsafe { libc::_exit(7) };
-            }
-        }));
-        let _ = Cell::create(&n, ledger());
-    });
-    let status = creator.wait();
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 7);
+    let child = testing::child!(roles);
+    let _guard = Guard::new();
+    let name = name("abandon");
+    match child.command().args(["abandoning_creator", &name]).run() {
+        Err(ChildError::Failed { status, .. }) => {
+            assert_eq!(status, "exit status 7")
+        }
+        other => panic!("the creator should exit 7: {other:?}"),
+    }
     assert!(Path::new(&sem_path(&name)).exists(), "left a semaphore");
     // Leave a token in the abandoned semaphore: it must not survive.
     NamedSemaphore::open(name.as_str()).unwrap().post().unwrap();
@@ -448,17 +515,247 @@ fn abandoned_init_is_taken_over_with_fresh_semaphore() {
             .unwrap(),
         0
     );
-    let mut holder = spawn_holder::<NamedSemaphore>(name.as_str());
+    let mut holder = spawn_holder(child, &name);
     assert_eq!(cell.try_lock().err().map(|e| e.kind()), Some("WouldBlock"));
-    holder.command(b'R');
+    holder.resume().unwrap();
     assert_eq!(cell.lock().unwrap().a, 2);
-    holder.join();
+    holder.wait().unwrap();
+}
+
+/// Cell names for this backend allow 251 bytes after '/' (`sem.` takes
+/// four of the file name's 255); a longer one is refused before any object
+/// is created. (The long names extend a `TestName` with `-…`, so that it
+/// removes them.)
+#[test]
+fn name_limit_checked_before_create() {
+    let _guard = Guard::new();
+    let base = name("");
+    let pad = |len: usize| format!("{}-{}", base.as_str(), "x".repeat(len - base.len()));
+    let ok = pad(251);
+    assert_eq!(ok.len(), 252);
+    let cell = Cell::create(&ok, ledger()).unwrap();
+    drop(cell.lock().unwrap());
+    let long = pad(252);
+    for r in [
+        Cell::create(&long, ledger()).err(),
+        Cell::open_or_create(&long, ledger()).err(),
+        Cell::open(&long).err(),
+    ] {
+        assert!(matches!(r, Some(Error::InvalidName { .. })), "{r:?}");
+    }
+    assert!(
+        !Path::new(&format!("/dev/shm{long}")).exists(),
+        "no segment was created"
+    );
+    // The default backend still takes it (255 allowed).
+    let _m = ShmCell::<Ledger>::create(&long, ledger()).unwrap();
+}
+
+/// The child's side of [`fork_with_guard_child_is_not_the_holder`].
+fn fork_with_guard(n: &str) {
+    let cell = Cell::open(n).unwrap();
+    let guard = cell.lock().unwrap();
+    let (guard_ref, cell_ref) = (&guard, &cell);
+    let parent = std::process::id();
+    let status = forked(move || {
+        // SAFETY: the forked process owns a copy of this memory; dropping
+        // its copy of the guard is what unwinding through the frame would do.
+        drop(unsafe { std::ptr::read(guard_ref) });
+        assert_eq!(cell_ref.holder_pid(), Some(parent));
+        // The forked process is another process: WouldBlock, not Deadlock.
+        assert_eq!(
+            cell_ref.try_lock().err().map(|e| e.kind()),
+            Some("WouldBlock")
+        );
+    });
+    assert_eq!(status, 0, "the forked process's checks failed");
+    assert_eq!(cell.holder_pid(), Some(parent));
+    drop(guard);
+    assert_eq!(cell.holder_pid(), None);
+}
+
+/// A process forked while its parent holds a guard drops its copy without
+/// releasing; it is not the holder; the parent still is. (The forking is
+/// done by a child: see `backend_suite`.)
+#[test]
+fn fork_with_guard_child_is_not_the_holder() {
+    let child = testing::child!(roles);
+    let _guard = Guard::new();
+    let name = name("fork");
+    let _cell = Cell::create(name.as_str(), ledger()).unwrap();
+    child
+        .command()
+        .args(["fork_with_guard", &name])
+        .run()
+        .unwrap();
+}
+
+/// A guard forgotten and the handle dropped: the lock stays held while the
+/// process lives, and its exit makes the next locker get OwnerDied.
+#[test]
+fn forgotten_guard_then_exit_is_owner_died() {
+    let child = testing::child!(roles);
+    let _guard = Guard::new();
+    let name = name("forget");
+    let cell = Cell::create(name.as_str(), ledger()).unwrap();
+    let mut child = child
+        .command()
+        .args(["forget_then_exit", &name])
+        .stop_at("forgotten")
+        .spawn()
+        .unwrap();
+    child.wait_stopped().unwrap();
+    assert_eq!(cell.try_lock().err().map(|e| e.kind()), Some("WouldBlock"));
+    child.resume().unwrap(); // let it exit normally
+    child.wait().unwrap();
+    match cell.try_lock() {
+        Err(LockError::OwnerDied(g)) => {
+            assert_eq!(g.b, 3);
+            g.make_consistent();
+        }
+        other => panic!("expected OwnerDied, got {:?}", other.map(|_| ())),
+    };
+}
+
+/// The holder of [`holder_whose_main_thread_exited_is_alive`]: a process
+/// forked by the child (its thread is its leader), where a second thread
+/// takes the lock and the leader then exits alone. The child itself
+/// stays stopped at "forked" until the test kills its process group.
+fn leader_exits(n: &str) {
+    // SAFETY: in a child's code (see backend_suite::forked).
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let c: &'static SemCell = Box::leak(Box::new(SemCell::open(n).unwrap()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut g = c.lock().unwrap();
+            g.a = 5;
+            tx.send(()).unwrap();
+            std::mem::forget(g);
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv().unwrap();
+        testing::point("leader exiting");
+        // SAFETY: the raw exit(2) of this (leader) thread only — no
+        // unwinding, the other thread lives on.
+        unsafe { libc::syscall(libc::SYS_exit, 0) };
+    }
+    testing::point("forked");
+}
+
+/// A process whose main thread exited (its thread-group leader is a zombie
+/// in `/proc/PID/stat`) while another of its threads holds the lock is
+/// alive: nobody may take the lock over. Once the process is killed, the
+/// next locker gets OwnerDied.
+#[test]
+fn holder_whose_main_thread_exited_is_alive() {
+    let child = testing::child!(roles);
+    let _guard = Guard::new();
+    let name = name("zleader");
+    let cell = SemCell::create(name.as_str(), ledger()).unwrap();
+    let mut middle = child
+        .command()
+        .args(["leader_exits", &name])
+        .stop_at("forked")
+        .spawn()
+        .unwrap();
+    middle.wait_point("leader exiting").unwrap();
+    middle.wait_stopped().unwrap();
+    await_until("the holder is recorded", || cell.holder_pid().is_some());
+    let holder = cell.holder_pid().unwrap();
+    assert_ne!(holder, middle.pid(), "the forked process holds");
+    await_until("the main thread exited", || proc_state(holder) == 'Z');
+    expect_held(&cell, "leader exited, holder thread alive");
+    middle.kill().unwrap(); // its process group: the holder too
+    match cell.lock_timeout(BOUND) {
+        Err(LockError::OwnerDied(g)) => {
+            assert_eq!(g.a, 5);
+            g.make_consistent();
+        }
+        other => panic!("after the kill: {:?}", other.map(|_| ())),
+    };
+}
+
+/// The checker of [`holder_hidden_by_hidepid_is_alive`]: a private mount
+/// namespace for this thread, a `/proc` that hides other users'
+/// processes, then fewer privileges.
+fn hidepid_checker(n: &str, holder_pid: u32) {
+    let proc_ = c"proc";
+    // SAFETY: a private mount namespace for this thread (CLONE_NEWNS
+    // unshares the calling thread's filesystem view), then a /proc that
+    // hides other users' processes; then drop privileges.
+    unsafe {
+        assert_eq!(libc::unshare(libc::CLONE_NEWNS), 0, "unshare");
+        let none = std::ptr::null();
+        let r = libc::mount(
+            none,
+            c"/".as_ptr(),
+            none,
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        );
+        assert_eq!(r, 0, "make mounts private");
+        let r = libc::mount(
+            proc_.as_ptr(),
+            c"/proc".as_ptr(),
+            proc_.as_ptr(),
+            0,
+            c"hidepid=2".as_ptr().cast(),
+        );
+        assert_eq!(r, 0, "mount proc hidepid=2");
+        assert_eq!(libc::setgid(65534), 0);
+        assert_eq!(libc::setuid(65534), 0);
+    }
+    assert!(
+        !Path::new(&format!("/proc/{holder_pid}")).exists(),
+        "hidepid hides the holder"
+    );
+    let c = SemCell::open(n).unwrap();
+    expect_held(&c, "holder hidden by hidepid");
+}
+
+/// Under a `/proc` mounted `hidepid=2`, another user's live holder has no
+/// `/proc/PID` at all: it must still count as alive.
+#[test]
+fn holder_hidden_by_hidepid_is_alive() {
+    let child = testing::child!(roles);
+    let _guard = Guard::new();
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("    (needs root: two uids and a private /proc mount; not run)");
+        return;
+    }
+    let name = name("hidepid");
+    let opts = shmsync::CreateOptions::new().mode(0o666);
+    let _cell = SemCell::create_with(name.as_str(), ledger(), &opts).unwrap();
+    let mut holder = child
+        .command()
+        .args(["hidden_holder", &name])
+        .stop_at("holding")
+        .spawn()
+        .unwrap();
+    holder.wait_stopped().unwrap();
+    child
+        .command()
+        .args([
+            "hidepid_checker".to_string(),
+            name.to_string(),
+            holder.pid().to_string(),
+        ])
+        .run()
+        .unwrap();
+    holder.kill().unwrap();
 }
 
 /// `ShmCell::<T>::unlink` — default-typed, i.e. for the robust mutex —
 /// reads the lock kind from the header and removes `sem.NAME` too.
+#[test]
 fn default_typed_unlink_removes_semaphore() {
-    let name = TestName::new("unlink");
+    let _guard = Guard::new();
+    let name = name("unlink");
     let cell = Cell::create(name.as_str(), ledger()).unwrap();
     assert!(Path::new(&sem_path(&name)).exists());
     assert!(Path::new(&name.path()).exists());
@@ -475,26 +772,31 @@ fn default_typed_unlink_removes_semaphore() {
 
 /// A `sem.NAME` left behind (here: made by hand with a value) is stale when
 /// the segment is created exclusively: it is replaced by a fresh one.
+#[test]
 fn stale_semaphore_at_create_is_replaced() {
-    let name = TestName::new("stale");
+    let child = testing::child!(roles);
+    let _guard = Guard::new();
+    let name = name("stale");
     let stale = NamedSemaphore::create(name.as_str(), 5).unwrap();
     let cell = Cell::create(name.as_str(), ledger()).unwrap();
     let fresh = NamedSemaphore::open(name.as_str()).unwrap();
     assert_eq!(fresh.value().unwrap(), 0);
     assert_eq!(stale.value().unwrap(), 5, "the stale one was only unlinked");
     // The lock still works across processes with the fresh semaphore.
-    let mut holder = spawn_holder::<NamedSemaphore>(name.as_str());
-    holder.command(b'R');
+    let mut holder = spawn_holder(child, &name);
+    holder.resume().unwrap();
     assert_eq!(cell.lock().unwrap().a, 2);
-    holder.join();
+    holder.wait().unwrap();
 }
 
 /// `open` checks the header first and never creates the semaphore: with
 /// `sem.NAME` gone (damage: the Ready segment says it was made) `open` and
 /// `open_or_create` report Corrupted — not NotFound, which would say there
 /// is no cell — and leave none behind.
+#[test]
 fn open_never_creates_the_semaphore() {
-    let name = TestName::new("nosem");
+    let _guard = Guard::new();
+    let name = name("nosem");
     let _cell = Cell::create(name.as_str(), ledger()).unwrap();
     NamedSemaphore::unlink(name.as_str()).unwrap();
     assert!(matches!(
@@ -510,8 +812,10 @@ fn open_never_creates_the_semaphore() {
 
 /// Opening with the other lock kind is Incompatible — in both directions —
 /// and never touches (or creates) a semaphore.
+#[test]
 fn other_kind_is_incompatible() {
-    let name = TestName::new("kind");
+    let _guard = Guard::new();
+    let name = name("kind");
     let _cell = Cell::create(name.as_str(), ledger()).unwrap();
     assert!(matches!(
         ShmCell::<Ledger>::open(name.as_str()),
@@ -520,7 +824,7 @@ fn other_kind_is_incompatible() {
             ..
         })
     ));
-    let other = TestName::new("kind2");
+    let other = backend_suite::name("kind2");
     let _mutex_cell = ShmCell::<Ledger>::create(other.as_str(), ledger()).unwrap();
     assert!(matches!(
         Cell::open(other.as_str()),
@@ -532,32 +836,11 @@ fn other_kind_is_incompatible() {
     assert!(!Path::new(&sem_path(&other)).exists());
 }
 
-/// Cell names for this backend allow 251 bytes after '/' (`sem.` takes
-/// four of the file name's 255); a longer one is refused before any object
-/// is created.
-fn name_limit_checked_before_create() {
-    let base = TestName::new("");
-    let pad = |len: usize| format!("{}{}", base.as_str(), "x".repeat(len - (base.0.len() - 1)));
-    let ok = TestName(pad(251));
-    assert_eq!(ok.0.len(), 252);
-    let cell = Cell::create(ok.as_str(), ledger()).unwrap();
-    drop(cell.lock().unwrap());
-    let long = TestName(pad(252));
-    for r in [
-        Cell::create(long.as_str(), ledger()).err(),
-        Cell::open_or_create(long.as_str(), ledger()).err(),
-        Cell::open(long.as_str()).err(),
-    ] {
-        assert!(matches!(r, Some(Error::InvalidName { .. })), "{r:?}");
-    }
-    assert!(!Path::new(&long.path()).exists(), "no segment was created");
-    // The default backend still takes it (255 allowed).
-    let _m = ShmCell::<Ledger>::create(long.as_str(), ledger()).unwrap();
-}
-
 /// Threads of one process sharing a handle exclude each other.
+#[test]
 fn threads_exclude_each_other() {
-    let name = TestName::new("threads");
+    let _guard = Guard::new();
+    let name = name("threads");
     let cell = Cell::create(name.as_str(), ledger()).unwrap();
     std::thread::scope(|s| {
         for _ in 0..4 {
@@ -576,185 +859,4 @@ fn threads_exclude_each_other() {
     let g = cell.lock().unwrap();
     assert_eq!(g.n, 8000);
     assert!(consistent(&g));
-}
-
-/// A process forked while its parent holds a guard drops its copy without
-/// releasing; it is not the holder; the parent still is.
-fn fork_with_guard_child_is_not_the_holder() {
-    let name = TestName::new("fork");
-    let cell = Cell::create(name.as_str(), ledger()).unwrap();
-    let guard = cell.lock().unwrap();
-    let (guard_ref, cell_ref) = (&guard, &cell);
-    let parent = std::process::id();
-    Child::spawn(move |_| {
-        // SAFETY: the child owns a copy of the parent's memory; dropping its
-        // copy of the guard is what unwinding through the frame would do.
-        drop(unsafe { std::ptr::read(guard_ref) });
-        assert_eq!(cell_ref.holder_pid(), Some(parent));
-        // The child is another process: WouldBlock, not Deadlock.
-        assert_eq!(
-            cell_ref.try_lock().err().map(|e| e.kind()),
-            Some("WouldBlock")
-        );
-    })
-    .join();
-    assert_eq!(cell.holder_pid(), Some(parent));
-    drop(guard);
-    assert_eq!(cell.holder_pid(), None);
-}
-
-/// A guard forgotten and the handle dropped: the lock stays held while the
-/// process lives, and its exit makes the next locker get OwnerDied.
-fn forgotten_guard_then_exit_is_owner_died() {
-    let name = TestName::new("forget");
-    let cell = Cell::create(name.as_str(), ledger()).unwrap();
-    let n = name.0.clone();
-    let mut child = Child::spawn(move |ctx| {
-        let c = Cell::open(&n).unwrap();
-        let mut g = c.lock().unwrap();
-        g.b = 3;
-        std::mem::forget(g);
-        drop(c);
-        ctx.reached_and_wait(b'F');
-    });
-    assert_eq!(child.expect_reached(), b'F');
-    assert_eq!(cell.try_lock().err().map(|e| e.kind()), Some("WouldBlock"));
-    child.command(b'X'); // let it exit normally
-    child.join();
-    match cell.try_lock() {
-        Err(LockError::OwnerDied(g)) => {
-            assert_eq!(g.b, 3);
-            g.make_consistent();
-        }
-        other => panic!("expected OwnerDied, got {:?}", other.map(|_| ())),
-    };
-}
-
-type SemCell = ShmCell<Ledger, NamedSemaphore>;
-
-fn expect_held(cell: &SemCell, what: &str) {
-    assert_eq!(
-        cell.try_lock().err().map(|e| e.kind()),
-        Some("WouldBlock"),
-        "{what}: try_lock"
-    );
-    assert_eq!(
-        cell.lock_timeout(Duration::from_millis(50))
-            .err()
-            .map(|e| e.kind()),
-        Some("TimedOut"),
-        "{what}: lock_timeout"
-    );
-}
-
-/// A process whose main thread exited (its thread-group leader is a zombie
-/// in `/proc/PID/stat`) while another of its threads holds the lock is
-/// alive: nobody may take the lock over. Once the process is killed, the
-/// next locker gets OwnerDied.
-fn holder_whose_main_thread_exited_is_alive() {
-    let name = TestName::new("zleader");
-    let cell = SemCell::create(name.as_str(), ledger()).unwrap();
-    let n = name.0.clone();
-    let mut holder = Child::spawn(move |ctx| {
-        let c: &'static SemCell = Box::leak(Box::new(SemCell::open(&n).unwrap()));
-        let fd = ctx.report_fd();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut g = c.lock().unwrap();
-            g.a = 5;
-            tx.send(()).unwrap();
-            std::mem::forget(g);
-            loop {
-                std::thread::park();
-            }
-        });
-        rx.recv().unwrap();
-        // SAFETY: one byte to the report pipe, then the raw exit(2) of this
-        // (main) thread only — no unwinding, the other thread lives on.
-        unsafe {
-            libc::write(fd, [b'T'].as_ptr().cast(), 1);
-            libc::syscall(libc::SYS_exit, 0);
-        }
-    });
-    assert_eq!(holder.expect_reached(), b'T');
-    let deadline = Instant::now() + BOUND;
-    loop {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", holder.pid)).unwrap();
-        let state = stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap();
-        if state == 'Z' {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the main thread never exited");
-        std::thread::yield_now();
-    }
-    expect_held(&cell, "leader exited, holder thread alive");
-    holder.kill();
-    match cell.lock_timeout(BOUND) {
-        Err(LockError::OwnerDied(g)) => {
-            assert_eq!(g.a, 5);
-            g.make_consistent();
-        }
-        other => panic!("after the kill: {:?}", other.map(|_| ())),
-    };
-}
-
-/// Under a `/proc` mounted `hidepid=2`, another user's live holder has no
-/// `/proc/PID` at all: it must still count as alive.
-fn holder_hidden_by_hidepid_is_alive() {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        println!("    (needs root: two uids and a private /proc mount; not run)");
-        return;
-    }
-    let name = TestName::new("hidepid");
-    let opts = shmsync::CreateOptions::new().mode(0o666);
-    let _cell = SemCell::create_with(name.as_str(), ledger(), &opts).unwrap();
-    let n = name.0.clone();
-    let mut holder = Child::spawn(move |ctx| {
-        // SAFETY: dropping privileges in the child only.
-        unsafe {
-            assert_eq!(libc::setgid(65533), 0);
-            assert_eq!(libc::setuid(65533), 0);
-        }
-        let c = SemCell::open(&n).unwrap();
-        let _g = c.lock().unwrap();
-        ctx.reached_and_wait(b'H');
-    });
-    assert_eq!(holder.expect_reached(), b'H');
-    let (n, holder_pid) = (name.0.clone(), holder.pid);
-    Child::spawn(move |_| {
-        let proc_ = c"proc";
-        // SAFETY: a private mount namespace for this child, then a /proc
-        // that hides other users' processes; then drop privileges.
-        unsafe {
-            assert_eq!(libc::unshare(libc::CLONE_NEWNS), 0, "unshare");
-            let none = std::ptr::null();
-            let r = libc::mount(
-                none,
-                c"/".as_ptr(),
-                none,
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            );
-            assert_eq!(r, 0, "make mounts private");
-            let r = libc::mount(
-                proc_.as_ptr(),
-                c"/proc".as_ptr(),
-                proc_.as_ptr(),
-                0,
-                c"hidepid=2".as_ptr().cast(),
-            );
-            assert_eq!(r, 0, "mount proc hidepid=2");
-            assert_eq!(libc::setgid(65534), 0);
-            assert_eq!(libc::setuid(65534), 0);
-        }
-        assert!(
-            !Path::new(&format!("/proc/{holder_pid}")).exists(),
-            "hidepid hides the holder"
-        );
-        let c = SemCell::open(&n).unwrap();
-        expect_held(&c, "holder hidden by hidepid");
-    })
-    .join();
-    holder.kill();
 }

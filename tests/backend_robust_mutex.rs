@@ -1,40 +1,25 @@
-//! The backend suite and the robust mutex's own owner-death paths (thread
-//! exit, exec, fork with a guard held, a forgotten guard), across processes.
+//! The backend suite for `ShmCell<T, RobustMutex>`, the robust mutex's own
+//! owner-death paths (thread exit, exec, a forgotten guard), and the
+//! standalone `RobustMutex` in a `Segment` of the user's own, across
+//! processes.
 
-mod common;
+mod backend_suite;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::suite::{ledger, Ledger};
-use common::{Child, TestName};
-use shmsync::{LockError, RobustMutex, ShmCell};
+use backend_suite::{ledger, name, Guard, Ledger, BOUND};
+use shmsync::segment::{LockKind, SegmentSpec};
+use shmsync::testing::{self, Running};
+use shmsync::{CreateOptions, LockError, RobustMutex, Segment, ShmCell};
 
-fn main() {
-    let suite = backend_suite!(RobustMutex);
-    let own: [(&str, common::TestFn); 4] = [
-        ("thread_exit_while_holding", thread_exit_while_holding),
-        ("exec_while_holding", exec_while_holding),
-        (
-            "forgotten_guard_and_dropped_handle",
-            forgotten_guard_and_dropped_handle,
-        ),
-        (
-            "dropping_other_handles_while_held_leaks_nothing",
-            dropping_other_handles_while_held_leaks_nothing,
-        ),
-    ];
-    let all: Vec<_> = suite.into_iter().chain(own).collect();
-    common::run(&all);
-}
+backend_suite!(RobustMutex);
 
 /// A thread of another process exits holding the lock (the process lives
 /// on): the next locker gets OwnerDied.
+#[test]
 fn thread_exit_while_holding() {
-    let name = TestName::new("thr");
-    let cell = ShmCell::<Ledger>::create(name.as_str(), ledger()).unwrap();
-    let n = name.0.clone();
-    let mut child = Child::spawn(move |ctx| {
-        let c = ShmCell::<Ledger>::open(&n).unwrap();
+    let child = testing::child!(|ctx| {
+        let c = ShmCell::<Ledger>::open(ctx.arg(0)).unwrap();
         std::thread::scope(|s| {
             s.spawn(|| {
                 let mut g = c.lock().unwrap();
@@ -42,67 +27,109 @@ fn thread_exit_while_holding() {
                 std::mem::forget(g);
             });
         });
-        ctx.reached_and_wait(b'T');
+        testing::point("thread gone");
     });
-    assert_eq!(child.expect_reached(), b'T');
-    match cell.lock_timeout(common::BOUND) {
+    let _guard = Guard::new();
+    let name = name("thr");
+    let cell = ShmCell::<Ledger>::create(name.as_str(), ledger()).unwrap();
+    let mut child = child.arg(&name).stop_at("thread gone").spawn().unwrap();
+    child.wait_stopped().unwrap();
+    match cell.lock_timeout(BOUND) {
         Err(LockError::OwnerDied(g)) => {
             assert_eq!(g.a, 7);
             g.make_consistent();
         }
         other => panic!("expected OwnerDied, got {:?}", other.map(|_| ())),
     };
-    child.kill();
+    child.kill().unwrap();
+}
+
+/// Waits (bounded) until process `pid` runs the program `comm`: the exec
+/// happened.
+fn await_exec(pid: u32, comm: &str) {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let now = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if now.trim_end() == comm {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{pid} never exec'd {comm}");
+        std::thread::yield_now();
+    }
+}
+
+/// Whether process `pid` exists (for a child of ours: not reaped yet).
+fn alive(pid: u32) -> bool {
+    // SAFETY: probing a process with signal 0 sends nothing.
+    unsafe { libc::kill(pid as i32, 0) == 0 }
 }
 
 /// A process that `exec`s while holding the lock releases it as dead: the
 /// next locker gets OwnerDied while the exec'd program still runs.
+///
+/// The exec'ing thread must be its process's main thread: the kernel walks
+/// the robust list after `de_thread` has given an exec'ing secondary thread
+/// the leader's id, so a lock word holding the secondary thread's old id
+/// is not marked (the lock stays held by a thread that no longer exists).
+/// A child's code runs on libtest's test thread, so the holder is a
+/// process it forks (single-threaded, its thread is the leader).
+#[test]
 fn exec_while_holding() {
-    let name = TestName::new("exec");
-    let cell = ShmCell::<Ledger>::create(name.as_str(), ledger()).unwrap();
-    let n = name.0.clone();
-    let mut child = Child::spawn(move |_| {
-        let c = ShmCell::<Ledger>::open(&n).unwrap();
-        let mut g = c.lock().unwrap();
-        g.a = 9;
-        std::mem::forget(g);
-        let prog = c"/bin/sleep";
-        let args = [c"sleep".as_ptr(), c"60".as_ptr(), std::ptr::null()];
-        // SAFETY: NUL-terminated program and argument vector.
-        unsafe { libc::execv(prog.as_ptr(), args.as_ptr()) };
-        panic!("execv failed");
+    let child = testing::child!(|ctx| {
+        let name = ctx.arg(0);
+        // SAFETY: in a child's code (see backend_suite::forked); the forked
+        // process only opens, locks and execs.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let c = ShmCell::<Ledger>::open(name).unwrap();
+            let mut g = c.lock().unwrap();
+            g.a = 9;
+            std::mem::forget(g);
+            let prog = c"/bin/sleep";
+            let args = [c"sleep".as_ptr(), c"60".as_ptr(), std::ptr::null()];
+            // SAFETY: NUL-terminated program and argument vector.
+            unsafe { libc::execv(prog.as_ptr(), args.as_ptr()) };
+            // SAFETY: exec failed; leave the forked process at once.
+            unsafe { libc::_exit(127) };
+        }
+        await_exec(pid as u32, "sleep");
+        assert!(alive(pid as u32), "the exec'd process is alive");
+        // Stopped here while the test locks; killed with its process
+        // group, the exec'd holder included.
+        testing::point("exec'd");
     });
-    // The report pipe is close-on-exec: end of file means the exec happened.
-    child.expect_report_closed();
-    // SAFETY: probing our own child.
-    let alive = unsafe { libc::kill(child.pid as i32, 0) };
-    assert_eq!(alive, 0, "the exec'd process is alive");
-    match cell.lock_timeout(common::BOUND) {
+    let _guard = Guard::new();
+    let name = name("exec");
+    let cell = ShmCell::<Ledger>::create(name.as_str(), ledger()).unwrap();
+    let mut child = child.arg(&name).stop_at("exec'd").spawn().unwrap();
+    child.wait_stopped().unwrap();
+    match cell.lock_timeout(BOUND) {
         Err(LockError::OwnerDied(g)) => {
             assert_eq!(g.a, 9);
             g.make_consistent();
         }
         other => panic!("expected OwnerDied, got {:?}", other.map(|_| ())),
     };
-    child.kill();
+    assert!(child.kill().unwrap().killed);
 }
 
 /// `mem::forget(guard)` then dropping the handle must not unmap the held
 /// mutex: when the process dies, the next locker gets OwnerDied, not a hang.
+#[test]
 fn forgotten_guard_and_dropped_handle() {
-    let name = TestName::new("forget");
-    let cell = ShmCell::<Ledger>::create(name.as_str(), ledger()).unwrap();
-    let n = name.0.clone();
-    let mut child = Child::spawn(move |ctx| {
-        let c = ShmCell::<Ledger>::open(&n).unwrap();
+    let child = testing::child!(|ctx| {
+        let c = ShmCell::<Ledger>::open(ctx.arg(0)).unwrap();
         let mut g = c.lock().unwrap();
         g.b = 3;
         std::mem::forget(g);
         drop(c);
-        ctx.reached_and_wait(b'F');
+        testing::point("forgotten");
     });
-    assert_eq!(child.expect_reached(), b'F');
-    child.kill();
+    let _guard = Guard::new();
+    let name = name("forget");
+    let cell = ShmCell::<Ledger>::create(name.as_str(), ledger()).unwrap();
+    child.arg(&name).kill_at("forgotten").unwrap();
     match cell.lock_timeout(Duration::from_secs(5)) {
         Err(LockError::OwnerDied(g)) => {
             assert_eq!(g.b, 3);
@@ -123,31 +150,252 @@ fn fd_and_map_counts() -> (usize, usize) {
 }
 
 /// A forgotten-guard leak must be precise: handles dropped while *another*
-/// handle of this process holds the lock are unmapped and closed.
+/// handle of this process holds the lock are unmapped and closed. Counts
+/// this process's descriptors and mappings, and leaks one on purpose: it
+/// runs in a child, alone in its process.
+#[test]
 fn dropping_other_handles_while_held_leaks_nothing() {
-    let name = TestName::new("noleak");
-    let cell = ShmCell::<Ledger>::create(name.as_str(), ledger()).unwrap();
-    let guard = cell.lock().unwrap();
-    let before = fd_and_map_counts();
-    for _ in 0..100 {
-        let other = ShmCell::<Ledger>::open(name.as_str()).unwrap();
-        assert_eq!(other.try_lock().err().map(|e| e.kind()), Some("Deadlock"));
+    let child = testing::child!(|ctx| {
+        let name = ctx.arg(0);
+        let cell = ShmCell::<Ledger>::open(name).unwrap();
+        let guard = cell.lock().unwrap();
+        let before = fd_and_map_counts();
+        for _ in 0..100 {
+            let other = ShmCell::<Ledger>::open(name).unwrap();
+            assert_eq!(other.try_lock().err().map(|e| e.kind()), Some("Deadlock"));
+            drop(other);
+        }
+        assert_eq!(
+            fd_and_map_counts(),
+            before,
+            "dropped handles leaked fds or mappings"
+        );
+        drop(guard);
+        // And the deliberate leak: a forgotten guard keeps its handle's mapping.
+        let other = ShmCell::<Ledger>::open(name).unwrap();
+        std::mem::forget(other.lock().unwrap());
         drop(other);
+        let after = fd_and_map_counts();
+        assert_eq!(
+            (after.0, after.1),
+            (before.0 + 1, before.1 + 1),
+            "a forgotten guard's mapping must stay"
+        );
+    });
+    let _guard = Guard::new();
+    let name = name("noleak");
+    let _cell = ShmCell::<Ledger>::create(name.as_str(), ledger()).unwrap();
+    child.arg(&name).run().unwrap();
+}
+
+// ------------------------------------------ the standalone RobustMutex
+
+/// A user's own layout: a `RobustMutex` in the lock area of a standalone
+/// `Segment` (`LockKind::External`), guarding a `u64` in its value area.
+fn mutex_spec() -> SegmentSpec {
+    SegmentSpec {
+        value_size: 8,
+        value_align: 8,
+        type_tag: 0x5747_da10,
+        type_version: 1,
+        lock_kind: LockKind::External,
+        lock_size: std::mem::size_of::<RobustMutex>() as u64,
+        lock_align: std::mem::align_of::<RobustMutex>() as u64,
     }
+}
+
+/// Creates the segment and initialises its mutex in place.
+fn create_mutex_segment(name: &str) -> Segment {
+    let seg = Segment::create(name, &mutex_spec(), &CreateOptions::new()).unwrap();
+    // SAFETY: the lock area is sized and aligned for a RobustMutex, lives
+    // as long as the mapping, and nobody uses it yet (just created).
+    unsafe { RobustMutex::init(seg.lock_ptr().cast()) }.unwrap();
+    seg
+}
+
+fn open_mutex_segment(name: &str) -> Segment {
+    Segment::open(name, &mutex_spec()).unwrap()
+}
+
+fn mutex(seg: &Segment) -> &RobustMutex {
+    // SAFETY: the lock area holds a RobustMutex initialised by the creator
+    // (create_mutex_segment), mapped while `seg` lives.
+    unsafe { seg.lock_ptr().cast::<RobustMutex>().as_ref() }
+}
+
+/// The guarded value (only touched while holding `mutex(seg)`).
+fn value(seg: &Segment) -> *mut u64 {
+    seg.value_ptr().cast::<u64>().as_ptr()
+}
+
+fn read(seg: &Segment) -> u64 {
+    // SAFETY: aligned u64 in the mapping, read under the mutex.
+    unsafe { value(seg).read_volatile() }
+}
+
+fn write(seg: &Segment, v: u64) {
+    // SAFETY: as above, written under the mutex.
+    unsafe { value(seg).write_volatile(v) }
+}
+
+type MutexAttempt<'a> =
+    Result<shmsync::RobustMutexGuard<'a>, LockError<shmsync::RobustMutexGuard<'a>>>;
+
+fn mutex_attempt(m: &RobustMutex, op: backend_suite::Op) -> MutexAttempt<'_> {
+    match op {
+        backend_suite::Op::Lock => m.lock(),
+        backend_suite::Op::Try => m.try_lock(),
+        backend_suite::Op::Timeout => m.lock_timeout(Duration::from_millis(100)),
+    }
+}
+
+/// The roles of the standalone-mutex tests: `"holder"` locks, writes 1,
+/// stops at `"holding"`, and once resumed writes 2 and unlocks;
+/// `"not_recoverable"` expects NotRecoverable on every op.
+fn mutex_child(ctx: &testing::ChildCtx) {
+    let seg = open_mutex_segment(ctx.arg(1));
+    let m = mutex(&seg);
+    match ctx.arg(0) {
+        "holder" => {
+            let g = m.lock().unwrap();
+            write(&seg, 1);
+            testing::point("holding");
+            std::thread::sleep(Duration::from_millis(20));
+            write(&seg, 2);
+            drop(g);
+        }
+        "not_recoverable" => {
+            for op in backend_suite::OPS {
+                let r = mutex_attempt(m, op);
+                assert_eq!(backend_suite::kind(&r), "NotRecoverable", "{op:?}");
+            }
+        }
+        other => panic!("no role {other:?}"),
+    }
+}
+
+fn spawn_mutex_holder(child: testing::ChildSpec, name: &str) -> Running {
+    let mut holder = child
+        .command()
+        .args(["holder", name])
+        .stop_at("holding")
+        .spawn()
+        .unwrap();
+    holder.wait_stopped().unwrap();
+    holder
+}
+
+/// Another process holds the standalone mutex: try_lock is WouldBlock,
+/// lock_timeout TimedOut, the owner's tid is recorded, and lock() waits
+/// for the release and sees the holder's last write.
+#[test]
+fn standalone_mutex_excludes_across_processes() {
+    let child = testing::child!(mutex_child);
+    let _guard = Guard::new();
+    let name = name("sa-held");
+    let seg = create_mutex_segment(&name);
+    let m = mutex(&seg);
+    {
+        let g = m.try_lock().expect("free at first");
+        write(&seg, 0);
+        assert_eq!(m.owner_tid(), shmsync_gettid());
+        drop(g);
+    }
+    assert_eq!(m.owner_tid(), 0, "free again");
+    let mut holder = spawn_mutex_holder(child, &name);
+    assert_ne!(m.owner_tid(), 0, "the holder's tid is in the lock word");
+    assert_eq!(backend_suite::kind(&m.try_lock()), "WouldBlock");
     assert_eq!(
-        fd_and_map_counts(),
-        before,
-        "dropped handles leaked fds or mappings"
+        backend_suite::kind(&m.lock_timeout(Duration::from_millis(100))),
+        "TimedOut"
     );
-    drop(guard);
-    // And the deliberate leak: a forgotten guard keeps its handle's mapping.
-    let other = ShmCell::<Ledger>::open(name.as_str()).unwrap();
-    std::mem::forget(other.lock().unwrap());
-    drop(other);
-    let after = fd_and_map_counts();
-    assert_eq!(
-        (after.0, after.1),
-        (before.0 + 1, before.1 + 1),
-        "a forgotten guard's mapping must stay"
-    );
+    holder.resume().unwrap();
+    let g = m.lock().expect("lock after the release");
+    assert_eq!(read(&seg), 2, "lock returned before the holder's release");
+    assert!(!g.is_inconsistent());
+    drop(g);
+    holder.wait().unwrap();
+}
+
+fn shmsync_gettid() -> u32 {
+    // SAFETY: gettid cannot fail.
+    unsafe { libc::gettid() as u32 }
+}
+
+/// The holder of a standalone mutex is killed: every op returns OwnerDied
+/// with a guard (inconsistent) and the half-done value; once repaired and
+/// made consistent, the mutex is clean again for every process.
+#[test]
+fn standalone_mutex_owner_died_then_consistent() {
+    let child = testing::child!(mutex_child);
+    let _guard = Guard::new();
+    for op in backend_suite::OPS {
+        let name = name("sa-died");
+        let seg = create_mutex_segment(&name);
+        let m = mutex(&seg);
+        spawn_mutex_holder(child, &name).kill().unwrap();
+        match mutex_attempt(m, op) {
+            Err(LockError::OwnerDied(g)) => {
+                assert!(g.is_inconsistent(), "{op:?}");
+                assert_eq!(read(&seg), 1, "{op:?}: the dead holder's write");
+                write(&seg, 0);
+                g.make_consistent();
+                assert!(!g.is_inconsistent());
+            }
+            other => panic!(
+                "{op:?} after the holder was killed: {}",
+                backend_suite::kind(&other)
+            ),
+        }
+        let g = mutex_attempt(m, op).unwrap_or_else(|e| panic!("{op:?} after repair: {e}"));
+        assert!(!g.is_inconsistent());
+        assert_eq!(read(&seg), 0);
+        drop(g);
+        // Another process locks it cleanly too, and can be killed again.
+        spawn_mutex_holder(child, &name).resume_and_wait();
+        assert_eq!(read(&seg), 2);
+    }
+}
+
+/// An owner-died guard of a standalone mutex dropped without
+/// make_consistent: the mutex is not recoverable, for every op, in every
+/// process.
+#[test]
+fn standalone_mutex_not_recoverable() {
+    let child = testing::child!(mutex_child);
+    let _guard = Guard::new();
+    let name = name("sa-nr");
+    let seg = create_mutex_segment(&name);
+    let m = mutex(&seg);
+    spawn_mutex_holder(child, &name).kill().unwrap();
+    let g = m
+        .lock()
+        .err()
+        .and_then(LockError::into_owner_died)
+        .expect("OwnerDied");
+    drop(g); // not made consistent
+    for op in backend_suite::OPS {
+        assert_eq!(
+            backend_suite::kind(&mutex_attempt(m, op)),
+            "NotRecoverable",
+            "{op:?}"
+        );
+    }
+    child
+        .command()
+        .args(["not_recoverable", &name])
+        .run()
+        .unwrap();
+}
+
+/// Resumes a stopped holder and waits for it to end successfully.
+trait ResumeAndWait {
+    fn resume_and_wait(self);
+}
+
+impl ResumeAndWait for Running {
+    fn resume_and_wait(mut self) {
+        self.resume().unwrap();
+        self.wait().unwrap();
+    }
 }

@@ -656,3 +656,69 @@ fn soak_random_kills_keep_the_invariant() {
     }
     println!("soak: 30 random kills, {owner_died} inside the critical section");
 }
+
+// ------------------------------------------------------- grandchildren
+
+/// The protocol's variables, which only a child started by `child!` may see.
+const PROTOCOL_VARS: [&str; 4] = [
+    "SHMSYNC_TESTING_CHILD",
+    "SHMSYNC_TESTING_FDS",
+    "SHMSYNC_TESTING_STOP",
+    "SHMSYNC_TESTING_ARGS",
+];
+
+/// Run on its own, an ordinary test. Run as a grandchild (by the test
+/// below), it must also be an ordinary test: no protocol variable, no
+/// adopted descriptor, and `TestName::new` / `point` work as in any test.
+#[test]
+fn grandchild_probe_sees_no_protocol() {
+    for v in PROTOCOL_VARS {
+        assert!(std::env::var_os(v).is_none(), "{v} reached this process");
+    }
+    let name = TestName::new("probe");
+    testing::point("probe");
+    assert!(name.leftovers().is_empty());
+}
+
+/// A child's code that starts programs — a shell, and this test binary
+/// again — hands them nothing of the channel: before the fix, the
+/// grandchild test binary failed with "malformed SHMSYNC_TESTING_FDS" (the
+/// listed descriptors were close-on-exec, hence closed) or adopted
+/// whatever had reused those numbers.
+#[test]
+fn programs_started_by_a_child_do_not_inherit_the_channel() {
+    let starter = testing::child!(|_ctx| {
+        // The child's own environment is already clean.
+        for v in PROTOCOL_VARS {
+            assert!(std::env::var_os(v).is_none(), "{v} left in the child");
+        }
+        testing::point("started");
+        let env = std::process::Command::new("/usr/bin/env").output().unwrap();
+        let env = String::from_utf8_lossy(&env.stdout);
+        assert!(
+            !env.contains("SHMSYNC_TESTING_"),
+            "a program started by the child saw: {env}"
+        );
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new(exe)
+            .args([
+                "--exact",
+                "grandchild_probe_sees_no_protocol",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "grandchild test binary: {text}");
+        assert!(text.contains("1 passed"), "grandchild ran no test: {text}");
+        println!("grandchild ok");
+    });
+    let ended = starter.run().unwrap();
+    assert_eq!(ended.points, ["started"]);
+    assert!(ended.stdout.contains("grandchild ok"), "{}", ended.stdout);
+}

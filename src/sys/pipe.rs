@@ -70,3 +70,26 @@ pub(crate) fn poll_readable(
         .map(|p| p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0)
         .collect())
 }
+
+/// Whether `fd` is open and is a pipe end opened for writing (`write`) or
+/// for reading: how a child recognises the descriptors its parent handed
+/// down before adopting them.
+pub(crate) fn is_pipe_end(fd: RawFd, write: bool) -> bool {
+    // SAFETY: an all-zero `stat` is valid storage for fstat to fill.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on a number only writes to `st`; a closed fd is EBADF.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFIFO {
+        return false;
+    }
+    // SAFETY: fcntl on a number never touches memory.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return false;
+    }
+    let want = if write {
+        libc::O_WRONLY
+    } else {
+        libc::O_RDONLY
+    };
+    flags & libc::O_ACCMODE == want
+}

@@ -236,7 +236,8 @@ impl Spawn {
             format!("{},{}", hex(&test), hex(self.spec.site)),
         );
         let (rw, cr) = (report_w.as_raw_fd(), command_r.as_raw_fd());
-        cmd.env(points::ENV_FDS, format!("{rw},{cr}"));
+        let parent = sys::proc::getpid();
+        cmd.env(points::ENV_FDS, format!("{rw},{cr},{parent}"));
         let args: Vec<String> = self.args.iter().map(|a| hex(a)).collect();
         cmd.env(points::ENV_ARGS, args.join(","));
         match &self.stop {
@@ -247,7 +248,6 @@ impl Spawn {
             .stdout(Stdio::from(out_w))
             .stderr(Stdio::from(err_w))
             .process_group(0);
-        let parent = sys::proc::getpid();
         // SAFETY: the closure runs in the forked child before `exec`, where
         // only async-signal-safe calls are allowed: it makes three system
         // calls (`fcntl`, `prctl`, `getppid`) and possibly `_exit`, touches

@@ -18,6 +18,7 @@
 //! | die half-way through creating a segment | [`points_at_init_steps`] |
 //! | what the survivor saw | [`recover`] → [`Seen`] |
 //! | why a child failed (panic, exit status, hang) | [`ChildError`] |
+//! | bound the test's own waits (a `lock()` a child must release) | [`Watchdog`] |
 //!
 //! # Testing your crash recovery
 //!
@@ -137,6 +138,41 @@
 //! * `#[ignore]`d tests work (the child passes `--include-ignored`); a test
 //!   that the parent runs is always found by the child.
 //!
+//! ## What a child's code may do
+//!
+//! The child process is the test binary running one test, so its code
+//! runs on the thread libtest starts for that test (even with
+//! `--test-threads=1`), not on the process's main thread; libtest's main
+//! thread only waits for the result, and this module starts no thread in
+//! a child (unless the child's code starts children of its own). So:
+//!
+//! * Changing process-wide state (the umask, signal handlers, timers,
+//!   resource limits, [`segment::set_init_hook`](crate::segment::set_init_hook))
+//!   is fine there — and only there: in the test itself it would reach
+//!   every test running in parallel. A process-directed signal may be
+//!   delivered to libtest's main thread; aim a timer at the child's
+//!   thread (`timer_create` with `SIGEV_THREAD_ID`) when the code under
+//!   test must be the one interrupted.
+//! * Code that must run on a process's main thread — `exec` while holding
+//!   a [`RobustMutex`](crate::RobustMutex) (a secondary thread that calls
+//!   `exec` first gets the leader's id, so the kernel no longer finds its
+//!   own id in the lock word and does not mark it: the lock stays held),
+//!   a leader that exits while another thread lives on — runs in
+//!   a process the child's code forks: there, the forking thread is the
+//!   only one, hence the leader.
+//! * `fork` without `exec` (a guard held across `fork`, a pre-fork
+//!   worker) is fine there: the only other thread is parked in a channel
+//!   receive and holds no lock the forked process could need. The forked
+//!   process stays in the child's process group, so it dies when the
+//!   child is killed or reaped, and [`point`] works in it (it inherits the
+//!   report channel).
+//! * Programs it starts (`Command`, `exec`) do **not** inherit the
+//!   channel: the child removes the `SHMSYNC_TESTING_*` variables from
+//!   its environment as it starts, its report descriptors are
+//!   close-on-exec, and a process adopts descriptors only when the
+//!   variables name its own parent as the test that handed them down. A
+//!   test binary started from a child is an ordinary test run.
+//!
 //! # Kill points
 //!
 //! [`point`]`("name")` in the child's code (or in library code it calls)
@@ -182,6 +218,7 @@
 //!   failed.
 
 mod child;
+mod deadline;
 mod names;
 mod points;
 mod recover;
@@ -195,7 +232,8 @@ pub use crate::segment::InitStep;
 #[doc(hidden)]
 pub use child::{__declare, __type_name_of};
 pub use child::{ChildCtx, ChildError, ChildSpec, Ended, Running, Spawn};
-pub use names::{TestName, MAX_TEST_NAME, NAME_PREFIX};
+pub use deadline::Watchdog;
+pub use names::{leftovers, TestName, MAX_TEST_NAME, NAME_PREFIX};
 pub use points::point;
 pub use recover::{recover, Seen};
 pub use sweep::{PointOutcome, Sweep, SweepReport, SweepRun};

@@ -119,6 +119,25 @@ impl TestName {
     }
 }
 
+/// The objects in `/dev/shm` that belong to the name `name` (with its
+/// leading `/`), as [`TestName::leftovers`] lists them — usable after the
+/// [`TestName`] was dropped, to check that nothing (a child still running,
+/// say) made them again.
+///
+/// ```
+/// use shmsync::testing::{leftovers, TestName};
+///
+/// let name = TestName::new("gone");
+/// let s = name.to_string();
+/// drop(shmsync::ShmCell::<u8>::create(&name, 0).unwrap());
+/// assert_eq!(leftovers(&s).len(), 1);
+/// drop(name);
+/// assert!(leftovers(&s).is_empty());
+/// ```
+pub fn leftovers(name: &str) -> Vec<String> {
+    objects_of(name.strip_prefix('/').unwrap_or(name))
+}
+
 /// File names in `/dev/shm` that belong to the object name `base` (no
 /// leading `/`).
 fn objects_of(base: &str) -> Vec<String> {

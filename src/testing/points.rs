@@ -30,7 +30,8 @@ use crate::sys;
 
 /// Environment variable naming the child's role: `hex(test),hex(site)`.
 pub(crate) const ENV_ROLE: &str = "SHMSYNC_TESTING_CHILD";
-/// Environment variable with the two inherited descriptors: `report,command`.
+/// Environment variable with the two inherited descriptors and the process
+/// that handed them down: `report,command,PARENT_PID`.
 pub(crate) const ENV_FDS: &str = "SHMSYNC_TESTING_FDS";
 /// Environment variable with the stop point: `hex(name),K`.
 pub(crate) const ENV_STOP: &str = "SHMSYNC_TESTING_STOP";
@@ -111,8 +112,39 @@ pub(crate) fn child_env() -> Option<&'static ChildEnv> {
     CHILD.get_or_init(read_env).as_ref()
 }
 
+/// Every variable of the protocol: read once, then removed from this
+/// process's environment.
+const ALL_VARS: [&str; 4] = [ENV_ROLE, ENV_FDS, ENV_STOP, ENV_ARGS];
+
+/// Reads the protocol's variables and removes them from the environment,
+/// so that no program this process starts (a grandchild: a helper
+/// program, the test binary again) sees them. Only a process whose parent
+/// is the one named in [`ENV_FDS`] adopts the descriptors: variables
+/// inherited from further up (a grandchild started before the removal, or
+/// by a program that copied its environment) are dropped, never obeyed —
+/// their descriptor numbers mean nothing, or something else, here.
 fn read_env() -> Option<ChildEnv> {
-    let role = std::env::var_os(ENV_ROLE)?;
+    let vars: Vec<Option<OsString>> = ALL_VARS.iter().map(std::env::var_os).collect();
+    if vars.iter().all(Option::is_none) {
+        return None;
+    }
+    for v in ALL_VARS {
+        // Safe in Rust 2021; std's environment lock orders it with any
+        // `Command` spawned by another thread (which copies the
+        // environment under the same lock).
+        std::env::remove_var(v);
+    }
+    let [role, fds, stop, args]: [Option<OsString>; 4] = vars.try_into().ok()?;
+    let fds = fds.and_then(utf8);
+    let handed_to_us = fds
+        .as_deref()
+        .and_then(|f| f.rsplit_once(','))
+        .and_then(|(_, p)| p.parse::<u32>().ok())
+        .is_some_and(|p| p == sys::child::getppid());
+    if !handed_to_us {
+        return None;
+    }
+    let role = role?;
     let bad = |what: &str| -> ! {
         panic!("shmsync::testing: malformed {what} in this child's environment")
     };
@@ -121,19 +153,24 @@ fn read_env() -> Option<ChildEnv> {
         .split_once(',')
         .and_then(|(t, s)| Some((unhex(t)?, unhex(s)?)))
         .unwrap_or_else(|| bad(ENV_ROLE));
-    let fds = std::env::var_os(ENV_FDS)
-        .and_then(utf8)
-        .unwrap_or_else(|| bad(ENV_FDS));
-    let (report, command): (RawFd, RawFd) = fds
-        .split_once(',')
-        .and_then(|(r, c)| Some((r.parse().ok()?, c.parse().ok()?)))
-        .unwrap_or_else(|| bad(ENV_FDS));
-    let stop = std::env::var_os(ENV_STOP).and_then(utf8).map(|s| {
+    let fds = fds.unwrap_or_else(|| bad(ENV_FDS));
+    let nums: Vec<RawFd> = fds.split(',').filter_map(|f| f.parse().ok()).collect();
+    let &[report, command, _] = nums.as_slice() else {
+        bad(ENV_FDS)
+    };
+    // Check that they are what the parent made: the write end and the
+    // read end of two pipes.
+    for (fd, write) in [(report, true), (command, false)] {
+        if !sys::pipe::is_pipe_end(fd, write) {
+            bad(ENV_FDS);
+        }
+    }
+    let stop = stop.and_then(utf8).map(|s| {
         s.split_once(',')
             .and_then(|(n, k)| Some((unhex(n)?, k.parse().ok()?)))
             .unwrap_or_else(|| bad(ENV_STOP))
     });
-    let args = match std::env::var_os(ENV_ARGS).and_then(utf8) {
+    let args = match args.and_then(utf8) {
         None => Vec::new(),
         Some(s) if s.is_empty() => Vec::new(),
         Some(s) => s

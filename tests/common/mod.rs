@@ -11,8 +11,6 @@
 //!   sleeps), kills and reaps it, always within a bound.
 #![allow(dead_code)]
 
-pub mod suite;
-
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
