@@ -220,8 +220,10 @@
 mod child;
 mod deadline;
 mod names;
+mod outcome;
 mod points;
 mod recover;
+mod running;
 mod sweep;
 mod watchdog;
 
@@ -231,11 +233,13 @@ use std::time::Duration;
 pub use crate::segment::InitStep;
 #[doc(hidden)]
 pub use child::{__declare, __type_name_of};
-pub use child::{ChildCtx, ChildError, ChildSpec, Ended, Running, Spawn};
+pub use child::{ChildCtx, ChildSpec, Spawn};
 pub use deadline::Watchdog;
 pub use names::{leftovers, TestName, MAX_TEST_NAME, NAME_PREFIX};
+pub use outcome::{ChildError, Ended};
 pub use points::point;
 pub use recover::{recover, Seen};
+pub use running::Running;
 pub use sweep::{PointOutcome, Sweep, SweepReport, SweepRun};
 
 /// Declares a child's code at the top of a test; returns its
