@@ -4,28 +4,26 @@
 //! locks), `shm`, `mman`, `sem`, `pthread`, `futex`, `time`, `fork` (the
 //! atfork handler and the descriptors a child must not keep), `proc`
 //! (process identity and liveness) over `procfs` (every `/proc` parser),
-//! `errno` (error numbers by name), and for `testing` `child`/`pipe`.
+//! `errno` (error numbers by name), and for `testing` `spawn`.
 //!
 //! Two C error conventions live here and are kept apart: functions of the
 //! `-1`-and-`errno` family (`shm_open`, `fcntl`, `sem_*`, `flock`, …) go
 //! through [`cvt`]; the `pthread_*` family returns the error number directly
 //! and goes through [`cvt_pthread`].
 
-#[cfg(feature = "testing")]
-pub(crate) mod child;
 pub(crate) mod errno;
 pub(crate) mod fd;
 pub(crate) mod fd_lock;
 pub(crate) mod fork;
 pub(crate) mod futex;
 pub(crate) mod mman;
-#[cfg(feature = "testing")]
-pub(crate) mod pipe;
 pub(crate) mod proc;
 pub(crate) mod procfs;
 pub(crate) mod pthread;
 pub(crate) mod sem;
 pub(crate) mod shm;
+#[cfg(feature = "testing")]
+pub(crate) mod spawn;
 pub(crate) mod time;
 
 use std::io;

@@ -65,3 +65,19 @@ pub(crate) fn pid_namespace() -> u64 {
 }
 
 pub(crate) use super::procfs::stat_state_and_start;
+
+#[cfg(feature = "testing")]
+/// `kill(-pgid, SIGKILL)`: kills every process of the group `pgid`.
+///
+/// Call it only while the group's leader is not reaped yet (its pid then
+/// still names the group, so the number cannot have been reused).
+pub(crate) fn sigkill_group(pgid: u32) -> io::Result<()> {
+    let pgid =
+        libc::pid_t::try_from(pgid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    if pgid <= 1 {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    // SAFETY: plain system call; a negative number names one process group.
+    cvt(unsafe { libc::kill(-pgid, libc::SIGKILL) })?;
+    Ok(())
+}

@@ -220,12 +220,12 @@ impl Spawn {
             child: desc.clone(),
             source,
         };
-        let (report_r, report_w) = sys::pipe::pipe_cloexec().map_err(spawn_err)?;
-        let (command_r, command_w) = sys::pipe::pipe_cloexec().map_err(spawn_err)?;
-        let (out_r, out_w) = sys::pipe::pipe_cloexec().map_err(spawn_err)?;
-        let (err_r, err_w) = sys::pipe::pipe_cloexec().map_err(spawn_err)?;
+        let (report_r, report_w) = sys::spawn::pipe_cloexec().map_err(spawn_err)?;
+        let (command_r, command_w) = sys::spawn::pipe_cloexec().map_err(spawn_err)?;
+        let (out_r, out_w) = sys::spawn::pipe_cloexec().map_err(spawn_err)?;
+        let (err_r, err_w) = sys::spawn::pipe_cloexec().map_err(spawn_err)?;
         for fd in [&report_r, &out_r, &err_r] {
-            sys::pipe::set_nonblocking(fd.as_fd()).map_err(spawn_err)?;
+            sys::spawn::set_nonblocking(fd.as_fd()).map_err(spawn_err)?;
         }
         let mut cmd = Command::new("/proc/self/exe");
         if let Ok(exe) = std::env::current_exe() {
@@ -256,12 +256,12 @@ impl Spawn {
         // allocated). The two descriptors are the child's copies.
         unsafe {
             cmd.pre_exec(move || {
-                sys::pipe::set_cloexec(rw, false)?;
-                sys::pipe::set_cloexec(cr, false)?;
-                sys::child::kill_me_when_parent_dies()?;
-                if sys::child::getppid() != parent {
+                sys::spawn::set_cloexec(rw, false)?;
+                sys::spawn::set_cloexec(cr, false)?;
+                sys::spawn::kill_me_when_parent_dies()?;
+                if sys::spawn::getppid() != parent {
                     // The parent died before PR_SET_PDEATHSIG was set.
-                    sys::child::exit_now(points::EXIT_ORPHANED);
+                    sys::spawn::exit_now(points::EXIT_ORPHANED);
                 }
                 Ok(())
             })

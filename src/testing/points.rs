@@ -140,7 +140,7 @@ fn read_env() -> Option<ChildEnv> {
         .as_deref()
         .and_then(|f| f.rsplit_once(','))
         .and_then(|(_, p)| p.parse::<u32>().ok())
-        .is_some_and(|p| p == sys::child::getppid());
+        .is_some_and(|p| p == sys::spawn::getppid());
     if !handed_to_us {
         return None;
     }
@@ -161,7 +161,7 @@ fn read_env() -> Option<ChildEnv> {
     // Check that they are what the parent made: the write end and the
     // read end of two pipes.
     for (fd, write) in [(report, true), (command, false)] {
-        if !sys::pipe::is_pipe_end(fd, write) {
+        if !sys::spawn::is_pipe_end(fd, write) {
             bad(ENV_FDS);
         }
     }
@@ -180,7 +180,7 @@ fn read_env() -> Option<ChildEnv> {
     };
     // Programs the child's code may start must not inherit the channel.
     for fd in [report, command] {
-        if sys::pipe::set_cloexec(fd, true).is_err() {
+        if sys::spawn::set_cloexec(fd, true).is_err() {
             bad(ENV_FDS);
         }
     }
@@ -213,7 +213,7 @@ impl ChildEnv {
         rec.extend_from_slice(&(body.len() as u32).to_le_bytes());
         rec.extend_from_slice(body);
         if (&self.report).write_all(&rec).is_err() {
-            sys::child::exit_now(EXIT_ORPHANED);
+            sys::spawn::exit_now(EXIT_ORPHANED);
         }
     }
 
@@ -226,7 +226,7 @@ impl ChildEnv {
             match cmd.read(&mut b) {
                 Ok(1) => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                _ => sys::child::exit_now(EXIT_ORPHANED),
+                _ => sys::spawn::exit_now(EXIT_ORPHANED),
             }
         }
     }

@@ -122,9 +122,9 @@ impl Monitor {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
         });
-        let (wake_r, wake_w) = sys::pipe::pipe_cloexec()?;
+        let (wake_r, wake_w) = sys::spawn::pipe_cloexec()?;
         // ENOSYS before Linux 5.3: the reader falls back to /proc.
-        let pidfd = sys::child::pidfd_open(proc.id()).ok();
+        let pidfd = sys::spawn::pidfd_open(proc.id()).ok();
         let reader = Reader {
             shared: shared.clone(),
             pipes: [
@@ -226,7 +226,7 @@ impl Monitor {
             return Ok(());
         }
         // The leader is a zombie, not reaped: its pid still names the group.
-        let _ = sys::child::sigkill_group(self.pid());
+        let _ = sys::proc::sigkill_group(self.pid());
         self.status = Some(self.proc.wait()?);
         self.stop_reader();
         Ok(())
@@ -250,7 +250,7 @@ impl Monitor {
         if self.status.is_none() {
             self.killed_by_us = true;
             self.shared.lock().stopped = None;
-            let _ = sys::child::sigkill_group(self.pid());
+            let _ = sys::proc::sigkill_group(self.pid());
         }
         let wait = self.pump_until(Monotonic::now().after(bound), |_| false)?;
         Ok(wait == Wait::Ended)
@@ -271,7 +271,7 @@ impl Monitor {
             None => "still running".into(),
             Some(s) => match (s.code(), s.signal()) {
                 (Some(c), _) => format!("exit status {c}"),
-                (None, Some(sig)) if sig == sys::child::SIGKILL => "signal 9 (SIGKILL)".into(),
+                (None, Some(sig)) if sig == sys::spawn::SIGKILL => "signal 9 (SIGKILL)".into(),
                 (None, Some(sig)) => format!("signal {sig}"),
                 _ => format!("{s}"),
             },
@@ -344,7 +344,7 @@ impl Reader {
         }
         let no_pidfd = self.pidfd.is_none() && !self.exited();
         let timeout = no_pidfd.then_some(NO_PIDFD_SLICE);
-        let ready = sys::pipe::poll_readable(&fds, timeout)?;
+        let ready = sys::spawn::poll_readable(&fds, timeout)?;
         let ready: Vec<usize> = which
             .iter()
             .zip(ready)

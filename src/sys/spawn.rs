@@ -1,12 +1,58 @@
-//! Pipes and readiness, for the `testing` feature's child processes:
-//! `pipe2(2)`, `fcntl(2)` (`F_SETFL O_NONBLOCK`, `F_SETFD FD_CLOEXEC`),
-//! `poll(2)`.
+//! Supervising child processes and talking to them, for the `testing`
+//! feature: `pidfd_open(2)`, `prctl(PR_SET_PDEATHSIG)`, `getppid(2)`,
+//! `_exit(2)`; pipes and readiness: `pipe2(2)`, `fcntl(2)` (`F_SETFL
+//! O_NONBLOCK`, `F_SETFD FD_CLOEXEC`), `poll(2)`.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use super::{cvt, retry_eintr};
+
+/// `pidfd_open(2)` (Linux ≥ 5.3): a descriptor that becomes readable when
+/// the process `pid` ends. `ENOSYS` on older kernels.
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: plain system call with integer arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) };
+    let fd = cvt(fd)?;
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// `prctl(PR_SET_PDEATHSIG, SIGKILL)`: the kernel kills this process when
+/// the *thread* that created it exits.
+///
+/// Async-signal-safe (one system call): usable between `fork` and `exec`.
+pub(crate) fn kill_me_when_parent_dies() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    cvt(unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    })?;
+    Ok(())
+}
+
+/// `getppid(2)`. Async-signal-safe.
+pub(crate) fn getppid() -> u32 {
+    // SAFETY: getppid cannot fail.
+    unsafe { libc::getppid() as u32 }
+}
+
+/// The number of `SIGKILL`, for reading exit statuses.
+pub(crate) const SIGKILL: i32 = libc::SIGKILL;
+
+/// `_exit(2)`: ends the process at once, without running `atexit`
+/// handlers or destructors (used when the parent went away).
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no memory of ours.
+    unsafe { libc::_exit(code) }
+}
 
 /// `pipe2(O_CLOEXEC)`: `(read end, write end)`. Close-on-exec, so that a
 /// process spawned by another thread meanwhile never inherits them.
