@@ -53,7 +53,7 @@ pub enum Error {
     /// The object was made by this crate but for something else: another
     /// format version, architecture, libc, value type or lock kind — or it
     /// was not made by this crate at all (`field == "magic"`).
-    #[error("incompatible shared object: {field} is {found}, expected {expected}")]
+    #[error("{}", incompatible_message(field, expected, found))]
     Incompatible {
         /// The header field that did not match.
         field: &'static str,
@@ -276,5 +276,38 @@ impl RawLockError {
             RawLockError::Deadlock => LockError::Deadlock,
             RawLockError::Os(e) => LockError::Os(e),
         }
+    }
+}
+
+/// The message of [`Error::Incompatible`]: an object that is not this
+/// crate's at all says so in words, not as a field mismatch.
+fn incompatible_message(field: &str, expected: &str, found: &str) -> String {
+    match field {
+        "magic" => format!("not a shmsync object: it starts with \"{found}\", not shmsync's magic"),
+        "file type" => format!("not a shmsync object: a {found}, not a regular file"),
+        _ => format!("incompatible shared object: {field} is {found}, expected {expected}"),
+    }
+}
+
+#[cfg(test)]
+mod message_tests {
+    use super::Error;
+
+    #[test]
+    fn a_foreign_object_is_named_as_such() {
+        let e = crate::segment::header::check_prefix(b"hello, world").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "not a shmsync object: it starts with \"hello, w\", not shmsync's magic"
+        );
+        let e = Error::Incompatible {
+            field: "value_size",
+            expected: "8".into(),
+            found: "16".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "incompatible shared object: value_size is 16, expected 8"
+        );
     }
 }

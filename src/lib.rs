@@ -89,6 +89,13 @@
 //! sleeping. All three give the same `OwnerDied` / `NotRecoverable`
 //! semantics; the README has a comparison table.
 //!
+//! ## Cargo features
+//!
+//! | feature | default | what it adds | dependencies it brings |
+//! |---|---|---|---|
+//! | `testing` | no | `shmsync::testing`: child processes, kill points, sweeps for your own crash tests | none |
+//! | `cli` | no | the `shmsync` command (list, inspect, clean, unlink) | `clap`, `serde_json` (binary only) |
+//!
 //! ## Requirements
 //!
 //! Linux, glibc ≥ 2.34 (`pthread_mutex_clocklock`), kernel ≥ 3.15

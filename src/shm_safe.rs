@@ -43,7 +43,7 @@ pub unsafe trait ShmSafe: Sized + 'static {
 }
 
 /// FNV-1a of a type's name, at compile time: the tag of a built-in type.
-const fn name_tag(name: &str) -> u64 {
+pub(crate) const fn name_tag(name: &str) -> u64 {
     let bytes = name.as_bytes();
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut i = 0;

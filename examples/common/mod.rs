@@ -376,9 +376,11 @@ pub fn parse_args(
                 patience = Duration::from_millis(ms.max(1));
             }
             "-h" | "--help" => {
-                return Err(format!(
+                // Asked for: the usage on stdout, and success.
+                println!(
                     "usage: {program} [-v|--verbose] [--patience-ms N] [NAME]   (NAME defaults to {DEFAULT_NAME})"
-                ))
+                );
+                std::process::exit(0);
             }
             _ if name.is_none() && !a.starts_with('-') => name = Some(a),
             _ => return Err(format!("{program}: unexpected argument {a:?} (try --help)")),

@@ -70,8 +70,9 @@ struct Cli {
 enum Command {
     /// List every object in /dev/shm, one row each.
     ///
-    /// Columns: NAME, SIZE (bytes), VALUE (size of the value type / its type
-    /// tag), LOCK (backend), STATE (ready, initialising, abandoned-init,
+    /// Columns: NAME, SIZE (bytes), TYPE (the value type: a built-in's name
+    /// such as `u64`, else its size and the first 8 hex digits of its
+    /// `ShmSafe::TYPE_TAG`, or `untagged`), LOCK (backend), STATE (ready, initialising, abandoned-init,
     /// owner-died, recovering, not-recoverable, holder-dead, incompatible,
     /// damaged, foreign, unreadable), ATTACHED (live, creator, none), HOLDER (process or thread holding the lock, or that died
     /// holding it), CREATOR (pid), AGE, UID, MODE, STALE (whether `clean`
@@ -394,7 +395,7 @@ fn holder_cell(i: &Inspection) -> String {
 
 fn print_table(rows: &[Inspection]) {
     let header = [
-        "NAME", "SIZE", "VALUE", "LOCK", "STATE", "ATTACHED", "HOLDER", "CREATOR", "AGE", "UID",
+        "NAME", "SIZE", "TYPE", "LOCK", "STATE", "ATTACHED", "HOLDER", "CREATOR", "AGE", "UID",
         "MODE", "STALE", "REASON",
     ];
     let dash = || "-".to_string();
@@ -409,7 +410,7 @@ fn print_table(rows: &[Inspection]) {
             vec![
                 i.name.clone(),
                 i.size.map_or_else(dash, |s| s.to_string()),
-                h.map_or_else(dash, |h| format!("{}/{:#x}", h.value_size, h.type_tag)),
+                h.map_or_else(dash, |h| inspect::describe_type(h.value_size, h.type_tag)),
                 i.lock.kind.map_or_else(dash, |k| k.name().into()),
                 i.state.name().into(),
                 attached,

@@ -84,6 +84,15 @@ unsafe impl<T: ShmSafe + Send, L: LockBackend> Send for ShmCell<T, L> {}
 // SAFETY: every access to the value goes through the lock, which gives one
 // thread at a time `&mut T`: like `Mutex<T>`, `Sync` needs `T: Send`.
 unsafe impl<T: ShmSafe + Send, L: LockBackend> Sync for ShmCell<T, L> {}
+// The other auto traits, stated rather than derived from the backend's
+// private per-handle type (which would show in the docs): the handle is
+// never pinned (its value lives in the mapping, not in the handle), and,
+// like `std::sync::Mutex`, a panic while the lock is held is reported to
+// the next locker (as an owner death) instead of being observable
+// silently.
+impl<T: ShmSafe, L: LockBackend> Unpin for ShmCell<T, L> {}
+impl<T: ShmSafe, L: LockBackend> std::panic::UnwindSafe for ShmCell<T, L> {}
+impl<T: ShmSafe, L: LockBackend> std::panic::RefUnwindSafe for ShmCell<T, L> {}
 
 impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     /// The segment spec for `T` and `L`.

@@ -219,3 +219,58 @@ fn state_word_name(s: u32) -> &'static str {
         _ => "unknown",
     }
 }
+
+/// A short, readable description of a cell's value type from its header:
+/// the name of a built-in type whose tag and size match (`u64`,
+/// `[u32; 4]`), else its size and the first 8 hex digits of its
+/// `ShmSafe::TYPE_TAG` (`16 B, tag 1ed6e700`), or `untagged` when the type
+/// gave none (tag 0: another type of the same size would open it).
+pub fn describe_type(value_size: u64, type_tag: u64) -> String {
+    use crate::ShmSafe;
+    macro_rules! builtin {
+        ($($t:ty),*) => {
+            [$((stringify!($t), <$t as ShmSafe>::TYPE_TAG, std::mem::size_of::<$t>() as u64)),*]
+        };
+    }
+    let known = builtin!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64);
+    for (name, tag, size) in known {
+        if tag == type_tag && size == value_size {
+            return name.to_string();
+        }
+        // An array of a built-in: `[T; N]`'s tag is derived from T's.
+        let array_tag = tag.rotate_left(17) ^ crate::shm_safe::name_tag("[T; N]");
+        if array_tag == type_tag && size != 0 && value_size % size == 0 {
+            return format!("[{name}; {}]", value_size / size);
+        }
+    }
+    match type_tag {
+        0 => format!("{value_size} B, untagged"),
+        t => format!("{value_size} B, tag {:08x}", t >> 32),
+    }
+}
+
+#[cfg(test)]
+mod type_tests {
+    use super::describe_type;
+    use crate::ShmSafe;
+
+    #[test]
+    fn built_in_types_are_named_and_others_described() {
+        assert_eq!(describe_type(8, <u64 as ShmSafe>::TYPE_TAG), "u64");
+        assert_eq!(describe_type(8, <f64 as ShmSafe>::TYPE_TAG), "f64");
+        assert_eq!(
+            describe_type(32, <[u64; 4] as ShmSafe>::TYPE_TAG),
+            "[u64; 4]"
+        );
+        assert_eq!(describe_type(24, 0), "24 B, untagged");
+        assert_eq!(
+            describe_type(24, 0x1ed6_e700_0000_0042),
+            "24 B, tag 1ed6e700"
+        );
+        // A size that does not match the named type's is not that type.
+        assert_eq!(
+            describe_type(4, <u64 as ShmSafe>::TYPE_TAG),
+            format!("4 B, tag {:08x}", <u64 as ShmSafe>::TYPE_TAG >> 32)
+        );
+    }
+}

@@ -119,7 +119,7 @@ pub use crate::lock::describe::{Holder, LockInfo, LockState, LockWord};
 pub use clean::{
     clean, clean_one, error_line, set_clean_hook, unlink, CleanAction, CleanOutcome, Unlinked,
 };
-pub use fields::Field;
+pub use fields::{describe_type, Field};
 use read::examine;
 
 /// Where glibc keeps POSIX shared-memory objects.

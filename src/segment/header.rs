@@ -450,7 +450,7 @@ pub(crate) fn check_prefix(prefix: &[u8]) -> Result<(), Error> {
         return Err(incompatible(
             "magic",
             "SHMSYNC",
-            format!("{:02x?}", &prefix[..8]),
+            prefix[..8].escape_ascii().to_string(),
         ));
     }
     if prefix.len() >= 12 {
