@@ -84,8 +84,11 @@
 //! To check every place the child can die rather than one, give the child
 //! more points and [sweep](ChildSpec::sweep) them:
 //! `transfer.sweep().run(|run| { …; run.child().arg(&name).run()?; … })`
-//! runs the scenario once per point and reports "recovery verified at all
-//! N points" (see [`Sweep`]).
+//! runs the scenario once per point. The sweep checks nothing by itself:
+//! it reports that the child was killed at each point and that the
+//! scenario's own checks passed after every kill — so the scenario must
+//! assert what recovery should produce (compare [`recover`]'s [`Seen`]
+//! with the expected value, as above; see [`Sweep`]).
 //!
 //! # How a child runs
 //!
@@ -182,6 +185,37 @@
 //! [`Running::resume`], to look at a lock held by a live process first.
 //! Outside a child, `point` does nothing. Points may repeat (a loop);
 //! [`Spawn::stop_at_nth`] picks an occurrence.
+//!
+//! ## Points in your own library
+//!
+//! To kill a process inside your library's code (between two writes of a
+//! transfer, say), call [`point`] there and forward a feature, so that
+//! release builds of your users never link the testing code:
+//!
+//! ```toml
+//! # your library's Cargo.toml
+//! [features]
+//! testing = ["shmsync/testing"]
+//! ```
+//!
+//! ```text
+//! // your library
+//! pub fn transfer(cell: &ShmCell<Account>) {
+//!     let mut a = cell.lock().unwrap();
+//!     a.checking -= 10;
+//!     #[cfg(feature = "testing")]
+//!     shmsync::testing::point("after the debit");
+//!     a.savings += 10;
+//! }
+//! ```
+//!
+//! and run the crash tests with `cargo test --features testing`. A test
+//! built without the feature does not skip silently: the child never
+//! reaches the point, and [`Spawn::kill_at`] fails with
+//! [`ChildError::NotReached`], whose message names the point and this
+//! cause. Gate such tests with `#[cfg(feature = "testing")]` (or
+//! `required-features` on the test target) if they should not run without
+//! it.
 //!
 //! [`Spawn::kill_within`] kills at a random moment of a window after a
 //! point: loop it for a soak (glibc's `tst-robust8`). A sweep

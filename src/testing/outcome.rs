@@ -154,6 +154,15 @@ impl fmt::Display for ChildError {
                     f,
                     "{child} ended ({status}) without reaching point {point:?}; points reached: {seen:?}"
                 )?;
+                if seen.is_empty() {
+                    // The commonest cause: points compiled out of a library
+                    // whose `testing` feature the test build did not enable.
+                    write!(
+                        f,
+                        " (if the point is in library code behind a cargo feature, \
+                         enable it for the test build, e.g. `cargo test --features mylib/testing`)"
+                    )?;
+                }
                 stderr
             }
             ChildError::Hung {
