@@ -370,6 +370,7 @@ const FIELDS: &[&str] = &[
     "state",
     "reason",
     "stale",
+    "leftover",
     "size",
     "uid",
     "mode",

@@ -8,7 +8,7 @@
 //!
 //! `list --json` prints an array with one object per entry of `/dev/shm`;
 //! `inspect --json` prints one such object with an extra `header` object;
-//! `clean --json` prints an array of `{name, action, reason, state}`;
+//! `clean --json` prints an array of `{name, action, reason, state, leftover}`;
 //! `unlink --json` prints `{name, action: "removed", state, attached}`.
 //! Field names are stable; `null` means "not known / not applicable".
 //!
@@ -18,7 +18,8 @@
 //! | `path` | string | `/dev/shm/...` |
 //! | `state` | string | `ready`, `initialising`, `abandoned-init`, `owner-died`, `recovering`, `not-recoverable`, `holder-dead`, `incompatible`, `damaged`, `foreign`, `unreadable` |
 //! | `reason` | string or null | why it is in that state |
-//! | `stale` | bool | `clean` would remove it |
+//! | `stale` | bool | `clean` removes it: nobody is attached and it crashed (`leftover` is `crashed`) |
+//! | `leftover` | string or null | for a shmsync object nobody uses: `crashed` (its last users were killed, its creator died initialising it, or its lock holder died: `clean` removes it) or `detached` (every user detached normally: `clean` keeps it unless `--include-detached`); `null` when in use or not removable |
 //! | `size` | int or null | bytes (`fstat`) |
 //! | `uid` | int or null | owner (`fstat`) |
 //! | `mode` | string or null | permission bits in octal, e.g. `"0600"` |
@@ -56,7 +57,7 @@ Examples:
   shmsync list
   shmsync list --prefix /myapp- --json
   shmsync inspect /myapp-counter
-  shmsync clean --dry-run
+  shmsync clean --prefix /myapp- --dry-run
   shmsync unlink /myapp-counter";
 
 #[derive(Parser)]
@@ -74,10 +75,14 @@ enum Command {
     /// such as `u64`, else its size and the first 8 hex digits of its
     /// `ShmSafe::TYPE_TAG`, or `untagged`), LOCK (backend), STATE (ready, initialising, abandoned-init,
     /// owner-died, recovering, not-recoverable, holder-dead, incompatible,
-    /// damaged, foreign, unreadable), ATTACHED (live, creator, none), HOLDER (process or thread holding the lock, or that died
-    /// holding it), CREATOR (pid), AGE, UID, MODE, STALE (whether `clean`
-    /// would remove it) and a REASON for objects that are not shmsync's or
-    /// cannot be read.
+    /// damaged, foreign, unreadable), ATTACHED (live, creator, none),
+    /// HOLDER (process or thread holding the lock, or that died holding
+    /// it), CREATOR (pid), AGE, UID, MODE, STALE (for an object nobody
+    /// uses: `crashed` — its last users were killed, its creator died
+    /// initialising it, or its lock holder died: `clean` removes it —, or
+    /// `detached` — every user detached normally: `clean` keeps it unless
+    /// `--include-detached`; `no` when it is in use or not removable) and a
+    /// REASON for objects that are not shmsync's or cannot be read.
     #[command(
         after_help = "Examples:\n  shmsync list\n  shmsync list --prefix /myapp-\n  shmsync list --json"
     )]
@@ -101,27 +106,45 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Remove the objects that are provably dead: shmsync objects with no
-    /// process attached and no live lock holder.
+    /// Remove, among the objects named or under --prefix, the shmsync
+    /// objects that crashed: no process attached, no live lock holder, and
+    /// either an initialisation its creator abandoned, a lock whose holder
+    /// died, or last users that were killed (they never detached).
+    ///
+    /// A scope is required (names, --prefix, or --all): /dev/shm holds
+    /// every application's objects, and a cell nobody has open may belong
+    /// to a service that is simply not running. Cells whose users all
+    /// detached normally are kept unless --include-detached asks for them
+    /// (`shmsync list` shows STALE `crashed` or `detached`).
     ///
     /// Each is removed while holding its exclusive attach lock, after
     /// checking that the name still refers to the locked inode; its
     /// companion objects go with it. Live, foreign, damaged and unreadable
     /// objects and symbolic links are never removed.
     #[command(
-        after_help = "Examples:\n  shmsync clean --dry-run\n  shmsync clean --prefix /myapp-\n  shmsync clean /myapp-counter"
+        after_help = "Examples:\n  shmsync clean --prefix /myapp- --dry-run\n  shmsync clean --prefix /myapp-\n  shmsync clean --prefix /myapp- --include-detached\n  shmsync clean /myapp-counter\n\nExit status: 0 done, 1 a removal failed, 2 bad usage (no scope)."
     )]
     Clean {
         /// Only show what would be removed.
         #[arg(long)]
         dry_run: bool,
-        /// Print a JSON array of {name, action, reason, state}.
+        /// Print a JSON array of {name, action, reason, state, leftover}.
         #[arg(long)]
         json: bool,
-        /// Only objects whose name starts with PREFIX.
-        #[arg(long, value_name = "PREFIX")]
+        /// Only objects whose name starts with PREFIX (a leading `/` is
+        /// added if missing; `/dev/shm/` is stripped).
+        #[arg(long, value_name = "PREFIX", conflicts_with = "all")]
         prefix: Option<String>,
-        /// Only these objects (default: every object in /dev/shm).
+        /// Every application's objects in /dev/shm (what crashed, and with
+        /// --include-detached also what is not in use).
+        #[arg(long)]
+        all: bool,
+        /// Also remove cells whose users all detached normally (a service
+        /// that is not running), not only those that crashed.
+        #[arg(long)]
+        include_detached: bool,
+        /// Only these objects.
+        #[arg(conflicts_with = "all")]
         names: Vec<String>,
     },
     /// Remove one object by name, whatever its state (forced), with its
@@ -147,6 +170,30 @@ fn object_name(arg: &str) -> String {
     }
 }
 
+/// Exit status for bad usage (as clap's own).
+const USAGE: u8 = 2;
+
+/// `--prefix`, as an object-name prefix: `x`, `/x` and `/dev/shm/x` all
+/// mean `/x`. Refuses what would match every name (use `--all`) or none (a
+/// `/` after the first character: names in /dev/shm have none).
+fn prefix_arg(arg: &str, for_clean: bool) -> Result<String, String> {
+    let p = object_name(arg);
+    if p[1..].contains('/') {
+        return Err(format!(
+            "--prefix {arg:?} can match nothing: an object name has no '/' after its first character"
+        ));
+    }
+    if for_clean && p == "/" {
+        return Err(format!(
+            "--prefix {arg:?} matches every object in /dev/shm; say --all if that is what you mean"
+        ));
+    }
+    Ok(p)
+}
+
+/// A usage error of our own: the message on stderr, exit status 2.
+struct Usage(String);
+
 fn main() -> ExitCode {
     if std::env::var_os("SHMSYNC_CLEAN_PAUSE").is_some() {
         // Test hook (undocumented in --help): pause `clean` between taking
@@ -157,10 +204,32 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(code) => code,
-        Err(msg) => {
+        Err(Failure::Usage(Usage(msg))) => {
+            eprintln!("shmsync: {msg}");
+            ExitCode::from(USAGE)
+        }
+        Err(Failure::Error(msg)) => {
             eprintln!("shmsync: {msg}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Why a command failed: bad usage (exit 2) or an error (exit 1).
+enum Failure {
+    Usage(Usage),
+    Error(String),
+}
+
+impl From<String> for Failure {
+    fn from(msg: String) -> Failure {
+        Failure::Error(msg)
+    }
+}
+
+impl From<Usage> for Failure {
+    fn from(u: Usage) -> Failure {
+        Failure::Usage(u)
     }
 }
 
@@ -170,11 +239,14 @@ fn pause(name: &str) {
     let _ = std::io::stdin().lock().read_line(&mut line);
 }
 
-fn run(command: Command) -> Result<ExitCode, String> {
+fn run(command: Command) -> Result<ExitCode, Failure> {
     let err = |e: shmsync::Error| inspect::error_line(&e);
     match command {
         Command::List { json, prefix } => {
-            let prefix = prefix.map(|p| object_name(&p));
+            let prefix = prefix
+                .map(|p| prefix_arg(&p, false))
+                .transpose()
+                .map_err(Usage)?;
             let rows = inspect::list_matching(|n| {
                 prefix.as_ref().map_or(true, |p| n.starts_with(p.as_str()))
             })
@@ -209,16 +281,34 @@ fn run(command: Command) -> Result<ExitCode, String> {
             dry_run,
             json,
             prefix,
+            all,
+            include_detached,
             names,
         } => {
-            let prefix = prefix.map(|p| object_name(&p));
+            if prefix.is_none() && names.is_empty() && !all {
+                return Err(Usage(
+                    "clean needs a scope and removed nothing: /dev/shm holds every application's \
+                     objects, and a cell nobody has open may belong to a service that is simply \
+                     not running. Name the objects, or give --prefix /yourapp- (or --all for \
+                     every application's crashed objects)."
+                        .into(),
+                )
+                .into());
+            }
+            let prefix = prefix
+                .map(|p| prefix_arg(&p, true))
+                .transpose()
+                .map_err(Usage)?;
             let names: Vec<String> = names.iter().map(|n| object_name(n)).collect();
+            let options = inspect::CleanOptions::new()
+                .dry_run(dry_run)
+                .include_detached(include_detached);
             let mut outcomes = inspect::clean(
                 |n| {
                     prefix.as_ref().map_or(true, |p| n.starts_with(p.as_str()))
                         && (names.is_empty() || names.iter().any(|m| m == n))
                 },
-                dry_run,
+                &options,
             )
             .map_err(err)?;
             let missing: Vec<&String> = names
@@ -238,6 +328,11 @@ fn run(command: Command) -> Result<ExitCode, String> {
                             "action": o.action.name(),
                             "reason": o.reason,
                             "state": o.inspection.as_ref().map(|i| i.state.name()),
+                            "leftover": o
+                                .inspection
+                                .as_ref()
+                                .and_then(|i| i.leftover)
+                                .map(|l| l.name()),
                         })
                     })
                     .collect();
@@ -309,6 +404,7 @@ fn entry_json(i: &Inspection) -> Value {
         "state": i.state.name(),
         "reason": i.reason,
         "stale": i.stale,
+        "leftover": i.leftover.map(|l| l.name()),
         "size": i.size,
         "uid": i.uid,
         "mode": i.mode.map(|m| format!("{m:04o}")),
@@ -364,6 +460,7 @@ fn header_json(i: &Inspection) -> Value {
         "state": h.state,
         "notify_seq": h.notify_seq,
         "notify_waiters": h.notify_waiters,
+        "handles": h.handles,
     })
 }
 
@@ -419,7 +516,7 @@ fn print_table(rows: &[Inspection]) {
                 i.age.map_or_else(dash, |a| human_age(a.as_secs())),
                 i.uid.map_or_else(dash, |u| u.to_string()),
                 i.mode.map_or_else(dash, |m| format!("{m:04o}")),
-                if i.stale { "yes" } else { "no" }.into(),
+                i.leftover.map_or("no", |l| l.name()).into(),
                 i.reason.clone().unwrap_or_default(),
             ]
         })

@@ -4,7 +4,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Mutex;
 
-use super::{judge, name, not_a_file, open_failure, Attached, Inspection, State};
+use super::{judge, name, not_a_file, open_failure, Attached, Inspection, Leftover, State};
 use super::{ATTACH_BYTE, MAX_SHM_NAME};
 use crate::error::Error;
 use crate::sys;
@@ -84,22 +84,69 @@ fn clean_hook(name: &str) {
     }
 }
 
-/// Removes every stale object whose name `filter` accepts (see
-/// [`clean_one`]), in name order. Objects whose name is not UTF-8 are
-/// never touched.
+/// What [`clean`] and [`clean_one`] remove, and whether they only say so.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CleanOptions {
+    /// Only report what would be removed ([`CleanAction::WouldRemove`]).
+    pub dry_run: bool,
+    /// Also remove objects whose users all detached normally
+    /// ([`Leftover::Detached`]: a service that is not running), not only
+    /// those that [crashed](Leftover::Crashed).
+    pub include_detached: bool,
+}
+
+impl CleanOptions {
+    /// The default: remove what crashed, for real.
+    pub fn new() -> CleanOptions {
+        CleanOptions::default()
+    }
+
+    /// Sets [`dry_run`](Self::dry_run).
+    pub fn dry_run(mut self, yes: bool) -> CleanOptions {
+        self.dry_run = yes;
+        self
+    }
+
+    /// Sets [`include_detached`](Self::include_detached).
+    pub fn include_detached(mut self, yes: bool) -> CleanOptions {
+        self.include_detached = yes;
+        self
+    }
+
+    /// Whether an object judged so is to be removed.
+    fn removes(&self, i: &Inspection) -> bool {
+        match i.leftover {
+            Some(Leftover::Crashed) => true,
+            Some(Leftover::Detached) => self.include_detached,
+            None => false,
+        }
+    }
+}
+
+/// Removes every object whose name `filter` accepts and that `options`
+/// selects (see [`clean_one`]), in name order. Objects whose name is not
+/// UTF-8 are never touched.
+///
+/// `filter` is the scope: one that accepts every name walks every
+/// application's objects (the `shmsync` command refuses to run without a
+/// scope for that reason).
 ///
 /// # Errors
 ///
 /// [`Error::Io`] when `/dev/shm` cannot be read. A failure on one object is
 /// reported as [`CleanAction::Failed`] in its [`CleanOutcome`]; the others
 /// are still cleaned.
-pub fn clean(filter: impl Fn(&str) -> bool, dry_run: bool) -> Result<Vec<CleanOutcome>, Error> {
+pub fn clean(
+    filter: impl Fn(&str) -> bool,
+    options: &CleanOptions,
+) -> Result<Vec<CleanOutcome>, Error> {
     let mut out = Vec::new();
     for name in super::names()? {
         if !filter(&name) || name::validate(&name, MAX_SHM_NAME).is_err() {
             continue;
         }
-        match clean_one(&name, dry_run) {
+        match clean_one(&name, options) {
             Ok(o) => out.push(o),
             Err(Error::NotFound { .. }) => {}
             Err(e) => out.push(CleanOutcome {
@@ -113,19 +160,21 @@ pub fn clean(filter: impl Fn(&str) -> bool, dry_run: bool) -> Result<Vec<CleanOu
     Ok(out)
 }
 
-/// Removes the object `name` if it is provably dead: `shm_open(O_RDWR)`
-/// (never following a symbolic link), judged stale, then — unless
-/// `dry_run` — a non-blocking exclusive `fcntl(F_OFD_SETLK)` on the attach
-/// byte, judged stale again under that lock, `fstat(fd)` and `lstat(path)`
-/// agreeing on device and inode, and only then `shm_unlink` and the cell's
-/// companion objects. A live, foreign, damaged or replaced object is
-/// [`Skipped`](CleanAction::Skipped).
+/// Removes the object `name` if it is provably dead and `options` selects
+/// it (it [crashed](Leftover::Crashed), or it was
+/// [detached](Leftover::Detached) and `include_detached` is set):
+/// `shm_open(O_RDWR)` (never following a symbolic link), judged, then —
+/// unless `dry_run` — a non-blocking exclusive `fcntl(F_OFD_SETLK)` on the
+/// attach byte, judged again under that lock, `fstat(fd)` and
+/// `lstat(path)` agreeing on device and inode, and only then `shm_unlink`
+/// and the cell's companion objects. A live, detached (by default),
+/// foreign, damaged or replaced object is [`Skipped`](CleanAction::Skipped).
 ///
 /// # Errors
 ///
 /// [`Error::InvalidName`], [`Error::NotFound`]; [`Error::Io`] and the
 /// other errors of `shm_unlink` or of removing a companion object.
-pub fn clean_one(name: &str, dry_run: bool) -> Result<CleanOutcome, Error> {
+pub fn clean_one(name: &str, options: &CleanOptions) -> Result<CleanOutcome, Error> {
     let cname = name::validate(name, MAX_SHM_NAME)?;
     let skipped = |reason: String, inspection: Option<Inspection>| {
         Ok(CleanOutcome {
@@ -156,14 +205,14 @@ pub fn clean_one(name: &str, dry_run: bool) -> Result<CleanOutcome, Error> {
         }
     };
     let before = judge(name, fd.as_fd());
-    if !before.stale {
+    if !options.removes(&before) {
         return skipped(keep_reason(&before), Some(before));
     }
-    if dry_run {
+    if options.dry_run {
         return Ok(CleanOutcome {
             name: name.into(),
             action: CleanAction::WouldRemove,
-            reason: before.state.name().into(),
+            reason: removal_reason(&before),
             inspection: Some(before),
         });
     }
@@ -175,7 +224,7 @@ pub fn clean_one(name: &str, dry_run: bool) -> Result<CleanOutcome, Error> {
     // Under the exclusive lock nobody can attach, initialise or take it
     // over: judge again what we are about to remove.
     let locked = judge(name, fd.as_fd());
-    if !locked.stale {
+    if !options.removes(&locked) {
         return skipped(keep_reason(&locked), Some(locked));
     }
     clean_hook(name);
@@ -220,7 +269,7 @@ pub fn clean_one(name: &str, dry_run: bool) -> Result<CleanOutcome, Error> {
     Ok(CleanOutcome {
         name: name.into(),
         action: CleanAction::Removed,
-        reason: locked.state.name().into(),
+        reason: removal_reason(&locked),
         inspection: Some(locked),
     })
 }
@@ -241,8 +290,23 @@ pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
     line
 }
 
-/// Why a non-stale object is kept, in one line.
+/// Why an object is removed, in one line: its state and how its users
+/// left (`ready, crashed`, `owner-died, crashed`, `ready, detached`).
+fn removal_reason(i: &Inspection) -> String {
+    match i.leftover {
+        Some(l) => format!("{}, {}", i.state.name(), l.name()),
+        None => i.state.name().into(),
+    }
+}
+
+/// Why an object is kept, in one line.
 fn keep_reason(i: &Inspection) -> String {
+    if i.leftover == Some(Leftover::Detached) {
+        return format!(
+            "{}, detached: every user detached normally (--include-detached removes it)",
+            i.state.name()
+        );
+    }
     if !i.state.is_shmsync() || matches!(i.state, State::Damaged | State::Incompatible) {
         return format!(
             "{}: {}",

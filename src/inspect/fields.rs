@@ -32,7 +32,12 @@ impl Inspection {
         f(
             "stale",
             self.stale.to_string(),
-            "whether `shmsync clean` would remove it",
+            "whether `shmsync clean` removes it (nobody attached, and it crashed)",
+        );
+        f(
+            "leftover",
+            opt(self.leftover.map(|l| l.name().into())),
+            "nobody uses it: crashed (removed by clean) or detached normally (kept unless --include-detached)",
         );
         f(
             "size",
@@ -170,6 +175,11 @@ impl Inspection {
                 "notify_waiters",
                 h.notify_waiters.to_string(),
                 "processes waiting for a notification",
+            );
+            f(
+                "handles",
+                h.handles.to_string(),
+                "handles attached and not dropped normally; >0 with nobody attached: a crash",
             );
         }
         f(

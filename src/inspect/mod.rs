@@ -49,7 +49,7 @@
 //!
 //! | [`State`] | meaning | removed by [`clean`] when nobody is attached |
 //! |---|---|---|
-//! | `ready` | initialised; the lock is free or held by a live holder | yes |
+//! | `ready` | initialised; the lock is free or held by a live holder | if it [crashed](#crashed-or-detached) (if it was detached normally: only with [`CleanOptions::include_detached`]) |
 //! | `initialising` | not Ready, and its creator (alive) holds the write lock | never (it is attached) |
 //! | `abandoned-init` | not Ready, and nobody holds the write lock: the creator died | yes |
 //! | `owner-died` | the lock's holder died; the next locker gets `OwnerDied` | yes |
@@ -62,13 +62,34 @@
 //! | `foreign` | not made by shmsync (no magic, empty, a symbolic link, …) | never |
 //! | `unreadable` | could not be opened or read (the reason says why) | never |
 //!
-//! An object is **stale** ([`Inspection::stale`]) when it carries this
-//! crate's magic, its header is readable by this build (or it is an
+//! An object is a **leftover** ([`Inspection::leftover`]) when it carries
+//! this crate's magic, its header is readable by this build (or it is an
 //! abandoned initialisation), no process is attached and no live thread
-//! holds its lock. A creator killed before it wrote its header leaves an
+//! holds its lock; it is **stale** ([`Inspection::stale`]) when it is a
+//! leftover that crashed. A creator killed before it wrote its header leaves an
 //! empty or zero-filled object, which cannot be told apart from somebody
 //! else's: it is listed as `foreign` and only [`unlink`] removes it
 //! (`ShmCell::open_or_create` also takes such an object over).
+//!
+//! # Crashed or detached
+//!
+//! Nobody attached does not mean nobody wants the value: a service that is
+//! simply not running leaves its cells so. What tells the two apart is how
+//! the users left ([`Leftover`]):
+//!
+//! * **crashed** — an initialisation its creator abandoned
+//!   (`abandoned-init`), a lock whose holder died (`owner-died`,
+//!   `not-recoverable`, `holder-dead`), or a `ready` cell whose header's
+//!   `handles` word is not zero: handles that were never dropped, because
+//!   their process was killed (or `exec`ed, or called `process::exit`, or
+//!   leaked its handle). See [the `handles`
+//!   word](crate::segment::header#the-handles-word).
+//! * **detached** — a `ready` cell whose lock is free and whose `handles`
+//!   word is zero: every handle was dropped normally. A cell that crashed
+//!   and was then reopened and closed normally is detached again.
+//!
+//! [`clean`] removes what crashed; what was detached only with
+//! [`CleanOptions::include_detached`].
 //!
 //! # Cleaning safely
 //!
@@ -92,8 +113,10 @@
 //! for obj in inspect::list()? {
 //!     println!("{} {} stale={}", obj.name, obj.state.name(), obj.stale);
 //! }
-//! // Remove what is provably dead among our own objects.
-//! for outcome in inspect::clean(|name| name.starts_with("/myapp-"), false)? {
+//! // Remove what crashed among our own objects (never another
+//! // application's, nor our cells whose users all detached normally).
+//! let options = inspect::CleanOptions::new();
+//! for outcome in inspect::clean(|name| name.starts_with("/myapp-"), &options)? {
 //!     println!("{}: {} ({})", outcome.name, outcome.action.name(), outcome.reason);
 //! }
 //! # Ok(()) }
@@ -117,7 +140,8 @@ use crate::sys::fd::{oflag, FileKind, FileStat};
 pub use crate::lock::describe::{Holder, LockInfo, LockState, LockWord};
 
 pub use clean::{
-    clean, clean_one, error_line, set_clean_hook, unlink, CleanAction, CleanOutcome, Unlinked,
+    clean, clean_one, error_line, set_clean_hook, unlink, CleanAction, CleanOptions, CleanOutcome,
+    Unlinked,
 };
 pub use fields::{describe_type, Field};
 use read::examine;
@@ -219,6 +243,31 @@ impl Attached {
     }
 }
 
+/// How the users of an object nobody is attached to left it (see the
+/// [module docs](self#crashed-or-detached)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Leftover {
+    /// Its last users crashed: killed (or otherwise gone without dropping
+    /// their handles), a creator that died initialising it, or a lock
+    /// holder that died. [`clean`] removes it.
+    Crashed,
+    /// Every user detached normally (each handle was dropped) and its lock
+    /// is free: a service that is simply not running. [`clean`] keeps it
+    /// unless [`CleanOptions::include_detached`] asks for it.
+    Detached,
+}
+
+impl Leftover {
+    /// The stable name used in tables and JSON (`crashed`, `detached`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Leftover::Crashed => "crashed",
+            Leftover::Detached => "detached",
+        }
+    }
+}
+
 /// Everything known about one object in `/dev/shm`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -232,8 +281,14 @@ pub struct Inspection {
     /// Why it is `foreign`, `unreadable`, `damaged` or `incompatible`, or a
     /// short remark on another state.
     pub reason: Option<String>,
-    /// Whether [`clean`] would remove it (see the [module docs](self)).
+    /// Whether [`clean`] removes it by default: nobody is attached and it
+    /// [crashed](Leftover::Crashed) (see the [module docs](self)).
     pub stale: bool,
+    /// For a shmsync object nobody is attached to and no live process holds
+    /// the lock of: whether its users [crashed](Leftover::Crashed) or all
+    /// [detached](Leftover::Detached) normally. `None` when it is in use or
+    /// not removable.
+    pub leftover: Option<Leftover>,
     /// Its size in bytes (`fstat`).
     pub size: Option<u64>,
     /// Owner uid (`fstat`).
@@ -260,6 +315,7 @@ impl Inspection {
             state,
             reason: Some(reason.into()),
             stale: false,
+            leftover: None,
             size: None,
             uid: None,
             mode: None,

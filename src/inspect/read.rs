@@ -4,7 +4,7 @@
 use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
-use super::{fill_stat, Attached, Inspection, LockInfo, LockState, State};
+use super::{fill_stat, Attached, Inspection, Leftover, LockInfo, LockState, State};
 use crate::error::Error;
 use crate::lock::describe::LockArea;
 use crate::segment::header::{self, HeaderInfo, HEADER_SIZE, MAGIC};
@@ -95,7 +95,10 @@ pub(super) fn examine(name: &str, fd: BorrowedFd<'_>) -> Inspection {
                 Attached::Creator => State::Initialising,
                 _ => State::AbandonedInit,
             };
-            i.stale = i.state == State::AbandonedInit && i.attached == Attached::None;
+            if i.state == State::AbandonedInit && i.attached == Attached::None {
+                i.leftover = Some(Leftover::Crashed);
+                i.stale = true;
+            }
             return i;
         }
         other => {
@@ -142,7 +145,19 @@ pub(super) fn examine(name: &str, fd: BorrowedFd<'_>) -> Inspection {
     let holder_may_live = i.lock.state != LockState::NotRecoverable
         && i.lock.holder.is_some()
         && holder_alive != Some(false);
-    i.stale = i.attached == Attached::None && !holder_may_live;
+    if i.attached == Attached::None && !holder_may_live {
+        // Nobody can be using it: how its users left decides. A lock whose
+        // holder died says "crashed" whatever the count; otherwise the
+        // `handles` word does (non-zero: handles that were never dropped).
+        let handles = i.header.as_ref().map_or(0, |h| h.handles);
+        let left = if i.state == State::Ready && handles == 0 {
+            Leftover::Detached
+        } else {
+            Leftover::Crashed
+        };
+        i.leftover = Some(left);
+        i.stale = left == Leftover::Crashed;
+    }
     i
 }
 

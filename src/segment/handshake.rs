@@ -112,14 +112,18 @@ impl Segment {
         };
         let bytes = header::build(spec, &layout, creator());
         let info = header::decode(&bytes);
-        let seg = Segment {
+        let mut seg = Segment {
             map,
             fd,
             name: name.into(),
             info,
+            counted_by: 0,
         };
         match Self::fill(&seg, &bytes, init) {
-            Ok(()) => Ok(seg),
+            Ok(()) => {
+                seg.counted_by = sys::proc::getpid();
+                Ok(seg)
+            }
             Err(e) => Err(fail(seg.fd(), e)),
         }
     }
@@ -140,6 +144,9 @@ impl Segment {
         init_step(InitStep::LockInitialised);
         (init.value)(seg.value_ptr());
         init_step(InitStep::ValueWritten);
+        // Counted before Ready: a creator killed from here on leaves a
+        // count that says so.
+        super::handles::created(seg.header());
         state.store(STATE_READY, std::sync::atomic::Ordering::Release);
         init_step(InitStep::Published);
         // Atomic write → read conversion: no window in which a cleaner could
@@ -161,11 +168,12 @@ impl Segment {
             match Self::attach(&fd, name, &cname, expected)? {
                 Attach::Ready(info) => {
                     let map = Mapping::new(fd.as_fd(), info.total_size as usize)?;
-                    let seg = Segment {
+                    let mut seg = Segment {
                         map,
                         fd,
                         name: name.into(),
                         info,
+                        counted_by: 0,
                     };
                     // Acquire pairs with the creator's Release store of Ready.
                     let state = seg
@@ -177,6 +185,7 @@ impl Segment {
                             what: format!("state changed to {state} while attached"),
                         });
                     }
+                    seg.count_opened();
                     return Ok(seg);
                 }
                 Attach::Busy if Monotonic::now() < deadline => {}

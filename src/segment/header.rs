@@ -24,7 +24,7 @@
 //! | 144 | `state` | `0` Uninit → `1` Initialising → `2` Ready (Release/Acquire) |
 //! | 148 | `notify_seq`, `notify_waiters` | futex words of wait/notify |
 //! | 156 | `suspect` | non-zero: the value was left half-updated by a holder that panicked or whose owner-died error was converted away unrepaired; the next locker gets `OwnerDied` |
-//! | 160 | `handles` | handles attached and not yet dropped normally (a killed process never decrements it: non-zero with nobody attached means a crash) |
+//! | 160 | `handles` | handles attached and not yet dropped normally (a killed process never decrements it: non-zero with nobody attached means a crash; see [below](#the-handles-word)) |
 //! | 164 | reserved, zero | |
 //! | 168 | `attach_pid_ns` | pid namespace of the processes attached now (re-recorded when the first attaches to an unattached segment) |
 //! | 176 | `boot_id` | `/proc/sys/kernel/random/boot_id` of the boot the lock state belongs to (file-backed segments) |
@@ -32,6 +32,39 @@
 //!
 //! Bytes 0..144 never change after initialisation and are covered by the
 //! checksum; bytes 144.. are live words changed by every process.
+//!
+//! # The `handles` word
+//!
+//! It tells a cell whose last users were killed from one whose users all
+//! left normally, which the attach lock alone cannot (both leave nobody
+//! attached). Every handle — a [`ShmCell`](crate::ShmCell) or a standalone
+//! [`Segment`](crate::Segment), which count alike — adds one when it attaches
+//! (a creator stores `1` before it publishes Ready; an opener adds one
+//! once it holds its attach lock and has mapped the segment) and takes one
+//! away when it is dropped, *before* it lets go of its attach lock. Only
+//! the process that added one takes it away (a copy of a handle in a forked
+//! child is not counted: the child shares the parent's attach lock). A
+//! handle that is never dropped — its process was killed, `exec`ed, called
+//! `process::exit`, or leaked the handle (a `static`, `mem::forget`) —
+//! never takes its one away.
+//!
+//! Invariants:
+//!
+//! * `handles` is never below the number of counted handles attached now
+//!   (it may be above: the handles that were never dropped).
+//! * A handle that finds itself alone (`F_OFD_GETLK`: no other open file
+//!   description holds the attach lock) resets the word with a
+//!   compare-and-swap from the value it read: to `1` when it attaches, to
+//!   `0` when it is dropped. The count left over by a crash is so forgotten
+//!   as soon as the cell is used and left normally again — a cell that
+//!   crashed, was reopened and then closed normally reads `0`. (If another
+//!   handle attaches between the read and the swap, the swap fails and
+//!   the handle adds or subtracts one instead, which can only over-count.)
+//! * Read with nobody attached (a cleaner holding the exclusive attach
+//!   lock sees it stable): `0` means every user detached normally (a
+//!   service that is simply not running: `shmsync clean` keeps it unless
+//!   asked); non-zero means the last users crashed
+//!   ([`inspect`](crate::inspect): `crashed`).
 //!
 //! # State machine
 //!
@@ -116,6 +149,7 @@ const _: () = assert!(std::mem::size_of::<RawHeader>() == HEADER_SIZE);
 const _: () = assert!(std::mem::offset_of!(RawHeader, checksum) == CHECKSUMMED);
 const _: () = assert!(std::mem::offset_of!(RawHeader, state) == 144);
 const _: () = assert!(std::mem::offset_of!(RawHeader, suspect) == 156);
+const _: () = assert!(std::mem::offset_of!(RawHeader, handles) == 160);
 const _: () = assert!(std::mem::offset_of!(RawHeader, attach_pid_ns) == 168);
 const _: () = assert!(std::mem::offset_of!(RawHeader, boot_id) == 176);
 
@@ -387,6 +421,10 @@ pub struct HeaderInfo {
     /// The number of waiters (threads, in any process) sleeping on the
     /// notify sequence.
     pub notify_waiters: u32,
+    /// The live `handles` word: handles attached and not yet dropped
+    /// normally. Non-zero while nobody is attached means the last users
+    /// crashed (see [the `handles` word](crate::segment::header#the-handles-word)).
+    pub handles: u32,
 }
 
 impl HeaderInfo {
@@ -431,6 +469,7 @@ pub fn decode(b: &[u8; HEADER_SIZE]) -> HeaderInfo {
         state: u32_at(b, at!(state)),
         notify_seq: u32_at(b, at!(notify_seq)),
         notify_waiters: u32_at(b, at!(notify_waiters)),
+        handles: u32_at(b, at!(handles)),
     }
 }
 

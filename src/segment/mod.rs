@@ -26,6 +26,7 @@
 //!
 //! A handle never unlinks the name on drop; [`Segment::unlink`] does.
 
+mod handles;
 mod handshake;
 pub mod header;
 #[allow(dead_code)] // the backends built on it land next (semaphore holder, reader slots)
@@ -163,6 +164,9 @@ pub struct Segment {
     fd: OwnedFd,
     name: String,
     info: HeaderInfo,
+    /// The pid of the process that counted this handle in the header's
+    /// `handles` word (0: not counted); only it takes its count away.
+    counted_by: u32,
 }
 
 /// A shared mapping, unmapped on drop.
@@ -317,10 +321,29 @@ impl Segment {
         self.map.header()
     }
 
+    /// Counts this handle in the header's `handles` word (see [the format
+    /// docs](header#the-handles-word)): an opener, once attached and mapped.
+    pub(super) fn count_opened(&mut self) {
+        handles::opened(self.header(), self.fd.as_fd());
+        self.counted_by = sys::proc::getpid();
+    }
+
     /// Leaks the mapping and the descriptor: used when this process still
     /// holds a lock that lives in the mapping (unmapping it would stop the
-    /// kernel from marking it when we die).
+    /// kernel from marking it when we die). The handle stays counted in the
+    /// `handles` word, as a crash would leave it.
     pub(crate) fn leak(self) {
         std::mem::forget(self);
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // Before the fields go (unmap, then close and with it the attach
+        // lock): a cleaner must never see nobody attached with this
+        // handle still counted.
+        if self.counted_by != 0 && self.counted_by == sys::proc::getpid() {
+            handles::dropped(self.header(), self.fd.as_fd());
+        }
     }
 }
