@@ -46,6 +46,18 @@ fn role(ctx: &ChildCtx) {
     match role {
         // Create the cell, drop the handle, exit normally.
         "create-exit" => drop(ShmCell::<u64>::create(name, 7).expect("create")),
+        // Create it into a `static` (never dropped) and exit normally.
+        "static-exit" => {
+            static CELL: std::sync::OnceLock<ShmCell<u64>> = std::sync::OnceLock::new();
+            let cell = CELL.get_or_init(|| ShmCell::create(name, 7).expect("create"));
+            *cell.lock().expect("lock") += 1;
+            std::process::exit(0);
+        }
+        // Create it and call `process::exit` with the handle alive.
+        "exit-attached" => {
+            let _cell = ShmCell::<u64>::create(name, 7).expect("create");
+            std::process::exit(0);
+        }
         // Open it, drop the handle, exit normally.
         "open-exit" => drop(ShmCell::<u64>::open(name).expect("open")),
         // Create and stay attached.
@@ -291,6 +303,35 @@ fn detached_cell_is_kept_unless_include_detached() {
     let args = ["--prefix", &prefix, "--include-detached"];
     assert_eq!(clean_action(&args, &name), "removed");
     assert!(!exists(&name));
+}
+
+/// A process that exits normally with a handle it never dropped (in a
+/// `static`, or alive at `process::exit`) detached normally: its cell is
+/// kept. (Uncounted by the exit handler.)
+#[test]
+fn normal_exit_without_drop_is_detached() {
+    let roles = testing::child!("role", role);
+    let (_base, prefix) = scope("exit");
+    let (in_static, at_exit) = (format!("{prefix}static"), format!("{prefix}exit"));
+    roles
+        .arg("static-exit")
+        .arg(&in_static)
+        .run()
+        .expect("exits 0");
+    roles
+        .arg("exit-attached")
+        .arg(&at_exit)
+        .run()
+        .expect("exits 0");
+    for name in [&in_static, &at_exit] {
+        let e = listed(&prefix, name);
+        assert_eq!(e["attached"], "none", "{name}");
+        assert_eq!(e["leftover"], "detached", "{name}: {e}");
+        assert_eq!(clean_action(&["--prefix", &prefix], name), "skipped");
+        assert!(exists(name));
+    }
+    let cell = ShmCell::<u64>::open(&in_static).expect("open");
+    assert_eq!(*cell.lock().expect("lock"), 8, "the static's update");
 }
 
 /// A cell whose last user was SIGKILLed is `crashed` and `clean --prefix`

@@ -80,9 +80,10 @@
 //! * **crashed** — an initialisation its creator abandoned
 //!   (`abandoned-init`), a lock whose holder died (`owner-died`,
 //!   `not-recoverable`, `holder-dead`), or a `ready` cell whose header's
-//!   `handles` word is not zero: handles that were never dropped, because
-//!   their process was killed (or `exec`ed, or called `process::exit`, or
-//!   leaked its handle). See [the `handles`
+//!   `handles` word is not zero: handles that were never let go of,
+//!   because their process was killed (or `exec`ed). A handle that was
+//!   never dropped but whose process exited normally (a `static`,
+//!   `process::exit`) was let go of at exit. See [the `handles`
 //!   word](crate::segment::header#the-handles-word).
 //! * **detached** — a `ready` cell whose lock is free and whose `handles`
 //!   word is zero: every handle was dropped normally. A cell that crashed
@@ -248,12 +249,12 @@ impl Attached {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Leftover {
-    /// Its last users crashed: killed (or otherwise gone without dropping
-    /// their handles), a creator that died initialising it, or a lock
-    /// holder that died. [`clean`] removes it.
+    /// Its last users crashed: killed (or `exec`ed) without letting go of
+    /// their handles, a creator that died initialising it, or a lock holder
+    /// that died. [`clean`] removes it.
     Crashed,
-    /// Every user detached normally (each handle was dropped) and its lock
-    /// is free: a service that is simply not running. [`clean`] keeps it
+    /// Every user detached normally (each handle was dropped, or its
+    /// process exited normally) and its lock is free: a service that is simply not running. [`clean`] keeps it
     /// unless [`CleanOptions::include_detached`] asks for it.
     Detached,
 }

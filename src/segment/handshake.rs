@@ -121,7 +121,7 @@ impl Segment {
         };
         match Self::fill(&seg, &bytes, init) {
             Ok(()) => {
-                seg.counted_by = sys::proc::getpid();
+                seg.counted(sys::proc::getpid());
                 Ok(seg)
             }
             Err(e) => Err(fail(seg.fd(), e)),

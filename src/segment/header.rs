@@ -41,12 +41,14 @@
 //! [`Segment`](crate::Segment), which count alike — adds one when it attaches
 //! (a creator stores `1` before it publishes Ready; an opener adds one
 //! once it holds its attach lock and has mapped the segment) and takes one
-//! away when it is dropped, *before* it lets go of its attach lock. Only
-//! the process that added one takes it away (a copy of a handle in a forked
+//! away when it is dropped, *before* it lets go of its attach lock, or when
+//! its process exits normally without dropping it (an `atexit` handler
+//! uncounts a handle in a `static` or alive at `process::exit`). Only the
+//! process that added one takes it away (a copy of a handle in a forked
 //! child is not counted: the child shares the parent's attach lock). A
-//! handle that is never dropped — its process was killed, `exec`ed, called
-//! `process::exit`, or leaked the handle (a `static`, `mem::forget`) —
-//! never takes its one away.
+//! handle whose process is killed (any signal that ends it, `SIGTERM`
+//! included, unless the program handles it and exits), `exec`s, or that
+//! was leaked with its lock held, never takes its one away.
 //!
 //! Invariants:
 //!

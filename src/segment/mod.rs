@@ -325,7 +325,14 @@ impl Segment {
     /// docs](header#the-handles-word)): an opener, once attached and mapped.
     pub(super) fn count_opened(&mut self) {
         handles::opened(self.header(), self.fd.as_fd());
-        self.counted_by = sys::proc::getpid();
+        self.counted(sys::proc::getpid());
+    }
+
+    /// Records that process `pid` counted this handle (uncounted when it is
+    /// dropped, or when the process exits normally).
+    pub(super) fn counted(&mut self, pid: u32) {
+        self.counted_by = pid;
+        handles::register(self);
     }
 
     /// Leaks the mapping and the descriptor: used when this process still
@@ -333,6 +340,7 @@ impl Segment {
     /// kernel from marking it when we die). The handle stays counted in the
     /// `handles` word, as a crash would leave it.
     pub(crate) fn leak(self) {
+        handles::unregister(&self);
         std::mem::forget(self);
     }
 }
@@ -342,8 +350,8 @@ impl Drop for Segment {
         // Before the fields go (unmap, then close and with it the attach
         // lock): a cleaner must never see nobody attached with this
         // handle still counted.
-        if self.counted_by != 0 && self.counted_by == sys::proc::getpid() {
-            handles::dropped(self.header(), self.fd.as_fd());
+        if self.counted_by != 0 {
+            handles::detach(self);
         }
     }
 }

@@ -24,6 +24,15 @@ pub(crate) fn gettid() -> u32 {
     unsafe { libc::gettid() as u32 }
 }
 
+/// `atexit(3)`: `f` runs when the process ends through `exit` (which a
+/// return from `main` and `std::process::exit` call), never when it is
+/// killed. False if it could not be registered.
+pub(crate) fn at_exit(f: extern "C" fn()) -> bool {
+    // SAFETY: registers a plain function pointer; it lives for the whole
+    // program.
+    unsafe { libc::atexit(f) == 0 }
+}
+
 /// `kill(2)` with a signal number.
 pub(crate) fn kill(pid: u32, sig: libc::c_int) -> io::Result<()> {
     let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
