@@ -157,6 +157,10 @@ pub(crate) struct Init<'a> {
 ///
 /// The handle owns its file descriptor (which carries the attach lock) and
 /// its mapping; dropping it unmaps and closes but never unlinks the name.
+/// Like a [`ShmCell`](crate::ShmCell), it counts itself in the header's
+/// [`handles` word](header#the-handles-word) while attached, so that
+/// `shmsync clean` can tell a segment whose users were killed from one
+/// they all left normally.
 pub struct Segment {
     // Field order matters: the mapping is unmapped before the fd (and with
     // it the attach lock) is closed.
