@@ -58,6 +58,29 @@ fn role(ctx: &ChildCtx) {
             let _cell = ShmCell::<u64>::create(name, 7).expect("create");
             std::process::exit(0);
         }
+        // Create it, fork; the forked copy drops its copy of the handle
+        // and ends; then stay attached (the test kills us).
+        "fork-drop-copy" => {
+            let cell = ShmCell::<u64>::create(name, 7).expect("create");
+            // SAFETY: the child only drops the handle (getpid, a lock query
+            // and an atomic) and `_exit`s; this process's other thread is
+            // libtest's main thread, waiting on the test thread.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+            if pid == 0 {
+                drop(cell);
+                // SAFETY: ends the forked child without running exit
+                // handlers.
+                unsafe { libc::_exit(0) };
+            }
+            let mut status = 0;
+            // SAFETY: reaps our own child.
+            let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+            assert_eq!(r, pid);
+            assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+            ready();
+            drop(cell);
+        }
         // Open it, drop the handle, exit normally.
         "open-exit" => drop(ShmCell::<u64>::open(name).expect("open")),
         // Create and stay attached.
@@ -303,6 +326,22 @@ fn detached_cell_is_kept_unless_include_detached() {
     let args = ["--prefix", &prefix, "--include-detached"];
     assert_eq!(clean_action(&args, &name), "removed");
     assert!(!exists(&name));
+}
+
+/// A forked child's copy of a handle is not counted: its drop takes
+/// nothing away, so the parent killed afterwards still leaves a crash.
+#[test]
+fn a_forked_copy_of_a_handle_is_not_counted() {
+    let roles = testing::child!("role", role);
+    let (_base, prefix) = scope("fork");
+    let name = format!("{prefix}cell");
+    let parent = spawn(roles, "fork-drop-copy", &name);
+    let e = listed(&prefix, &name);
+    assert_eq!(e["attached"], "live");
+    let v: Value = serde_json::from_str(&ok(&["inspect", "--json", &name])).expect("JSON");
+    assert_eq!(v["header"]["handles"], 1, "{v}");
+    kill(parent);
+    assert_eq!(listed(&prefix, &name)["leftover"], "crashed");
 }
 
 /// A process that exits normally with a handle it never dropped (in a
