@@ -68,6 +68,7 @@
 //! sys                                    one function per OS call       (sys/)
 //! testing (feature `testing`)            users' crash tests             (testing/)
 //! bin/shmsync (feature `cli`)            list / inspect / clean         (bin/)
+//! #[derive(ShmSafe)] (feature `derive`)  checked ShmSafe impls          (shmsync-derive/)
 //! ```
 //!
 //! Only `sys` calls `libc`. Each type that lives in shared memory documents
@@ -111,3 +112,15 @@ pub use lock::{
 };
 pub use segment::{CreateOptions, Segment};
 pub use shm_safe::ShmSafe;
+/// Derives [`ShmSafe`](trait@ShmSafe) for a `#[repr(C)]` struct of
+/// `ShmSafe` fields, checked at compile time (feature `derive`; see the
+/// trait's docs for what it refuses and computes).
+#[cfg(feature = "derive")]
+pub use shmsync_derive::ShmSafe;
+
+/// Support for the code `#[derive(ShmSafe)]` generates. Not a public API:
+/// it may change in any release.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::shm_safe::derive_support::{Field, TagHasher};
+}
