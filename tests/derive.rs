@@ -1,6 +1,10 @@
 //! `#[derive(ShmSafe)]`: the tags and padding it computes, and derived types
 //! in real cells. (What it refuses is in `derive_ui.rs`.)
 
+// The derived constants are what these tests check: runtime asserts report
+// each failure by name, and let the other tests run.
+#![allow(clippy::assertions_on_constants)]
+
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use shmsync::{Error, ShmCell, ShmSafe};
@@ -237,7 +241,9 @@ fn a_transparent_newtype_is_not_its_field() {
 #[test]
 fn padding_is_computed() {
     // Built-in types and arrays of them have none.
-    assert!(!u8::HAS_PADDING && !f64::HAS_PADDING && !AtomicU64::HAS_PADDING);
+    assert!(!u8::HAS_PADDING);
+    assert!(!f64::HAS_PADDING);
+    assert!(!AtomicU64::HAS_PADDING);
     assert!(!<[u16; 3]>::HAS_PADDING);
     // Hand-written impls answer the conservative default.
     assert!(HandWritten::HAS_PADDING);
@@ -349,4 +355,22 @@ fn a_version_bump_does_not_open_the_old_cell() {
         Err(Error::Incompatible { field, .. }) => assert_eq!(field, "type_version"),
         other => panic!("opened a version 2 cell as version 3: {other:?}"),
     }
+}
+
+/// `#[shm(crate = "...")]` for a crate that reaches shmsync by another path.
+mod reexport {
+    pub use shmsync as shm_again;
+
+    #[derive(Clone, Copy, shm_again::ShmSafe)]
+    #[repr(C)]
+    #[shm(crate = "crate::reexport::shm_again")]
+    pub struct ViaReexport {
+        pub value: u64,
+    }
+}
+
+#[test]
+fn the_crate_path_can_be_given() {
+    assert_ne!(reexport::ViaReexport::TYPE_TAG, 0);
+    assert!(!reexport::ViaReexport::HAS_PADDING);
 }
