@@ -61,8 +61,9 @@
 ///   without the trait, ...) through the trait bound, reported at the
 ///   field's type;
 /// * lifetime parameters (a value in shared memory outlives any borrow);
-/// * a `Drop` impl on the type (for a generic type, when a cell of it is
-///   made or opened).
+/// * a `Drop` impl on the type (for a generic type, only where code that
+///   makes or opens a cell of it is compiled to machine code: `cargo build`
+///   reports it, `cargo check` does not).
 ///
 /// Type parameters are **given** a `ShmSafe` bound (as serde's derives do):
 /// `Pair<T>` is `ShmSafe` when `T` is, and `Pair<u32>` and `Pair<i32>` get

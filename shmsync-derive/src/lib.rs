@@ -254,11 +254,17 @@ fn expand(mut input: DeriveInput) -> syn::Result<TokenStream> {
     // the marker is a unit struct named after the field: the trait exists
     // only for `ShmSafe` types, and its error message names the field. The
     // tokens are spanned on the field's type, so the error points there.
+    // (Spanned at the call site: lints about the markers are not the
+    // user's to fix.)
     let markers: Vec<Ident> = fields
         .iter()
-        .map(|(member, _, _)| match member {
-            Member::Named(ident) => ident.clone(),
-            Member::Unnamed(index) => format_ident!("_{}", index.index),
+        .map(|(member, _, _)| {
+            let mut marker = match member {
+                Member::Named(ident) => ident.clone(),
+                Member::Unnamed(index) => format_ident!("_{}", index.index),
+            };
+            marker.set_span(Span::call_site());
+            marker
         })
         .collect();
     let field_info = |ty: &Type, marker: &Ident, item: &str| {
@@ -327,7 +333,14 @@ fn expand(mut input: DeriveInput) -> syn::Result<TokenStream> {
     Ok(quote! {
         const _: () = {
             /// One marker per field, named after it, for error messages.
-            #[allow(dead_code, non_camel_case_types)]
+            #[allow(
+                dead_code,
+                non_camel_case_types,
+                unreachable_pub,
+                missing_docs,
+                missing_debug_implementations,
+                missing_copy_implementations
+            )]
             mod __shmsync_fields {
                 #(pub struct #markers;)*
             }
