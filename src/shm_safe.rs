@@ -58,8 +58,9 @@
 /// * any field whose type is not `ShmSafe`: `bool`, `char`, references, raw
 ///   pointers and function pointers are named in the message; others
 ///   (`Option<T>`, `String`, `Vec<T>`, `NonZeroU32`, a struct of yours
-///   without the trait, ...) through the trait bound, reported at the
-///   field's type;
+///   without the trait, an alias of `bool`, ...) through the trait bound:
+///   "field `x` has type `T`, which cannot live in shared memory", at the
+///   field's type (a tuple struct's fields are called `_0`, `_1`, ...);
 /// * lifetime parameters (a value in shared memory outlives any borrow);
 /// * a `Drop` impl on the type (for a generic type, only where code that
 ///   makes or opens a cell of it is compiled to machine code: `cargo build`
