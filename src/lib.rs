@@ -74,6 +74,8 @@
 //!                                    init/attach handshake             (segment/)
 //! sys                                one function per OS call, by OS
 //!                                    family; the only code naming libc (sys/)
+//! #[derive(ShmSafe)] (feature `derive`,   checked ShmSafe impls, a proc-macro
+//!   on by default)                   crate of the workspace           (shmsync-derive/)
 //! ```
 //!
 //! Each type that lives in shared memory documents its invariants
@@ -125,3 +127,15 @@ pub use lock::{
 };
 pub use segment::{CreateOptions, Segment};
 pub use shm_safe::ShmSafe;
+/// Derives [`ShmSafe`](trait@ShmSafe) for a `#[repr(C)]` struct of
+/// `ShmSafe` fields, checked at compile time (feature `derive`; see the
+/// trait's docs for what it refuses and computes).
+#[cfg(feature = "derive")]
+pub use shmsync_derive::ShmSafe;
+
+/// Support for the code `#[derive(ShmSafe)]` generates. Not a public API:
+/// it may change in any release.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::shm_safe::derive_support::{Field, TagHasher};
+}
