@@ -129,7 +129,22 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
                 value: &mut value,
             },
         )?;
-        Self::from_segment(seg)
+        Self::from_new_segment(seg)
+    }
+
+    /// [`from_segment`](Self::from_segment) for a segment this process just
+    /// created (or took over) and published: if attaching fails, the object
+    /// is removed again unless another process attached meanwhile, so that
+    /// a retry does not find a Ready object it cannot use.
+    fn from_new_segment(seg: Segment) -> Result<Self, Error> {
+        sys::fork::register_fork_handler();
+        match L::attach(&seg) {
+            Ok(local) => Ok(Self::with_local(seg, local)),
+            Err(e) => {
+                seg.discard_if_alone();
+                Err(e)
+            }
+        }
     }
 
     fn lock_init() -> impl FnMut(NonNull<u8>, &Segment) -> std::io::Result<()> {
@@ -219,8 +234,14 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
                     value: &mut value,
                 },
             ) {
+                // Another object the lock needs (a semaphore `sem.NAME` that
+                // is not provably this cell's leftover) is in the way:
+                // opening will not help.
+                Err(Error::AlreadyExists { name: other }) if other != name => {
+                    return Err(Error::AlreadyExists { name: other })
+                }
                 Err(Error::AlreadyExists { .. }) => {}
-                other => return other.and_then(Self::from_segment),
+                other => return other.and_then(Self::from_new_segment),
             }
             match Segment::open(name, &spec) {
                 Err(Error::NotFound { .. }) => {}
@@ -234,7 +255,7 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
                             value: &mut value,
                         },
                     )? {
-                        return Self::from_segment(seg);
+                        return Self::from_new_segment(seg);
                     }
                     last = Some(e);
                 }
@@ -295,12 +316,16 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     fn from_segment(seg: Segment) -> Result<Self, Error> {
         sys::fork::register_fork_handler();
         let local = L::attach(&seg)?;
-        Ok(ShmCell {
+        Ok(Self::with_local(seg, local))
+    }
+
+    fn with_local(seg: Segment, local: L::Local) -> Self {
+        ShmCell {
             seg: ManuallyDrop::new(seg),
             local,
             held: AtomicBool::new(false),
             _value: PhantomData,
-        })
+        }
     }
 
     /// The object's name.

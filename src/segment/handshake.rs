@@ -130,7 +130,17 @@ impl Segment {
         let state = &seg.header().state;
         state.store(STATE_INITIALISING, std::sync::atomic::Ordering::Release);
         init_step(InitStep::HeaderWritten);
-        (init.lock)(seg.lock_ptr(), seg).map_err(|e| Error::io("lock initialisation", e))?;
+        (init.lock)(seg.lock_ptr(), seg).map_err(|e| {
+            // A backend reports its own precise errors (a companion object
+            // that exists already) wrapped in the io::Error.
+            if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+                if let Ok(inner) = e.into_inner().expect("checked").downcast::<Error>() {
+                    return *inner;
+                }
+                unreachable!("checked to be an Error");
+            }
+            Error::io("lock initialisation", e)
+        })?;
         init_step(InitStep::LockInitialised);
         (init.value)(seg.value_ptr());
         init_step(InitStep::ValueWritten);
@@ -328,6 +338,34 @@ impl Segment {
             bytes[..8] == header::MAGIC && (state == STATE_UNINIT || state == STATE_INITIALISING);
         let zero_sized_by_us = size == spec.layout()?.total_size && bytes.iter().all(|&b| b == 0);
         Ok(ours || zero_sized_by_us)
+    }
+}
+
+impl Segment {
+    /// Undoes a creation that failed after Ready was published (the
+    /// creator's own attach failed): if no other process attached meanwhile
+    /// (our attach lock converts to the exclusive one) and the name still
+    /// names this object, removes the cell's companion objects and the
+    /// name, so that a retry starts afresh. Otherwise the object is in use
+    /// and stays. Whether it was removed.
+    pub(crate) fn discard_if_alone(self) -> bool {
+        let Ok(cname) = name::validate(&self.name, MAX_SHM_NAME) else {
+            return false;
+        };
+        match sys::fd_lock::ofd_try_set(self.fd(), OfdLock::Write, ATTACH_BYTE, 1) {
+            Ok(true) => {}
+            _ => return false,
+        }
+        let Ok(st) = sys::fd::fstat(self.fd()) else {
+            return false;
+        };
+        if !same_inode(&st, &cname) {
+            return false;
+        }
+        if let Some(kind) = self.info.lock_kind() {
+            let _ = crate::lock::unlink_companions(kind, &self.name);
+        }
+        sys::shm::shm_unlink(&cname).is_ok()
     }
 }
 

@@ -230,13 +230,6 @@ pub(crate) fn link_fd(fd: BorrowedFd<'_>, path: &CStr) -> io::Result<()> {
     Ok(())
 }
 
-/// `unlink(2)`.
-pub(crate) fn unlink(path: &CStr) -> io::Result<()> {
-    // SAFETY: `path` is NUL-terminated.
-    cvt(unsafe { libc::unlink(path.as_ptr()) })?;
-    Ok(())
-}
-
 /// `pwrite(2)` of the whole of `buf` at `offset`.
 pub(crate) fn pwrite_all(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Result<()> {
     let mut done = 0;
