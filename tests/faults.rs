@@ -234,7 +234,10 @@ fn stopped_holder_case<L: LockBackend>(spec: testing::ChildSpec, kind: &str) {
         assert!(start.elapsed() < Duration::from_secs(10), "never stopped");
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert!(matches!(cell.try_lock(), Err(LockError::WouldBlock)), "{kind}");
+    assert!(
+        matches!(cell.try_lock(), Err(LockError::WouldBlock)),
+        "{kind}"
+    );
     assert!(
         matches!(
             cell.lock_timeout(Duration::from_millis(200)),
@@ -322,5 +325,11 @@ fn a_create_failing_after_ready_leaves_nothing() {
     });
     let name = TestName::new("ready-then-fail");
     child.arg(&name).run().unwrap();
-    assert_eq!(*ShmCell::<u64, NamedSemaphore>::open(&name).unwrap().lock().unwrap(), 2);
+    assert_eq!(
+        *ShmCell::<u64, NamedSemaphore>::open(&name)
+            .unwrap()
+            .lock()
+            .unwrap(),
+        2
+    );
 }

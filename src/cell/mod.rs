@@ -104,9 +104,12 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidName`], [`Error::AlreadyExists`],
-    /// [`Error::PermissionDenied`], [`Error::Io`] (for example when tmpfs is
-    /// full).
+    /// [`Error::InvalidName`], [`Error::AlreadyExists`] (also for
+    /// `/sem.NAME` in the way of a semaphore-locked cell),
+    /// [`Error::PermissionDenied`], [`Error::Io`] (for example `ENOSPC` when
+    /// tmpfs is full, `EMFILE`). Nothing is left under the name on error
+    /// (a failure after Ready removes the object again unless another
+    /// process attached meanwhile).
     pub fn create(name: &str, value: T) -> Result<Self, Error> {
         Self::create_with(name, value, &CreateOptions::default())
     }
@@ -191,13 +194,21 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
 
     /// Opens `name` if it exists, else creates it holding `value`. A
     /// segment whose creator died before finishing is taken over and
-    /// initialised with `value`; of several processes racing, exactly one
-    /// initialises and the others open its segment.
+    /// initialised with `value` — only if this process's effective user
+    /// owns it; of several processes racing, exactly one initialises and
+    /// the others open its segment. A live creator's segment is never taken
+    /// over, however long it is descheduled (it holds the kernel lock from
+    /// before its object has a name).
     ///
     /// # Errors
     ///
     /// As [`open`](Self::open) and [`create`](Self::create), except
-    /// `NotFound`, `AlreadyExists` and `AbandonedInit`.
+    /// `NotFound` and `AbandonedInit`; [`Error::ForeignOwner`] for an empty
+    /// or abandoned object of another user (never adopted: its owner could
+    /// resize or rewrite it); [`Error::AlreadyExists`] only for an object
+    /// the lock needs besides the segment (`/sem.NAME` of a
+    /// [`NamedSemaphore`](crate::NamedSemaphore) cell, when it is not
+    /// provably this cell's leftover).
     pub fn open_or_create(name: &str, value: T) -> Result<Self, Error> {
         Self::open_or_create_with(name, value, &CreateOptions::default())
     }

@@ -215,8 +215,8 @@ pub(crate) fn open_tmpfile(dir: &CStr, mode: u32) -> io::Result<OwnedFd> {
 pub(crate) fn link_fd(fd: BorrowedFd<'_>, path: &CStr) -> io::Result<()> {
     let src = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
         .expect("no NUL in a number");
-    // SAFETY: both paths are NUL-terminated; plain system call.
     retry_eintr(|| {
+        // SAFETY: both paths are NUL-terminated; plain system call.
         cvt(unsafe {
             libc::linkat(
                 libc::AT_FDCWD,
