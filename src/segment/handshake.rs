@@ -46,8 +46,13 @@ impl Segment {
         // lock when it dies); one finding an object unlocked and not Ready
         // knows its creator is gone. A creator killed before the link
         // leaves nothing at all.
+        // (ENOENT here is a missing /dev/shm or /proc, not a missing name.)
+        let sys_err = |op, e: std::io::Error| match e.raw_os_error() {
+            Some(errno::ENOENT) => Error::io(op, e),
+            _ => Error::from_io(op, name, e),
+        };
         let fd = sys::fd::open_tmpfile(&name::shm_dir(), options.mode)
-            .map_err(|e| Error::from_io("open(/dev/shm, O_TMPFILE)", name, e))?;
+            .map_err(|e| sys_err("open(/dev/shm, O_TMPFILE)", e))?;
         init_step(InitStep::Opened);
         let locked = sys::fd_lock::ofd_try_set(fd.as_fd(), OfdLock::Write, ATTACH_BYTE, 1)
             .map_err(|e| Error::io("fcntl(F_OFD_SETLK)", e))?;
@@ -61,7 +66,7 @@ impl Segment {
             Err(e) if e.raw_os_error() == Some(errno::EEXIST) => {
                 return Err(Error::AlreadyExists { name: name.into() })
             }
-            Err(e) => return Err(Error::from_io("linkat", name, e)),
+            Err(e) => return Err(sys_err("linkat(/proc/self/fd/N)", e)),
         }
         init_step(InitStep::Created);
         Self::initialise(fd, &cname, name, spec, init, true)
