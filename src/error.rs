@@ -34,6 +34,20 @@ pub enum Error {
         name: String,
     },
 
+    /// The object belongs to another user (`uid`), and this operation only
+    /// adopts what this process's effective user owns: an empty or
+    /// abandoned object under the name is *not* taken over, since its owner
+    /// could change its mode, resize it (the next access to a truncated page
+    /// is `SIGBUS`) or rewrite it at will. Remove it (its owner or root can)
+    /// or use another name.
+    #[error("shared object {name:?} belongs to uid {uid}, not to this user: not taken over")]
+    ForeignOwner {
+        /// The name of the object.
+        name: String,
+        /// The owner of the object.
+        uid: u32,
+    },
+
     /// The object exists but this process may not open it.
     #[error("permission denied for shared object {name:?}")]
     PermissionDenied {

@@ -113,9 +113,12 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidName`], [`Error::AlreadyExists`],
-    /// [`Error::PermissionDenied`], [`Error::Io`] (for example when tmpfs is
-    /// full).
+    /// [`Error::InvalidName`], [`Error::AlreadyExists`] (also for
+    /// `/sem.NAME` in the way of a semaphore-locked cell),
+    /// [`Error::PermissionDenied`], [`Error::Io`] (for example `ENOSPC` when
+    /// tmpfs is full, `EMFILE`). Nothing is left under the name on error
+    /// (a failure after Ready removes the object again unless another
+    /// process attached meanwhile).
     pub fn create(name: &str, value: T) -> Result<Self, Error> {
         Self::create_with(name, value, &CreateOptions::default())
     }
@@ -138,7 +141,22 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
                 value: &mut value,
             },
         )?;
-        Self::from_segment(seg)
+        Self::from_new_segment(seg)
+    }
+
+    /// [`from_segment`](Self::from_segment) for a segment this process just
+    /// created (or took over) and published: if attaching fails, the object
+    /// is removed again unless another process attached meanwhile, so that
+    /// a retry does not find a Ready object it cannot use.
+    fn from_new_segment(seg: Segment) -> Result<Self, Error> {
+        sys::fork::register_fork_handler();
+        match L::attach(&seg) {
+            Ok(local) => Ok(Self::with_local(seg, local)),
+            Err(e) => {
+                seg.discard_if_alone();
+                Err(e)
+            }
+        }
     }
 
     fn lock_init() -> impl FnMut(NonNull<u8>, &Segment) -> std::io::Result<()> {
@@ -185,13 +203,21 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
 
     /// Opens `name` if it exists, else creates it holding `value`. A
     /// segment whose creator died before finishing is taken over and
-    /// initialised with `value`; of several processes racing, exactly one
-    /// initialises and the others open its segment.
+    /// initialised with `value` — only if this process's effective user
+    /// owns it; of several processes racing, exactly one initialises and
+    /// the others open its segment. A live creator's segment is never taken
+    /// over, however long it is descheduled (it holds the kernel lock from
+    /// before its object has a name).
     ///
     /// # Errors
     ///
     /// As [`open`](Self::open) and [`create`](Self::create), except
-    /// `NotFound`, `AlreadyExists` and `AbandonedInit`.
+    /// `NotFound` and `AbandonedInit`; [`Error::ForeignOwner`] for an empty
+    /// or abandoned object of another user (never adopted: its owner could
+    /// resize or rewrite it); [`Error::AlreadyExists`] only for an object
+    /// the lock needs besides the segment (`/sem.NAME` of a
+    /// [`NamedSemaphore`](crate::NamedSemaphore) cell, when it is not
+    /// provably this cell's leftover).
     pub fn open_or_create(name: &str, value: T) -> Result<Self, Error> {
         Self::open_or_create_with(name, value, &CreateOptions::default())
     }
@@ -228,8 +254,14 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
                     value: &mut value,
                 },
             ) {
+                // Another object the lock needs (a semaphore `sem.NAME` that
+                // is not provably this cell's leftover) is in the way:
+                // opening will not help.
+                Err(Error::AlreadyExists { name: other }) if other != name => {
+                    return Err(Error::AlreadyExists { name: other })
+                }
                 Err(Error::AlreadyExists { .. }) => {}
-                other => return other.and_then(Self::from_segment),
+                other => return other.and_then(Self::from_new_segment),
             }
             match Segment::open(name, &spec) {
                 Err(Error::NotFound { .. }) => {}
@@ -243,7 +275,7 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
                             value: &mut value,
                         },
                     )? {
-                        return Self::from_segment(seg);
+                        return Self::from_new_segment(seg);
                     }
                     last = Some(e);
                 }
@@ -304,12 +336,16 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     fn from_segment(seg: Segment) -> Result<Self, Error> {
         sys::fork::register_fork_handler();
         let local = L::attach(&seg)?;
-        Ok(ShmCell {
+        Ok(Self::with_local(seg, local))
+    }
+
+    fn with_local(seg: Segment, local: L::Local) -> Self {
+        ShmCell {
             seg: ManuallyDrop::new(seg),
             local,
             held: AtomicBool::new(false),
             _value: PhantomData,
-        })
+        }
     }
 
     /// The object's name.

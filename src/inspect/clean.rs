@@ -4,7 +4,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Mutex;
 
-use super::{judge, name, not_a_file, open_failure, Attached, Inspection, State};
+use super::{judge, name, not_a_file, open_failure, open_listed, Attached, Inspection, State};
 use super::{ATTACH_BYTE, MAX_SHM_NAME};
 use crate::error::Error;
 use crate::sys;
@@ -143,7 +143,7 @@ pub fn clean_one(name: &str, dry_run: bool) -> Result<CleanOutcome, Error> {
         );
         return skipped(why, Some(i));
     }
-    let fd: OwnedFd = match sys::shm::shm_open(&cname, oflag::O_RDWR, 0) {
+    let fd: OwnedFd = match open_listed(&cname, oflag::O_RDWR) {
         Ok(fd) => fd,
         Err(e) => {
             let i = open_failure(name, e)?;

@@ -42,8 +42,9 @@ pub(super) fn examine(name: &str, fd: BorrowedFd<'_>) -> Inspection {
         i.reason = Some(why);
     };
     if n == 0 {
-        // Also what a shmsync creator killed right after its exclusive
-        // create leaves: not provably ours, so never cleaned.
+        // Also what a creator killed after naming its object and before
+        // sizing it leaves (or an older-style creator right after its
+        // exclusive create): not provably ours, so never cleaned.
         foreign(&mut i, "empty: no shmsync header".into());
         return i;
     }

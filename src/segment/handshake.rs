@@ -24,6 +24,10 @@ pub(crate) const ATTACH_BYTE: u64 = 0;
 pub(crate) const INIT_WAIT: Duration = Duration::from_secs(5);
 /// How long an empty object is given to become a creator's (between its
 /// exclusive create and its first lock) before it counts as abandoned.
+///
+/// This crate's creators never show an empty object unlocked (they link it
+/// under its name with the write lock held); the grace is for objects made
+/// the older way (`shm_open(O_CREAT|O_EXCL)`, then lock) by other writers.
 const EMPTY_GRACE: Duration = Duration::from_millis(100);
 
 impl Segment {
@@ -35,41 +39,36 @@ impl Segment {
     ) -> Result<Segment, Error> {
         let cname = name::validate(name, MAX_SHM_NAME)?;
         spec.layout()?;
-        let fd = sys::shm::shm_open(
-            &cname,
-            oflag::O_CREAT | oflag::O_EXCL | oflag::O_RDWR,
-            options.mode,
-        )
-        .map_err(|e| Error::from_io("shm_open", name, e))?;
+        // The object is made without a name (O_TMPFILE), locked, given its
+        // mode and only then linked under the name: no process ever sees it
+        // empty and unlocked while its creator lives. An opener finding the
+        // write lock held waits for a *live* creator (the kernel drops the
+        // lock when it dies); one finding an object unlocked and not Ready
+        // knows its creator is gone. A creator killed before the link
+        // leaves nothing at all.
+        // (ENOENT here is a missing /dev/shm or /proc, not a missing name.)
+        let sys_err = |op, e: std::io::Error| match e.raw_os_error() {
+            Some(errno::ENOENT) => Error::io(op, e),
+            _ => Error::from_io(op, name, e),
+        };
+        let fd = sys::fd::open_tmpfile(&name::shm_dir(), options.mode)
+            .map_err(|e| sys_err("open(/dev/shm, O_TMPFILE)", e))?;
         init_step(InitStep::Opened);
-        // Until we hold the write lock, the object is visibly empty and
-        // unlocked. An opener may hold a read lock for a moment while it
-        // looks at it (wait for that); if we were descheduled for longer
-        // than an opener's grace period, another process may have judged
-        // the object abandoned and initialised it: then it is theirs, and we
-        // neither touch nor unlink it.
-        let deadline = Monotonic::now().after(INIT_WAIT);
-        let mut backoff = Backoff::new();
-        loop {
-            let locked = sys::fd_lock::ofd_try_set(fd.as_fd(), OfdLock::Write, ATTACH_BYTE, 1)
-                .map_err(|e| Error::io("fcntl(F_OFD_SETLK)", e))?;
-            let st = sys::fd::fstat(fd.as_fd()).map_err(|e| Error::io("fstat", e))?;
-            if st.size() != 0 || !same_inode(&st, &cname) {
-                return Err(Error::AlreadyExists { name: name.into() });
+        let locked = sys::fd_lock::ofd_try_set(fd.as_fd(), OfdLock::Write, ATTACH_BYTE, 1)
+            .map_err(|e| Error::io("fcntl(F_OFD_SETLK)", e))?;
+        debug_assert!(locked, "nobody else can reach an unnamed file");
+        if !locked {
+            return Err(Error::io("fcntl(F_OFD_SETLK)", errno::error(errno::EAGAIN)));
+        }
+        set_mode(fd.as_fd(), options.mode)?;
+        match sys::fd::link_fd(fd.as_fd(), &name::shm_path(name)) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(errno::EEXIST) => {
+                return Err(Error::AlreadyExists { name: name.into() })
             }
-            if locked {
-                break;
-            }
-            if Monotonic::now() >= deadline {
-                return Err(Error::InitTimedOut { name: name.into() });
-            }
-            backoff.sleep();
+            Err(e) => return Err(sys_err("linkat(/proc/self/fd/N)", e)),
         }
         init_step(InitStep::Created);
-        if let Err(e) = sys::fd::fchmod(fd.as_fd(), options.mode) {
-            unlink_if_same(fd.as_fd(), &cname);
-            return Err(Error::io("fchmod", e));
-        }
         Self::initialise(fd, &cname, name, spec, init, true)
     }
 
@@ -136,7 +135,17 @@ impl Segment {
         let state = &seg.header().state;
         state.store(STATE_INITIALISING, std::sync::atomic::Ordering::Release);
         init_step(InitStep::HeaderWritten);
-        (init.lock)(seg.lock_ptr(), seg).map_err(|e| Error::io("lock initialisation", e))?;
+        (init.lock)(seg.lock_ptr(), seg).map_err(|e| {
+            // A backend reports its own precise errors (a companion object
+            // that exists already) wrapped in the io::Error.
+            if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+                if let Ok(inner) = e.into_inner().expect("checked").downcast::<Error>() {
+                    return *inner;
+                }
+                unreachable!("checked to be an Error");
+            }
+            Error::io("lock initialisation", e)
+        })?;
         init_step(InitStep::LockInitialised);
         (init.value)(seg.value_ptr());
         init_step(InitStep::ValueWritten);
@@ -296,9 +305,17 @@ impl Segment {
             // which reports whatever it is.
             return Ok(None);
         }
-        // Best effort: the taker's mode (the object may belong to another
-        // user who gave us write access).
-        let _ = sys::fd::fchmod(fd.as_fd(), options.mode);
+        // Only what this user owns is adopted: another user's object could
+        // be chmod-ed back, resized (SIGBUS) or rewritten by its owner at
+        // any time, whatever mode we ask for.
+        let me = sys::proc::geteuid();
+        if st.uid() != me {
+            return Err(Error::ForeignOwner {
+                name: name.into(),
+                uid: st.uid(),
+            });
+        }
+        set_mode(fd.as_fd(), options.mode)?;
         Self::initialise(fd, &cname, name, spec, init, false).map(Some)
     }
 
@@ -329,12 +346,54 @@ impl Segment {
     }
 }
 
+impl Segment {
+    /// Undoes a creation that failed after Ready was published (the
+    /// creator's own attach failed): if no other process attached meanwhile
+    /// (our attach lock converts to the exclusive one) and the name still
+    /// names this object, removes the cell's companion objects and the
+    /// name, so that a retry starts afresh. Otherwise the object is in use
+    /// and stays. Whether it was removed.
+    pub(crate) fn discard_if_alone(self) -> bool {
+        let Ok(cname) = name::validate(&self.name, MAX_SHM_NAME) else {
+            return false;
+        };
+        match sys::fd_lock::ofd_try_set(self.fd(), OfdLock::Write, ATTACH_BYTE, 1) {
+            Ok(true) => {}
+            _ => return false,
+        }
+        let Ok(st) = sys::fd::fstat(self.fd()) else {
+            return false;
+        };
+        if !same_inode(&st, &cname) {
+            return false;
+        }
+        if let Some(kind) = self.info.lock_kind() {
+            let _ = crate::lock::unlink_companions(kind, &self.name);
+        }
+        sys::shm::shm_unlink(&cname).is_ok()
+    }
+}
+
 enum Attach {
     Ready(HeaderInfo),
     Busy,
     Empty,
     Replaced,
     Abandoned(u32),
+}
+
+/// `fchmod` to exactly `mode`, then checks with a new `fstat` that the
+/// object has it (a filesystem may ignore or refuse part of it).
+fn set_mode(fd: BorrowedFd<'_>, mode: u32) -> Result<(), Error> {
+    sys::fd::fchmod(fd, mode).map_err(|e| Error::io("fchmod", e))?;
+    let st = sys::fd::fstat(fd).map_err(|e| Error::io("fstat", e))?;
+    if st.mode() != mode & 0o7777 {
+        return Err(Error::Io {
+            op: "fchmod (the mode did not take)",
+            source: errno::error(errno::EPERM),
+        });
+    }
+    Ok(())
 }
 
 /// Bounded exponential sleep for the rare waits of open (a creator still

@@ -9,8 +9,15 @@
 //! stays free for the `FileLock` lock backend on the same object, and an OFD
 //! write → read conversion is atomic where a `flock` one is not.
 //!
-//! * **Create**: `shm_open(O_CREAT|O_EXCL|O_CLOEXEC)`, take the *write*
-//!   lock, `fchmod` (the umask must not decide), `ftruncate` +
+//! * **Create**: `open("/dev/shm", O_TMPFILE|O_RDWR|O_CLOEXEC)` (a file
+//!   with no name yet), take the *write* lock, `fchmod` (the umask must not
+//!   decide; checked with a new `fstat`), and only then give it its name
+//!   with `linkat("/proc/self/fd/N", …, "/dev/shm/NAME",
+//!   AT_SYMLINK_FOLLOW)` (`EEXIST`: [`Error::AlreadyExists`]). So no
+//!   process ever sees a live creator's object unlocked: an object that is
+//!   unlocked and not Ready is abandoned, proven by the kernel's lock and
+//!   not by a timeout, and a creator killed before the link leaves
+//!   nothing. Then `ftruncate` +
 //!   `posix_fallocate` (running out of tmpfs is an error now, not `SIGBUS`
 //!   later), write the header (state Initialising), initialise the lock and
 //!   the value, store `Ready` (Release), convert the write lock to a *read*
@@ -53,9 +60,11 @@ pub const DEFAULT_MODE: u32 = 0o600;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum InitStep {
-    /// The object exists (exclusive create), empty and not yet locked.
+    /// The object is made without a name (`O_TMPFILE`), not yet locked: a
+    /// creator that dies here leaves nothing.
     Opened,
-    /// The object is locked by its creator, still empty.
+    /// The object is locked by its creator, has its mode and is linked
+    /// under its name, still empty.
     Created,
     /// Its size is set and its pages are reserved.
     Sized,
@@ -226,7 +235,8 @@ impl Segment {
     /// [`Error::InvalidName`], [`Error::AlreadyExists`],
     /// [`Error::PermissionDenied`], [`Error::Unsupported`] for an impossible
     /// layout or a managed lock kind, [`Error::Io`] (e.g. `ENOSPC` from
-    /// `posix_fallocate`).
+    /// `posix_fallocate`, `EMFILE`); on any error nothing is left under the
+    /// name.
     pub fn create(
         name: &str,
         spec: &SegmentSpec,

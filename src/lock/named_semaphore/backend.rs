@@ -235,15 +235,33 @@ impl Backend for NamedSemaphore {
         let name = seg.name();
         let cname =
             NamedSemaphore::validate(name).map_err(|_| errno::error(errno::ENAMETOOLONG))?;
-        // The segment was created exclusively (or taken over with nobody
-        // attached): a semaphore of that name is a stale leftover.
-        match sys::sem::sem_unlink(&cname) {
-            Err(e) if e.raw_os_error() != Some(errno::ENOENT) => return Err(e),
-            _ => {}
+        let st = sys::fd::fstat(seg.fd())?;
+        // A semaphore of that name is removed only if it is provably what a
+        // creator of *this* segment (a dead one: we hold the exclusive lock
+        // of a segment that is not Ready) left: marked with this segment's
+        // inode. Anything else (a standalone semaphore in use, another
+        // user's) stays, and the create fails with EEXIST (AlreadyExists).
+        if super::is_companion_of(name, st.ino()) {
+            match sys::sem::sem_unlink(&cname) {
+                Err(e) if e.raw_os_error() != Some(errno::ENOENT) => return Err(e),
+                _ => {}
+            }
         }
-        let mode = sys::fd::fstat(seg.fd())?.mode() & 0o777;
         // Created and closed: each handle opens its own in `attach`.
-        create_exclusive(&cname, name, 0, mode).map(drop)
+        match create_exclusive(&cname, name, 0, st.mode() & 0o777) {
+            Ok(sem) => drop(sem),
+            Err(e) if e.raw_os_error() == Some(errno::EEXIST) => {
+                return Err(io::Error::other(Error::AlreadyExists {
+                    name: format!("/sem.{}", &name[1..]),
+                }))
+            }
+            Err(e) => return Err(e),
+        }
+        if let Err(e) = super::mark_companion(name, st.ino()) {
+            let _ = sys::sem::sem_unlink(&cname);
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn attach(seg: &Segment) -> Result<SemLocal, Error> {
@@ -258,16 +276,19 @@ impl Backend for NamedSemaphore {
         }
         sys::fork::register_fork_handler();
         let name = seg.name();
-        let cname = NamedSemaphore::validate(name)?;
         // Never O_CREAT: the header (checked already) says the creator made
-        // the semaphore before publishing Ready.
-        let sem = sys::sem::sem_open_existing(&cname).map_err(|e| match e.raw_os_error() {
+        // the semaphore before publishing Ready. The file is checked before glibc maps it (size, type) and must
+        // belong to the segment's owner (a planted one is refused).
+        let owner = sys::fd::fstat(seg.fd())
+            .map_err(|e| Error::io("fstat", e))?
+            .uid();
+        let sem = super::open_checked(name, Some(owner)).map_err(|e| match e {
             // The segment exists and is Ready, so its semaphore was made:
             // someone removed it. That is damage, not a missing cell.
-            Some(errno::ENOENT) => Error::Corrupted {
+            Error::NotFound { .. } => Error::Corrupted {
                 what: format!("the cell's semaphore sem.{} is missing", &name[1..]),
             },
-            _ => Error::from_io("sem_open", name, e),
+            e => e,
         })?;
         Ok(SemLocal { sem })
     }

@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::segment::{name, DEFAULT_MODE};
 use crate::sys;
 use crate::sys::errno;
+use crate::sys::fd::{oflag, FileKind, FileStat};
 use crate::sys::sem::SemHandle;
 use crate::sys::time::Monotonic;
 
@@ -243,14 +244,19 @@ impl NamedSemaphore {
 
     /// Opens the existing semaphore `name` (`sem_open` without `O_CREAT`).
     ///
+    /// glibc maps `/dev/shm/sem.NAME` without looking at its size, so a
+    /// short file (empty, truncated, or planted by another user) would
+    /// raise `SIGBUS` at the first `post`. The file is checked first: opened
+    /// with `O_NONBLOCK|O_NOFOLLOW`, it must be a regular file of at least
+    /// `sizeof(sem_t)` bytes.
+    ///
     /// # Errors
     ///
     /// [`Error::InvalidName`], [`Error::NotFound`],
-    /// [`Error::PermissionDenied`], [`Error::Io`].
+    /// [`Error::PermissionDenied`], [`Error::Incompatible`] (`file type`:
+    /// not a regular file), [`Error::TooSmall`], [`Error::Io`].
     pub fn open(name: &str) -> Result<Self, Error> {
-        let cname = Self::validate(name)?;
-        let sem =
-            sys::sem::sem_open_existing(&cname).map_err(|e| Error::from_io("sem_open", name, e))?;
+        let sem = open_checked(name, None)?;
         Ok(NamedSemaphore {
             sem,
             name: name.into(),
@@ -385,6 +391,101 @@ impl Drop for NamedSemaphore {
         }
         // `self.sem` closes itself.
     }
+}
+
+/// The file `/dev/shm/sem.NAME` of the semaphore `name`, opened with
+/// `O_NONBLOCK|O_NOFOLLOW` (a FIFO does not make us wait, a link is not
+/// followed) and checked by `fstat`: a regular file of at least
+/// `sizeof(sem_t)` bytes (and owned by `owner` when given).
+pub(crate) fn check_file(
+    name: &str,
+    owner: Option<u32>,
+) -> Result<(std::os::fd::OwnedFd, FileStat), Error> {
+    let path = sem_path(name);
+    let flags = oflag::O_RDONLY | oflag::O_NONBLOCK | oflag::O_NOFOLLOW | oflag::O_NOCTTY;
+    let fd = sys::fd::open(&path, flags, 0).map_err(|e| match e.raw_os_error() {
+        Some(errno::ELOOP) => Error::Incompatible {
+            field: "file type",
+            expected: "regular file".into(),
+            found: "symbolic link".into(),
+        },
+        _ => Error::from_io("open(sem.NAME)", name, e),
+    })?;
+    let st = sys::fd::fstat(std::os::fd::AsFd::as_fd(&fd)).map_err(|e| Error::io("fstat", e))?;
+    if st.kind() != FileKind::Regular {
+        return Err(Error::Incompatible {
+            field: "file type",
+            expected: "regular file".into(),
+            found: st.kind().name().into(),
+        });
+    }
+    if st.size() < sys::sem::SEM_SIZE as u64 {
+        return Err(Error::TooSmall {
+            size: st.size(),
+            needed: sys::sem::SEM_SIZE as u64,
+        });
+    }
+    if let Some(uid) = owner {
+        if st.uid() != uid {
+            return Err(Error::ForeignOwner {
+                name: format!("/sem.{}", &name[1..]),
+                uid: st.uid(),
+            });
+        }
+    }
+    Ok((fd, st))
+}
+
+/// `sem_open` of the existing semaphore `name` once its file passed
+/// [`check_file`]. (The name could be replaced between the check and
+/// `sem_open` only by the file's owner or root: `/dev/shm` is sticky.)
+pub(crate) fn open_checked(name: &str, owner: Option<u32>) -> Result<SemHandle, Error> {
+    let cname = NamedSemaphore::validate(name)?;
+    check_file(name, owner)?;
+    sys::sem::sem_open_existing(&cname).map_err(|e| Error::from_io("sem_open", name, e))
+}
+
+/// The mark a cell writes into the padding of its semaphore's `sem_t`
+/// (bytes [`SEM_STATE_SIZE`](sys::sem::SEM_STATE_SIZE)`..+8`), followed by
+/// the inode number of the cell's segment: glibc never reads or writes
+/// there, and a semaphore made by anyone else has zeros.
+const COMPANION_MARK: [u8; 8] = *b"shmsyncS";
+
+/// Marks the semaphore file of the cell whose segment has inode `ino`
+/// (64-bit targets only, where `sem_t` has 16 bytes of padding).
+pub(crate) fn mark_companion(name: &str, ino: u64) -> io::Result<()> {
+    let Some(at) = mark_offset() else {
+        return Ok(());
+    };
+    let flags = oflag::O_RDWR | oflag::O_NONBLOCK | oflag::O_NOFOLLOW | oflag::O_NOCTTY;
+    let fd = sys::fd::open(&sem_path(name), flags, 0)?;
+    let mut mark = [0u8; 16];
+    mark[..8].copy_from_slice(&COMPANION_MARK);
+    mark[8..].copy_from_slice(&ino.to_le_bytes());
+    sys::fd::pwrite_all(std::os::fd::AsFd::as_fd(&fd), &mark, at)
+}
+
+/// Whether `sem.NAME` is provably what a cell whose segment has inode `ino`
+/// left behind: a regular file of this user, of a semaphore's size,
+/// carrying the cell's mark with that inode number. (A live inode number
+/// is unique on its filesystem, and the segment stays alive while anyone
+/// uses its cell.) Anything else is somebody's semaphore, never removed.
+pub(crate) fn is_companion_of(name: &str, ino: u64) -> bool {
+    let Some(at) = mark_offset() else {
+        return false;
+    };
+    let Ok((fd, _)) = check_file(name, Some(sys::proc::geteuid())) else {
+        return false;
+    };
+    let mut mark = [0u8; 16];
+    match sys::fd::pread_full(std::os::fd::AsFd::as_fd(&fd), &mut mark, at) {
+        Ok(16) => mark[..8] == COMPANION_MARK && mark[8..] == ino.to_le_bytes(),
+        _ => false,
+    }
+}
+
+fn mark_offset() -> Option<u64> {
+    (sys::sem::SEM_SIZE >= sys::sem::SEM_STATE_SIZE + 16).then_some(sys::sem::SEM_STATE_SIZE as u64)
 }
 
 /// `sem_open(O_CREAT|O_EXCL)` with `value`, then the exact `mode`. On a
