@@ -410,6 +410,9 @@ impl<T: ShmSafe, L: LockBackend> Drop for ShmCell<T, L> {
     fn drop(&mut self) {
         // SAFETY: `seg` is taken exactly once, here, and not used after.
         let seg = unsafe { ManuallyDrop::take(&mut self.seg) };
+        if self.held.load(Ordering::Relaxed) {
+            L::keep_alive_while_held(&self.local);
+        }
         if L::KEEP_MAPPING_WHILE_HELD && self.held.load(Ordering::Relaxed) {
             // A guard of this handle was forgotten and still holds the lock:
             // unmapping would let the lock's memory vanish under the

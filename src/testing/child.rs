@@ -96,6 +96,7 @@ impl ChildSpec {
             stop: None,
             bound: super::default_bound(),
             sink: None,
+            wrapper: None,
         }
     }
 
@@ -134,6 +135,7 @@ pub struct Spawn {
     stop: Option<(String, u32)>,
     bound: Duration,
     sink: Option<Sink>,
+    wrapper: Option<(String, Vec<String>)>,
 }
 
 /// Where a sweep learns what one run of its child did.
@@ -187,6 +189,22 @@ impl Spawn {
         self
     }
 
+    /// Starts the child as `program args… TEST-BINARY …`: through a
+    /// command that runs its last arguments, for example
+    /// `unshare --pid --fork --kill-child` to run it in a new pid
+    /// namespace. The wrapper must keep the inherited descriptors and the
+    /// environment, stay in the child's process group, and end when its
+    /// command ends.
+    pub fn wrapper<I, S>(mut self, program: &str, args: I) -> Spawn
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let args = args.into_iter().map(|a| a.as_ref().to_string()).collect();
+        self.wrapper = Some((program.to_string(), args));
+        self
+    }
+
     pub(crate) fn sink(mut self, sink: Sink) -> Spawn {
         self.sink = Some(sink);
         self
@@ -227,7 +245,11 @@ impl Spawn {
             sys::pipe::set_nonblocking(fd.as_fd()).map_err(spawn_err)?;
         }
         let mut cmd = Command::new("/proc/self/exe");
-        if let Ok(exe) = std::env::current_exe() {
+        if let Some((program, args)) = &self.wrapper {
+            cmd = Command::new(program);
+            cmd.args(args)
+                .arg(std::env::current_exe().map_err(spawn_err)?);
+        } else if let Ok(exe) = std::env::current_exe() {
             cmd.arg0(exe);
         }
         cmd.args(LIBTEST_ARGS).arg(&test);
