@@ -18,6 +18,7 @@
 //! they were skipped. Time namespaces need Linux ≥ 5.6, a per-namespace
 //! `pid_max` (used to recycle a thread id quickly) Linux ≥ 6.14.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
 use std::time::Duration;
 
@@ -80,17 +81,50 @@ fn namespaces_available(args: &[&str], what: &str) -> bool {
     ok
 }
 
+/// A child stopped at its point "holding", started through `unshare`.
+struct Holding {
+    wrapper: Running,
+    /// A pidfd of the test binary `unshare` runs: killing the process group
+    /// and reaping `unshare` does not wait for it to die.
+    inner: OwnedFd,
+}
+
 /// Starts `holder` in the namespaces `ns` and waits until it holds the
 /// lock (its point "holding").
-fn holding(holder: ChildSpec, name: &str, ns: &[&str]) -> Running {
-    let mut h = holder
+fn holding(holder: ChildSpec, name: &str, ns: &[&str]) -> Holding {
+    let mut wrapper = holder
         .arg(name)
         .wrapper("unshare", ns)
         .stop_at("holding")
         .spawn()
         .unwrap();
-    h.wait_stopped().unwrap();
-    h
+    wrapper.wait_stopped().unwrap();
+    // `unshare --fork`'s only child (alive: it is stopped at the point).
+    let pid = wrapper.pid();
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let inner: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, inner, 0) };
+    assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh descriptor nothing else owns.
+    let inner = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    Holding { wrapper, inner }
+}
+
+impl Holding {
+    /// SIGKILLs the child and waits (bounded) until the process holding
+    /// the lock has exited: its descriptors, and their locks, are gone.
+    fn kill(self) {
+        self.wrapper.kill().unwrap();
+        let mut pfd = libc::pollfd {
+            fd: self.inner.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; bounded by the timeout.
+        let n = unsafe { libc::poll(&mut pfd, 1, 10_000) };
+        assert_eq!(n, 1, "the killed holder did not exit within 10 s");
+    }
 }
 
 /// Two pid namespaces whose first threads have the same local id (each
@@ -155,7 +189,7 @@ fn robust_mutex_refuses_another_pid_namespace_until_all_left() {
         }
         other => panic!("expected ForeignPidNamespace, got {:?}", other.map(drop)),
     }
-    h.kill().unwrap();
+    h.kill();
     // Nobody attached now: a third namespace records itself and opens it.
     reopen.arg(&name).wrapper("unshare", PID_NS).run().unwrap();
     // And so does this one, after it.
@@ -214,7 +248,7 @@ fn semaphore_holder_lives_until_killed(holder: ChildSpec, tag: &str, ns: &[&str]
         // Diagnostic only: its pid as its own namespace numbers it.
         assert_eq!(cell.holder_pid(), Some(1));
     }
-    h.kill().unwrap();
+    h.kill();
     match cell.try_lock() {
         Err(LockError::OwnerDied(g)) => {
             assert_eq!(*g, 7);
@@ -285,7 +319,7 @@ fn flock_holder_lives_until_killed(holder: ChildSpec, tag: &str, ns: &[&str]) {
             .map(|e| e.kind()),
         Some("TimedOut")
     );
-    h.kill().unwrap();
+    h.kill();
     match cell.try_lock() {
         Err(LockError::OwnerDied(g)) => {
             assert_eq!(*g, 7);
@@ -347,7 +381,8 @@ fn gettid() -> i32 {
 #[test]
 fn semaphore_deadlock_is_never_told_to_a_thread_with_a_recycled_tid() {
     let child = testing::child!(|ctx| {
-        let cell = ShmCell::<u64, NamedSemaphore>::open(ctx.arg(0)).unwrap();
+        // Made here: every process of the scenario is in this namespace.
+        let cell = ShmCell::<u64, NamedSemaphore>::create(ctx.arg(0), 0).unwrap();
         // pid 1 of a new pid namespace, whose own (per-namespace, Linux
         // >= 6.14) pid_max this sets: thread ids come round in ~100
         // threads instead of ~4 million.
@@ -396,10 +431,10 @@ fn semaphore_deadlock_is_never_told_to_a_thread_with_a_recycled_tid() {
         return;
     }
     let name = TestName::new("ns-tid");
-    let cell = ShmCell::<u64, NamedSemaphore>::create(&name, 0).unwrap();
     let ended = child.arg(&name).wrapper("unshare", PID_NS).run().unwrap();
     assert_eq!(ended.last_point(), Some("recycled tid asked"));
     // The forgotten guard held it until its process ended.
+    let cell = ShmCell::<u64, NamedSemaphore>::open(&name).unwrap();
     match cell.try_lock() {
         Err(LockError::OwnerDied(g)) => g.make_consistent(),
         other => panic!("expected OwnerDied, got {:?}", other.map(|g| *g)),
