@@ -197,6 +197,32 @@ fn robust_mutex_refuses_another_pid_namespace_until_all_left() {
     assert_eq!(*cell.lock().unwrap(), 10);
 }
 
+/// Two processes of one other pid namespace share a robust-mutex cell
+/// (only processes of *different* namespaces are refused): the first to
+/// attach recorded their namespace, the second finds it.
+#[test]
+fn robust_mutex_is_shared_within_another_pid_namespace() {
+    let second = testing::child!("second", |ctx| {
+        let cell = ShmCell::<u64>::open(ctx.arg(0)).unwrap();
+        assert_eq!(cell.try_lock().err().map(|e| e.kind()), Some("WouldBlock"));
+    });
+    let first = testing::child!("first", |ctx| {
+        assert_eq!(std::process::id(), 1, "pid 1 of a new pid namespace");
+        let cell = ShmCell::<u64>::open(ctx.arg(0)).unwrap();
+        let mut g = cell.lock().unwrap();
+        *g += 1;
+        // A process of this same namespace (not through unshare).
+        second.arg(ctx.arg(0)).run().unwrap();
+    });
+    if !namespaces_available(&PID_NS, "pid namespaces") {
+        return;
+    }
+    let name = TestName::new("ns-within");
+    drop(ShmCell::<u64>::create(&name, 0).unwrap());
+    first.arg(&name).wrapper("unshare", PID_NS).run().unwrap();
+    assert_eq!(*ShmCell::<u64>::open(&name).unwrap().lock().unwrap(), 1);
+}
+
 /// The namespace a cell records is the one of the processes attached now,
 /// not its creator's: a cell made in another pid namespace and left there
 /// opens here.
