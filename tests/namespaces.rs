@@ -466,3 +466,43 @@ fn semaphore_deadlock_is_never_told_to_a_thread_with_a_recycled_tid() {
         other => panic!("expected OwnerDied, got {:?}", other.map(|g| *g)),
     };
 }
+
+/// Semaphore backend: liveness is the kernel's lock on the holder's token,
+/// whose descriptor is close-on-exec: a holder that `exec`s (same pid,
+/// same start time: it used to count as alive) is dead for the lock at
+/// once, while the new program still runs.
+#[test]
+fn semaphore_holder_that_execs_is_dead_at_once() {
+    let child = testing::child!(|ctx| {
+        use std::os::unix::process::CommandExt;
+        let cell = ShmCell::<u64, NamedSemaphore>::open(ctx.arg(0)).unwrap();
+        let mut g = cell.lock().unwrap();
+        *g = 3;
+        testing::point("holding");
+        let e = Command::new("sleep").arg("30").exec();
+        panic!("exec failed: {e}");
+    });
+    let name = TestName::new("ns-exec");
+    let cell = ShmCell::<u64, NamedSemaphore>::create(&name, 0).unwrap();
+    let mut running = child.arg(&name).stop_at("holding").spawn().unwrap();
+    running.wait_stopped().unwrap();
+    assert_eq!(cell.try_lock().err().map(|e| e.kind()), Some("WouldBlock"));
+    running.resume().unwrap();
+    // Bounded poll: the exec happens some time after the resume.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match cell.try_lock() {
+            Err(LockError::OwnerDied(g)) => {
+                assert_eq!(*g, 3);
+                g.make_consistent();
+                break;
+            }
+            Err(LockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            other => panic!("expected OwnerDied, got {:?}", other.map(|g| *g)),
+        }
+    }
+    // The program it became still runs (killed now, with its group).
+    running.kill().unwrap();
+}
