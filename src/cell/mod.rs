@@ -168,7 +168,9 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     /// [`Error::NotFound`], [`Error::PermissionDenied`],
     /// [`Error::InvalidName`], [`Error::Incompatible`], [`Error::TooSmall`],
     /// [`Error::Corrupted`], [`Error::AbandonedInit`] (its creator died
-    /// before finishing), [`Error::InitTimedOut`].
+    /// before finishing), [`Error::InitTimedOut`],
+    /// [`Error::ForeignPidNamespace`] (a [`RobustMutex`](crate::RobustMutex)
+    /// cell in use by processes of another pid namespace).
     pub fn open(name: &str) -> Result<Self, Error> {
         Self::check_name(name)?;
         Self::from_segment(Segment::open(name, &Self::spec())?)
