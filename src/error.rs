@@ -116,6 +116,34 @@ pub enum Error {
         name: String,
     },
 
+    /// Processes of another pid namespace are attached to the object, and
+    /// its lock backend cannot work across pid namespaces: a robust
+    /// mutex's futex word holds the holder's thread id *as its own pid
+    /// namespace numbers it*, so two containers' threads can have the same
+    /// id (each container's first process is pid 1), which gives
+    /// `Deadlock` answers and two holders at once. `use_instead` names the
+    /// backends that do work there. Once every process of the other
+    /// namespace has detached, the object opens again (the namespace of
+    /// the attached processes is recorded anew by the first to attach).
+    #[error(
+        "shared object {name:?} is in use by processes of another pid namespace \
+         (pid:[{theirs}]; this process is in pid:[{ours}]): its {backend} lock \
+         cannot work across pid namespaces (thread ids are numbered per namespace, \
+         so two holders could look like one); use {use_instead}, which work there"
+    )]
+    ForeignPidNamespace {
+        /// The name of the object.
+        name: String,
+        /// The lock backend that refused ([`LockKind::name`](crate::segment::LockKind::name)).
+        backend: &'static str,
+        /// The backends that work across pid namespaces, for the message.
+        use_instead: &'static str,
+        /// Inode of this process's pid namespace.
+        ours: u64,
+        /// Inode of the pid namespace of the processes attached now.
+        theirs: u64,
+    },
+
     /// The request cannot be served here (for example a lock on a network
     /// filesystem, or a value whose alignment exceeds a page).
     #[error("unsupported: {what}")]

@@ -195,7 +195,9 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     /// [`Error::NotFound`], [`Error::PermissionDenied`],
     /// [`Error::InvalidName`], [`Error::Incompatible`], [`Error::TooSmall`],
     /// [`Error::Corrupted`], [`Error::AbandonedInit`] (its creator died
-    /// before finishing), [`Error::InitTimedOut`].
+    /// before finishing), [`Error::InitTimedOut`],
+    /// [`Error::ForeignPidNamespace`] (a [`RobustMutex`](crate::RobustMutex)
+    /// cell in use by processes of another pid namespace).
     pub fn open(name: &str) -> Result<Self, Error> {
         Self::check_name(name)?;
         Self::from_segment(Segment::open(name, &Self::spec())?)
@@ -455,6 +457,9 @@ impl<T: ShmSafe, L: LockBackend> Drop for ShmCell<T, L> {
     fn drop(&mut self) {
         // SAFETY: `seg` is taken exactly once, here, and not used after.
         let seg = unsafe { ManuallyDrop::take(&mut self.seg) };
+        if self.held.load(Ordering::Relaxed) {
+            L::keep_alive_while_held(&self.local);
+        }
         if L::KEEP_MAPPING_WHILE_HELD && self.held.load(Ordering::Relaxed) {
             // A guard of this handle was forgotten and still holds the lock:
             // unmapping would let the lock's memory vanish under the

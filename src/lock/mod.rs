@@ -78,6 +78,12 @@ pub(crate) mod sealed {
         /// the kernel keeps a pointer into it (the robust-futex list).
         const KEEP_MAPPING_WHILE_HELD: bool = true;
 
+        /// Called when a handle is dropped while one of its guards still
+        /// holds the lock (a `mem::forget`ten guard): the per-handle state
+        /// that proves the holder alive must then outlive the handle, for
+        /// as long as the process lives (nothing by default).
+        fn keep_alive_while_held(_local: &Self::Local) {}
+
         /// Builds the per-handle state of a handle to `seg`.
         fn attach(seg: &Segment) -> Result<Self::Local, Error>;
 

@@ -7,7 +7,7 @@ use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
-use super::header::{self, HeaderInfo, SegmentSpec, HEADER_SIZE};
+use super::header::{self, HeaderInfo, LockKind, SegmentSpec, HEADER_SIZE};
 use super::header::{STATE_INITIALISING, STATE_READY, STATE_UNINIT};
 use super::validate::{check_regular, same_inode, unlink_if_same};
 use super::{init_step, name, CreateOptions, Init, InitStep, Mapping, Segment, MAX_SHM_NAME};
@@ -29,6 +29,12 @@ pub(crate) const INIT_WAIT: Duration = Duration::from_secs(5);
 /// under its name with the write lock held); the grace is for objects made
 /// the older way (`shm_open(O_CREAT|O_EXCL)`, then lock) by other writers.
 const EMPTY_GRACE: Duration = Duration::from_millis(100);
+/// How long an opener keeps trying before it answers
+/// [`Error::ForeignPidNamespace`]: two processes of one namespace that
+/// attach at the same moment to a segment last used from another one each
+/// see the other attached, and both find the old record; one of them must
+/// get the segment alone to record their namespace anew.
+const FOREIGN_NS_GRACE: Duration = Duration::from_millis(200);
 
 impl Segment {
     pub(crate) fn create_with(
@@ -149,6 +155,11 @@ impl Segment {
         init_step(InitStep::LockInitialised);
         (init.value)(seg.value_ptr());
         init_step(InitStep::ValueWritten);
+        // The creator is the first attached process: its namespace is the
+        // attachers' (see `settle_pid_namespace`).
+        seg.header()
+            .attach_pid_ns
+            .store(seg.info.pid_namespace, std::sync::atomic::Ordering::Relaxed);
         state.store(STATE_READY, std::sync::atomic::Ordering::Release);
         init_step(InitStep::Published);
         // Atomic write → read conversion: no window in which a cleaner could
@@ -163,6 +174,7 @@ impl Segment {
         let cname = name::validate(name, MAX_SHM_NAME)?;
         let deadline = Monotonic::now().after(INIT_WAIT);
         let empty_deadline = Monotonic::now().after(EMPTY_GRACE);
+        let ns_deadline = Monotonic::now().after(FOREIGN_NS_GRACE);
         let mut backoff = Backoff::new();
         loop {
             let fd = sys::shm::shm_open(&cname, oflag::O_RDWR, 0)
@@ -186,7 +198,19 @@ impl Segment {
                             what: format!("state changed to {state} while attached"),
                         });
                     }
-                    return Ok(seg);
+                    match seg.settle_pid_namespace() {
+                        Ok(()) => return Ok(seg),
+                        Err(Error::ForeignPidNamespace { .. })
+                            if Monotonic::now() < ns_deadline =>
+                        {
+                            // Detach (drop) and try again: see
+                            // FOREIGN_NS_GRACE.
+                            drop(seg);
+                            backoff.sleep();
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 Attach::Busy if Monotonic::now() < deadline => {}
                 Attach::Busy => return Err(Error::InitTimedOut { name: name.into() }),
@@ -208,6 +232,56 @@ impl Segment {
             }
             drop(fd);
             backoff.sleep();
+        }
+    }
+
+    /// Records or checks the pid namespace of the processes attached to
+    /// this segment (header word `attach_pid_ns`), on a fresh attach (this
+    /// process holds the attach read lock).
+    ///
+    /// If nobody else is attached — the atomic upgrade of our read lock to
+    /// a write lock succeeds only then, and while we hold it nobody can
+    /// attach — this process records its namespace and converts back to
+    /// the read lock, atomically. Otherwise the record was made by a
+    /// process attached now or before them all, and cannot change while we
+    /// stay attached: a robust mutex (whose futex word holds
+    /// namespace-local thread ids) refuses a record of another namespace.
+    /// So a segment whose users all left (a restarted container) is
+    /// recorded anew by the first to attach, never refused for good.
+    fn settle_pid_namespace(&self) -> Result<(), Error> {
+        use std::sync::atomic::Ordering;
+        let ours = sys::proc::pid_namespace();
+        let word = &self.header().attach_pid_ns;
+        if sys::fd_lock::ofd_try_set(self.fd(), OfdLock::Write, ATTACH_BYTE, 1)
+            .map_err(|e| Error::io("fcntl(F_OFD_SETLK)", e))?
+        {
+            word.store(ours, Ordering::Relaxed);
+            let ok = sys::fd_lock::ofd_try_set(self.fd(), OfdLock::Read, ATTACH_BYTE, 1)
+                .map_err(|e| Error::io("fcntl(F_OFD_SETLK)", e))?;
+            debug_assert!(ok, "converting our own write lock cannot conflict");
+            return Ok(());
+        }
+        // Written under the write lock by the process that attached alone,
+        // which released it (the kernel's lock handover orders the store
+        // before our read).
+        let theirs = word.load(Ordering::Relaxed);
+        // 0: a namespace that could not be read (no /proc): nothing to
+        // compare.
+        if ours == 0 || theirs == 0 || ours == theirs {
+            return Ok(());
+        }
+        match self.info.lock_kind() {
+            Some(LockKind::RobustMutex) => Err(Error::ForeignPidNamespace {
+                name: self.name.clone(),
+                backend: LockKind::RobustMutex.name(),
+                use_instead: "the NamedSemaphore or FileLock backend (ShmCell<T, NamedSemaphore>, \
+                              ShmCell<T, FileLock>)",
+                ours,
+                theirs,
+            }),
+            // The semaphore and flock backends prove liveness with kernel
+            // locks, not pids; an external lock is the caller's business.
+            _ => Ok(()),
         }
     }
 

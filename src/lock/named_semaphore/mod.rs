@@ -27,8 +27,8 @@ pub const MAX_SEM_NAME: usize = 251;
 /// the bound on how long a holder's death goes unnoticed by a sleeper.
 pub(crate) const SLICE: Duration = Duration::from_millis(20);
 
-/// How often a contended acquire re-reads the holder word before it reads
-/// `/proc` and sleeps (short critical sections end within it).
+/// How often a contended acquire re-reads the holder word before it asks
+/// the kernel whether the holder lives, and sleeps (short critical sections end within it).
 const SPINS: u32 = 100;
 
 /// Why a semaphore operation failed.
@@ -119,17 +119,20 @@ impl SemaphoreOptions {
 /// with the semaphore at all:
 ///
 /// * **Acquire** is a compare-and-swap of a holder word in the segment from
-///   0 to this process's identity (pid + process start time, against pid
-///   reuse). A holder that is dead — its `/proc/PID/stat` is gone, it is a
-///   zombie (killed, not yet reaped), or its pid now names a process with
-///   another start time — is taken over with a compare-and-swap from the
-///   dead identity, so of several waiters exactly one wins; it gets
-///   [`LockError::OwnerDied`](crate::LockError::OwnerDied). If `/proc`
-///   cannot be read (`hidepid`), a holder counts as alive.
+///   0 to the handle's *liveness token*: a random number whose byte
+///   (2^62 + token) of the segment's file the handle keeps read-locked
+///   (an open-file-description lock, through a description of its own).
+///   The kernel drops that lock when the holder dies or `exec`s, so
+///   "is the holder alive?" is asked of the kernel (`F_OFD_GETLK`), not
+///   of pids and `/proc` start times — which differ between pid
+///   namespaces, are shifted by time namespaces, and are reused. A dead
+///   holder is taken over with a compare-and-swap from its token, so of
+///   several waiters exactly one wins; it gets
+///   [`LockError::OwnerDied`](crate::LockError::OwnerDied).
 /// * **Every acquire path that finds the lock taken** — `try_lock`
-///   included — checks the holder's liveness before answering
-///   `WouldBlock` or `TimedOut`. That check reads `/proc/PID/stat`
-///   (about 10 µs).
+///   included — asks the kernel about the holder before answering
+///   `WouldBlock` or `TimedOut` (one system call). An uncontended acquire
+///   is one compare-and-swap, with no system call.
 /// * **The semaphore `sem.NAME` is only where waiters sleep.** A waiter
 ///   counts itself in the segment, sleeps with
 ///   `sem_clockwait(CLOCK_MONOTONIC)` for at most 20 ms, and checks the
@@ -144,22 +147,25 @@ impl SemaphoreOptions {
 ///   [`NotRecoverable`](crate::LockError::NotRecoverable) for every
 ///   process; a taker that dies before `make_consistent` hands `OwnerDied`
 ///   on to the next.
-/// * Locking again from the thread that holds the lock is
-///   [`Deadlock`](crate::LockError::Deadlock); another thread of the same
-///   process waits.
+/// * Locking again from the thread that holds the lock (through any handle)
+///   is [`Deadlock`](crate::LockError::Deadlock); another thread of the
+///   same process waits — also a new thread that the kernel gave the id of
+///   an exited holder thread (the holder records an identity of its thread
+///   that is never reused, not the thread id).
+/// * Processes in different pid and time namespaces (containers sharing
+///   `/dev/shm`) may share a cell: nothing is judged from pids or clocks.
 ///
 /// Limits, by design:
 ///
 /// * A foreign program doing a bare `sem_wait` on `sem.NAME` is **not**
 ///   excluded by the cell's lock — it only takes a wake-up token. Use the
 ///   standalone `NamedSemaphore` to interoperate with such programs.
-/// * The holder is a *process*: a thread that exits holding the lock while
-///   its process lives on, or a process that `exec`s while holding it (same
-///   pid, same start time), is not seen as dead (the robust mutex detects
-///   both).
-/// * Pids are compared, so every process using a cell must be in the same
-///   pid namespace: a handle refuses a segment created in another one
-///   ([`Error::Unsupported`]).
+/// * The holder is a *handle in a process*: a thread that exits holding
+///   the lock while its process (and handle) lives on is not seen as dead
+///   (the robust mutex detects it). A process that `exec`s while holding
+///   it is (the token's descriptor is close-on-exec).
+/// * Each handle holds one more descriptor (its token's) and one
+///   byte-range lock.
 /// * Cell names are limited to 251 bytes after the `/` (checked before
 ///   anything is created).
 /// * A waiter killed while asleep leaves the waiter count one too high for

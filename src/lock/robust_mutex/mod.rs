@@ -78,6 +78,17 @@ pub(crate) mod word {
 /// place once with [`RobustMutex::init`], then every process that maps the
 /// memory may lock it through a `&RobustMutex`.
 ///
+/// # Pid namespaces
+///
+/// The futex word holds the holder's thread id as *its* pid namespace
+/// numbers it, so processes of different pid namespaces (containers
+/// sharing `/dev/shm`) must never share one: their threads can have the
+/// same id (`Deadlock` answers, two holders after a waiter's death). A
+/// `ShmCell<T, RobustMutex>` refuses such sharing at `open`
+/// ([`Error::ForeignPidNamespace`](crate::Error::ForeignPidNamespace));
+/// in a mapping of your own, keeping to one pid namespace is yours to
+/// ensure (or use the semaphore or `flock` backend).
+///
 /// # Invariants
 ///
 /// * It is only used after `init` succeeded on its address, and never moved
