@@ -117,16 +117,72 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     ///
     /// As [`create`](Self::create).
     pub fn create_with(name: &str, value: T, options: &CreateOptions) -> Result<Self, Error> {
-        Self::check_name(name)?;
         let value = ManuallyDrop::new(value);
-        let (mut lock, mut value) = (Self::lock_init(), Self::value_init(&value));
+        let mut write = Self::value_init(&value);
+        Self::create_inner(name, options, &mut write)
+    }
+
+    /// Creates the segment `name` holding an all-zero `T` (every
+    /// [`ShmSafe`] value is valid all-zero), without ever building a `T`:
+    /// the pages are zeroed by the kernel when the object is sized. For
+    /// values bigger than a thread's stack (`ShmCell::<[u8; 64 << 20]>`).
+    ///
+    /// # Errors
+    ///
+    /// As [`create`](Self::create).
+    pub fn create_zeroed(name: &str) -> Result<Self, Error> {
+        Self::create_inner(name, &CreateOptions::default(), &mut |_| {})
+    }
+
+    /// Creates the segment `name`, then calls `init` on its all-zero value
+    /// in place, in the mapping, before any other process can see it (the
+    /// creator holds the initialisation lock): a `T` is never built on the
+    /// stack. If `init` panics, the object is left half-built: openers get
+    /// [`Error::AbandonedInit`] and `open_or_create` takes it over.
+    ///
+    /// # Errors
+    ///
+    /// As [`create`](Self::create).
+    pub fn create_in_place(
+        name: &str,
+        options: &CreateOptions,
+        init: impl FnOnce(&mut T),
+    ) -> Result<Self, Error> {
+        let mut init = Some(init);
+        Self::create_inner(name, options, &mut |p| {
+            if let Some(f) = init.take() {
+                // SAFETY: see `in_place`.
+                f(unsafe { Self::in_place(p) })
+            }
+        })
+    }
+
+    /// The zeroed value area of a segment being initialised, as `&mut T`.
+    ///
+    /// # Safety
+    ///
+    /// `p` is the value area of a segment whose initialisation lock this
+    /// process holds (aligned and sized for `T`, zeroed, private).
+    unsafe fn in_place<'a>(p: NonNull<u8>) -> &'a mut T {
+        // SAFETY: forwarded from the caller; all-zero is a valid `T`
+        // (`ShmSafe`).
+        unsafe { p.cast::<T>().as_mut() }
+    }
+
+    fn create_inner(
+        name: &str,
+        options: &CreateOptions,
+        value: &mut dyn FnMut(NonNull<u8>),
+    ) -> Result<Self, Error> {
+        Self::check_name(name)?;
+        let mut lock = Self::lock_init();
         let seg = Segment::create_with(
             name,
             &Self::spec(),
             options,
             Init {
                 lock: &mut lock,
-                value: &mut value,
+                value,
             },
         )?;
         Self::from_segment(seg)
@@ -198,10 +254,51 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         value: T,
         options: &CreateOptions,
     ) -> Result<Self, Error> {
+        let value = ManuallyDrop::new(value);
+        let mut write = Self::value_init(&value);
+        Self::open_or_create_inner(name, options, &mut write)
+    }
+
+    /// Like [`open_or_create`](Self::open_or_create), with an all-zero
+    /// value if it creates: a `T` is never built (see
+    /// [`create_zeroed`](Self::create_zeroed)).
+    ///
+    /// # Errors
+    ///
+    /// As [`open_or_create`](Self::open_or_create).
+    pub fn open_or_create_zeroed(name: &str) -> Result<Self, Error> {
+        Self::open_or_create_inner(name, &CreateOptions::default(), &mut |_| {})
+    }
+
+    /// Like [`open_or_create`](Self::open_or_create), initialising the
+    /// value in place if this process creates it (see
+    /// [`create_in_place`](Self::create_in_place)). `init` gets the
+    /// all-zero value each time this process initialises the object: once
+    /// when it creates it — and once more for each abandoned attempt it
+    /// takes over (the value area is zeroed again before each call).
+    ///
+    /// # Errors
+    ///
+    /// As [`open_or_create`](Self::open_or_create).
+    pub fn open_or_create_in_place(
+        name: &str,
+        options: &CreateOptions,
+        mut init: impl FnMut(&mut T),
+    ) -> Result<Self, Error> {
+        Self::open_or_create_inner(name, options, &mut |p| {
+            // SAFETY: see `in_place`.
+            init(unsafe { Self::in_place(p) })
+        })
+    }
+
+    fn open_or_create_inner(
+        name: &str,
+        options: &CreateOptions,
+        value: &mut dyn FnMut(NonNull<u8>),
+    ) -> Result<Self, Error> {
         Self::check_name(name)?;
         let spec = Self::spec();
-        let value = ManuallyDrop::new(value);
-        let (mut lock, mut value) = (Self::lock_init(), Self::value_init(&value));
+        let mut lock = Self::lock_init();
         // Bounded by time, with backoff, not by a count of attempts: a lock
         // on an abandoned object can linger for a moment after its opener
         // let go (a process forked meanwhile by another thread shares the
@@ -216,7 +313,7 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
                 options,
                 Init {
                     lock: &mut lock,
-                    value: &mut value,
+                    value: &mut *value,
                 },
             ) {
                 Err(Error::AlreadyExists { .. }) => {}
@@ -231,7 +328,7 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
                         options,
                         Init {
                             lock: &mut lock,
-                            value: &mut value,
+                            value: &mut *value,
                         },
                     )? {
                         return Self::from_segment(seg);
