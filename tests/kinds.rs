@@ -120,3 +120,426 @@ fn big_value_initialised_in_place_and_opened_or_created_on_a_small_stack() {
     });
     ShmCell::<Big>::unlink(&name).unwrap();
 }
+
+// ---------------------------------------------------------------- memfd
+
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+
+use shmsync::{Backing, Error, FileLock, LockBackend, LockError, NamedSemaphore, RobustMutex};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+struct Pair {
+    a: u64,
+    b: u64,
+}
+// SAFETY: integers only, repr(C), every bit pattern valid.
+unsafe impl ShmSafe for Pair {
+    const TYPE_TAG: u64 = 0x9a1;
+}
+
+/// Takes ownership of a descriptor number inherited across `exec`.
+fn inherited(arg: &str) -> OwnedFd {
+    let n: i32 = arg.parse().unwrap();
+    // SAFETY: the parent passed this number for a descriptor it made
+    // inheritable for this child; nothing else in this process owns it.
+    unsafe { OwnedFd::from_raw_fd(n) }
+}
+
+/// Locks `cell` expecting its holder to have died; repairs and returns the
+/// value found.
+fn expect_owner_died<L: LockBackend>(cell: &ShmCell<Pair, L>) -> Pair {
+    match cell.lock() {
+        Err(LockError::OwnerDied(g)) => {
+            let found = *g;
+            g.make_consistent();
+            found
+        }
+        Ok(g) => panic!("the holder's death was not reported (value {:?})", *g),
+        Err(e) => panic!("{:?}", e.without_guard()),
+    }
+}
+
+fn child_locks_and_dies<L: LockBackend>(cell: ShmCell<Pair, L>) {
+    let mut g = cell.lock().unwrap();
+    g.a += 1;
+    testing::point("half-way");
+    g.b += 1;
+    drop(g);
+}
+
+#[test]
+fn memfd_cell_passed_over_a_socket_to_an_execd_child_both_update() {
+    let child = testing::child!(|ctx| {
+        let sock = UnixStream::from(inherited(ctx.arg(0)));
+        let cell = ShmCell::<Pair>::receive_from(&sock).unwrap();
+        assert_eq!(cell.backing(), Backing::Memfd);
+        let mut g = cell.lock().unwrap();
+        assert_eq!(*g, Pair { a: 1, b: 1 });
+        g.a += 10;
+        g.b += 10;
+    });
+    let cell = ShmCell::<Pair>::create_anonymous(Pair { a: 1, b: 1 }).unwrap();
+    assert_eq!(cell.backing(), Backing::Memfd);
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let theirs = shmsync::inheritable_fd(theirs.as_fd()).unwrap();
+    let running = child.arg(theirs.as_raw_fd().to_string()).spawn().unwrap();
+    drop(theirs);
+    cell.send_to(&ours).unwrap();
+    running.wait().unwrap();
+    let mut g = cell.lock().unwrap();
+    assert_eq!(*g, Pair { a: 11, b: 11 });
+    g.a += 1;
+}
+
+fn holder_that_inherits_a_memfd_and_is_killed_is_seen_dead<L: LockBackend>(
+    child: &testing::ChildSpec,
+) {
+    let cell = ShmCell::<Pair, L>::create_anonymous(Pair { a: 0, b: 0 }).unwrap();
+    let fd = cell.inheritable_fd().unwrap();
+    let mut running = child
+        .arg(fd.as_raw_fd().to_string())
+        .stop_at("half-way")
+        .spawn()
+        .unwrap();
+    // The child has its own copy now.
+    drop(fd);
+    running.wait_stopped().unwrap();
+    let ended = running.kill().unwrap();
+    assert!(ended.killed);
+    assert_eq!(expect_owner_died(&cell), Pair { a: 1, b: 0 });
+    // Usable again, clean.
+    assert_eq!(*cell.lock().unwrap(), Pair { a: 1, b: 0 });
+}
+
+#[test]
+fn memfd_inherited_across_exec_holder_killed_is_seen_dead_robust_mutex() {
+    let child = testing::child!(|ctx| {
+        child_locks_and_dies(ShmCell::<Pair, RobustMutex>::from_fd(inherited(ctx.arg(0))).unwrap());
+    });
+    holder_that_inherits_a_memfd_and_is_killed_is_seen_dead::<RobustMutex>(&child);
+}
+
+#[test]
+fn memfd_inherited_across_exec_holder_killed_is_seen_dead_flock() {
+    let child = testing::child!(|ctx| {
+        child_locks_and_dies(ShmCell::<Pair, FileLock>::from_fd(inherited(ctx.arg(0))).unwrap());
+    });
+    holder_that_inherits_a_memfd_and_is_killed_is_seen_dead::<FileLock>(&child);
+}
+
+fn receiver_killed_holding_is_seen_dead<L: LockBackend>(child: &testing::ChildSpec) {
+    let cell = ShmCell::<Pair, L>::create_anonymous(Pair { a: 5, b: 5 }).unwrap();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let theirs = shmsync::inheritable_fd(theirs.as_fd()).unwrap();
+    let mut running = child
+        .arg(theirs.as_raw_fd().to_string())
+        .stop_at("half-way")
+        .spawn()
+        .unwrap();
+    drop(theirs);
+    cell.send_to(&ours).unwrap();
+    running.wait_stopped().unwrap();
+    // Our own handle is not what the child locks through: it is blocked.
+    assert!(matches!(cell.try_lock(), Err(LockError::WouldBlock)));
+    assert!(running.kill().unwrap().killed);
+    assert_eq!(expect_owner_died(&cell), Pair { a: 6, b: 5 });
+}
+
+#[test]
+fn memfd_receiver_killed_holding_is_seen_dead_robust_mutex() {
+    let child = testing::child!(|ctx| {
+        let sock = UnixStream::from(inherited(ctx.arg(0)));
+        child_locks_and_dies(ShmCell::<Pair, RobustMutex>::receive_from(&sock).unwrap());
+    });
+    receiver_killed_holding_is_seen_dead::<RobustMutex>(&child);
+}
+
+#[test]
+fn memfd_receiver_killed_holding_is_seen_dead_flock() {
+    let child = testing::child!(|ctx| {
+        let sock = UnixStream::from(inherited(ctx.arg(0)));
+        child_locks_and_dies(ShmCell::<Pair, FileLock>::receive_from(&sock).unwrap());
+    });
+    receiver_killed_holding_is_seen_dead::<FileLock>(&child);
+}
+
+/// A raw memfd with `len` bytes of `fill`, carrying `seals`.
+fn raw_memfd(bytes: &[u8], seals: i32) -> OwnedFd {
+    // SAFETY: NUL-terminated name; the result is checked.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"foreign".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    assert!(fd >= 0);
+    // SAFETY: a fresh descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let f = std::fs::File::from(fd.try_clone().unwrap());
+    std::os::unix::fs::FileExt::write_all_at(&f, bytes, 0).unwrap();
+    if seals != 0 {
+        // SAFETY: plain fcntl on an open descriptor.
+        let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) };
+        assert_eq!(r, 0);
+    }
+    fd
+}
+
+const ALL_SEALS: i32 = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+
+/// A byte-for-byte copy of a real memfd cell's contents.
+fn cell_bytes<L: LockBackend>(cell: &ShmCell<Pair, L>) -> Vec<u8> {
+    let f = std::fs::File::from(cell.inheritable_fd().unwrap());
+    let mut v = Vec::new();
+    std::io::Read::read_to_end(&mut &f, &mut v).unwrap();
+    v
+}
+
+#[test]
+fn memfd_bad_descriptors_are_refused_with_distinct_errors() {
+    let cell = ShmCell::<Pair>::create_anonymous(Pair { a: 1, b: 2 }).unwrap();
+    let good = cell_bytes(&cell);
+    // An exact copy that carries the seals is accepted ...
+    let copy = ShmCell::<Pair>::from_fd(raw_memfd(&good, ALL_SEALS)).unwrap();
+    assert_eq!(*copy.lock().unwrap(), Pair { a: 1, b: 2 });
+    // ... and the same bytes unsealed, or half-sealed, are not.
+    for seals in [
+        0,
+        libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+        libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL,
+    ] {
+        match ShmCell::<Pair>::from_fd(raw_memfd(&good, seals)) {
+            Err(Error::NotSealed { seals: s, needed }) => {
+                assert_eq!(needed, ALL_SEALS as u32);
+                assert_eq!(s & needed, seals as u32);
+            }
+            other => panic!("seals {seals:#x}: {other:?}"),
+        }
+    }
+    // Foreign descriptors: a named shm object, a regular file, a socket.
+    let name = TestName::new("mfdf");
+    let named = ShmCell::<Pair>::create(&name, Pair { a: 0, b: 0 }).unwrap();
+    let shm_fd: OwnedFd = std::fs::File::open(name.path()).unwrap().into();
+    assert!(matches!(
+        ShmCell::<Pair>::from_fd(shm_fd),
+        Err(Error::NotMemfd { .. })
+    ));
+    let file = std::env::temp_dir().join(format!("shmsync-kinds-{}", std::process::id()));
+    std::fs::write(&file, &good).unwrap();
+    let file_fd: OwnedFd = std::fs::File::open(&file).unwrap().into();
+    std::fs::remove_file(&file).unwrap();
+    assert!(matches!(
+        ShmCell::<Pair>::from_fd(file_fd),
+        Err(Error::NotMemfd { .. })
+    ));
+    let (a, _b) = UnixStream::pair().unwrap();
+    assert!(matches!(
+        ShmCell::<Pair>::from_fd(a.into()),
+        Err(Error::NotMemfd { .. })
+    ));
+    // Sealed memfds with bad contents: short, foreign, truncated, another type.
+    let short = raw_memfd(&good[..100], ALL_SEALS);
+    assert!(
+        matches!(ShmCell::<Pair>::from_fd(short), Err(Error::TooSmall { .. })),
+        "short"
+    );
+    let foreign = raw_memfd(&[0x5a; 8192], ALL_SEALS);
+    assert!(matches!(
+        ShmCell::<Pair>::from_fd(foreign),
+        Err(Error::Incompatible { field: "magic", .. })
+    ));
+    let truncated = raw_memfd(&good[..good.len() - 8], ALL_SEALS);
+    assert!(
+        matches!(
+            ShmCell::<Pair>::from_fd(truncated),
+            Err(Error::TooSmall { .. })
+        ),
+        "truncated"
+    );
+    assert!(matches!(
+        ShmCell::<u64>::from_fd(cell.inheritable_fd().unwrap()),
+        Err(Error::Incompatible { .. })
+    ));
+    assert!(matches!(
+        ShmCell::<Pair, FileLock>::from_fd(cell.inheritable_fd().unwrap()),
+        Err(Error::Incompatible {
+            field: "lock_kind",
+            ..
+        })
+    ));
+    // A sealed cell cannot be truncated (or grown) by anyone holding it.
+    let fd = cell.inheritable_fd().unwrap();
+    // SAFETY: plain ftruncate on an open descriptor; expected to fail.
+    assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), 10) }, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EPERM)
+    );
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), 1 << 20) }, -1);
+    // Not for memfd: named cells, and the semaphore lock.
+    assert!(matches!(named.send_to(&_b), Err(Error::Unsupported { .. })));
+    assert!(matches!(
+        named.inheritable_fd(),
+        Err(Error::Unsupported { .. })
+    ));
+    assert!(matches!(
+        ShmCell::<Pair, NamedSemaphore>::create_anonymous(Pair { a: 0, b: 0 }),
+        Err(Error::Unsupported { .. })
+    ));
+    drop(named);
+    ShmCell::<Pair>::unlink(&name).unwrap();
+}
+
+#[test]
+fn memfd_a_peer_that_closes_or_sends_no_descriptor_is_an_io_error() {
+    let (a, b) = UnixStream::pair().unwrap();
+    std::io::Write::write_all(&mut &a, b"x").unwrap();
+    match ShmCell::<Pair>::receive_from(&b) {
+        Err(Error::Io { source, .. }) => assert_eq!(source.kind(), std::io::ErrorKind::InvalidData),
+        other => panic!("{other:?}"),
+    }
+    drop(a);
+    match ShmCell::<Pair>::receive_from(&b) {
+        Err(Error::Io { source, .. }) => {
+            assert_eq!(source.kind(), std::io::ErrorKind::UnexpectedEof)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn memfd_mode_decides_which_other_user_may_attach() {
+    let other = testing::child!(|ctx| {
+        let sock = UnixStream::from(inherited(ctx.arg(0)));
+        if ctx.arg(1) == "root" {
+            // SAFETY: dropping privileges in this child process only; a
+            // process that changed its uid is not dumpable, which would
+            // make its own /proc/self/fd unreadable: undo that.
+            unsafe {
+                assert_eq!(libc::setgid(65534), 0);
+                assert_eq!(libc::setuid(65534), 0);
+                assert_eq!(libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0), 0);
+            }
+        }
+        let private = ShmCell::<Pair>::receive_from(&sock);
+        assert!(
+            matches!(private, Err(Error::PermissionDenied { .. })),
+            "{private:?}"
+        );
+        let shared = ShmCell::<Pair>::receive_from(&sock).unwrap();
+        shared.lock().unwrap().a = 99;
+    });
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let private = ShmCell::<Pair>::create_anonymous_with(
+        Pair { a: 0, b: 0 },
+        &CreateOptions::new().mode(if root { 0o600 } else { 0o000 }),
+    )
+    .unwrap();
+    let shared = ShmCell::<Pair>::create_anonymous_with(
+        Pair { a: 0, b: 0 },
+        &CreateOptions::new().mode(0o666),
+    )
+    .unwrap();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let theirs = shmsync::inheritable_fd(theirs.as_fd()).unwrap();
+    let running = other
+        .arg(theirs.as_raw_fd().to_string())
+        .arg(if root { "root" } else { "user" })
+        .spawn()
+        .unwrap();
+    drop(theirs);
+    private.send_to(&ours).unwrap();
+    shared.send_to(&ours).unwrap();
+    running.wait().unwrap();
+    assert_eq!(shared.lock().unwrap().a, 99);
+}
+
+#[test]
+fn memfd_handle_inherited_by_fork_keeps_working_in_the_child() {
+    // Forks inside a child process (the test process runs parallel tests).
+    let forker = testing::child!(|_ctx| {
+        fn run<L: LockBackend>() {
+            let cell = ShmCell::<Pair, L>::create_anonymous(Pair { a: 0, b: 0 }).unwrap();
+            cell.lock().unwrap().a = 1;
+            // SAFETY: the forked child only locks, writes and `_exit`s.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0);
+            if pid == 0 {
+                let ok = match cell.lock() {
+                    Ok(mut g) => {
+                        g.b = g.a + 1;
+                        true
+                    }
+                    Err(_) => false,
+                };
+                // SAFETY: leaves the forked child without running the
+                // parent's destructors or test harness.
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+            }
+            let mut status = 0;
+            // SAFETY: waits for the child just forked.
+            assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+            assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+            assert_eq!(*cell.lock().unwrap(), Pair { a: 1, b: 2 });
+        }
+        run::<RobustMutex>();
+        run::<FileLock>();
+    });
+    forker.run().unwrap();
+}
+
+#[test]
+fn memfd_kill_loop_each_holder_killed_at_a_random_moment_is_repaired() {
+    let worker = testing::child!(|ctx| {
+        let sock = UnixStream::from(inherited(ctx.arg(0)));
+        let cell = ShmCell::<Pair, FileLock>::receive_from(&sock).unwrap();
+        testing::point("attached");
+        loop {
+            let mut g = match cell.lock() {
+                Ok(g) => g,
+                Err(LockError::OwnerDied(g)) => {
+                    g.make_consistent();
+                    g
+                }
+                Err(e) => panic!("{:?}", e.without_guard()),
+            };
+            g.a += 1;
+            g.b += 1;
+        }
+    });
+    let cell = ShmCell::<Pair, FileLock>::create_anonymous_zeroed().unwrap();
+    let mut died = 0;
+    for _ in 0..8 {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let theirs = shmsync::inheritable_fd(theirs.as_fd()).unwrap();
+        let spawn = worker.arg(theirs.as_raw_fd().to_string());
+        cell.send_to(&ours).unwrap();
+        let ended = spawn
+            .kill_within("attached", std::time::Duration::from_millis(20))
+            .unwrap();
+        drop(theirs);
+        assert!(ended.killed);
+        let v = match cell.lock() {
+            Ok(g) => *g,
+            Err(LockError::OwnerDied(mut g)) => {
+                died += 1;
+                // The update is two stores: repair a half-done one.
+                g.b = g.a;
+                g.make_consistent();
+                *g
+            }
+            Err(e) => panic!("{:?}", e.without_guard()),
+        };
+        assert_eq!(v.a, v.b);
+    }
+    let v = *cell.lock().unwrap();
+    assert!(v.a > 0, "the workers made progress");
+    eprintln!(
+        "8 workers killed, {died} while holding the lock, {} updates",
+        v.a
+    );
+}

@@ -1,6 +1,7 @@
 //! `ShmCell<T, L>`: a typed value in a named shared-memory segment, guarded
 //! by a lock every process can take.
 
+mod anonymous;
 mod diagnostics;
 mod guard;
 mod wait;
@@ -18,6 +19,7 @@ use crate::shm_safe::ShmSafe;
 use crate::sys;
 use crate::sys::time::Monotonic;
 
+pub use anonymous::inheritable_fd;
 pub use guard::ShmGuard;
 pub use wait::WaitTimeoutResult;
 

@@ -219,6 +219,14 @@ pub(crate) fn reopen(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     open(&path, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY, 0)
 }
 
+/// Like [`reopen`], read-write (`O_RDWR`): a description of its own that
+/// can be mapped writable.
+pub(crate) fn reopen_rdwr(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .expect("no NUL in a number");
+    open(&path, libc::O_RDWR | libc::O_NOCTTY, 0)
+}
+
 /// `fstatfs(2)`: the magic number (`f_type`) of the filesystem `fd` lives
 /// on, as the kernel's 32-bit constant.
 pub(crate) fn fs_magic(fd: BorrowedFd<'_>) -> io::Result<u32> {
