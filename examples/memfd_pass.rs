@@ -55,7 +55,9 @@ fn add(cell: &ShmCell<Tally>, child: bool) -> Result<(), String> {
 }
 
 fn child(fd: &str) -> Result<(), String> {
-    let n: i32 = fd.parse().map_err(|_| format!("bad descriptor number {fd:?}"))?;
+    let n: i32 = fd
+        .parse()
+        .map_err(|_| format!("bad descriptor number {fd:?}"))?;
     // SAFETY: the parent made descriptor `n` inheritable for this program
     // and passed its number; nothing else here owns it.
     let sock = UnixStream::from(unsafe { OwnedFd::from_raw_fd(n) });

@@ -543,3 +543,353 @@ fn memfd_kill_loop_each_holder_killed_at_a_random_moment_is_repaired() {
         v.a
     );
 }
+
+// ---------------------------------------------------------------- files
+
+use std::path::{Path, PathBuf};
+
+/// A private directory for one test's files, removed with everything in it
+/// on drop (also when the test fails).
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Dir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p =
+            std::env::temp_dir().join(format!("shmsync-kinds-{}-{n}-{tag}", std::process::id()));
+        std::fs::create_dir(&p).unwrap();
+        // Reachable by the unprivileged user of the permission test.
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        Dir(p)
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn file_cell_keeps_its_value_across_processes_and_reopens() {
+    let adder = testing::child!(|ctx| {
+        let cell = ShmCell::<Pair>::open_or_create_file(ctx.arg(0), Pair { a: 0, b: 0 }).unwrap();
+        assert_eq!(cell.backing(), Backing::File);
+        let mut g = cell.lock().unwrap();
+        g.a += 1;
+        g.b += 2;
+        cell.flush().unwrap();
+    });
+    let dir = Dir::new("keep");
+    let path = dir.file("counter");
+    for _ in 0..3 {
+        adder.arg(s(&path)).run().unwrap();
+    }
+    // Nobody has it open now: the value is in the file.
+    let cell = ShmCell::<Pair>::open_file(&path).unwrap();
+    assert_eq!(*cell.lock().unwrap(), Pair { a: 3, b: 6 });
+    assert!(matches!(
+        ShmCell::<Pair>::create_file(&path, Pair { a: 0, b: 0 }),
+        Err(Error::AlreadyExists { .. })
+    ));
+    drop(cell);
+    ShmCell::<Pair>::remove_file(&path).unwrap();
+    assert!(!path.exists());
+    assert!(matches!(
+        ShmCell::<Pair>::open_file(&path),
+        Err(Error::NotFound { .. })
+    ));
+}
+
+/// Takes a copy of a file cell while a child holds its lock (what the disk
+/// holds at power-off), kills the child, and returns the copy's path.
+fn snapshot_while_held(dir: &Dir, child: &testing::ChildSpec, path: &Path) -> PathBuf {
+    let mut running = child.arg(s(path)).stop_at("held").spawn().unwrap();
+    running.wait_stopped().unwrap();
+    let image = std::fs::read(path).unwrap();
+    assert!(running.kill().unwrap().killed);
+    let copy = dir.file("after-power-off");
+    std::fs::write(&copy, image).unwrap();
+    copy
+}
+
+fn reboot_recovery<L: LockBackend>(holder: &testing::ChildSpec, rebooted: &testing::ChildSpec) {
+    let dir = Dir::new("boot");
+    let path = dir.file("cell");
+    let cell = ShmCell::<Pair, L>::create_file(&path, Pair { a: 0, b: 0 }).unwrap();
+    let copy = snapshot_while_held(&dir, holder, &path);
+    drop(cell);
+    // The next boot: the lock held at power-off is reset, reported once.
+    rebooted.arg(s(&copy)).run().unwrap();
+    // Back on this boot (another boot id again): nothing was held, the
+    // value is what the repair left.
+    let cell = ShmCell::<Pair, L>::open_file(&copy).unwrap();
+    assert_eq!(*cell.lock().unwrap(), Pair { a: 1, b: 1 });
+}
+
+fn hold_and_stop<L: LockBackend>(path: &str) {
+    let cell = ShmCell::<Pair, L>::open_file(path).unwrap();
+    let mut g = cell.lock().unwrap();
+    g.a = 1;
+    testing::point("held");
+    g.b = 1;
+}
+
+fn after_reboot<L: LockBackend>(path: &str) {
+    shmsync::segment::set_boot_id_override(Some([0x42; 16]));
+    let cell = ShmCell::<Pair, L>::open_file(path).unwrap();
+    let second = ShmCell::<Pair, L>::open_file(path).unwrap();
+    match cell.lock_timeout(std::time::Duration::from_secs(5)) {
+        Err(LockError::OwnerDied(mut g)) => {
+            assert_eq!(*g, Pair { a: 1, b: 0 });
+            g.b = g.a;
+            g.make_consistent();
+        }
+        Ok(g) => panic!("a lock held at power-off was not reported: {:?}", *g),
+        Err(e) => panic!("{:?}", e.without_guard()),
+    }
+    // Reported once; the second handle (same boot) did not reset it again.
+    assert_eq!(*second.lock().unwrap(), Pair { a: 1, b: 1 });
+}
+
+#[test]
+fn file_lock_held_across_a_simulated_reboot_is_recovered_robust_mutex() {
+    let holder = testing::child!("holder", |ctx| hold_and_stop::<RobustMutex>(ctx.arg(0)));
+    let rebooted = testing::child!("rebooted", |ctx| after_reboot::<RobustMutex>(ctx.arg(0)));
+    reboot_recovery::<RobustMutex>(&holder, &rebooted);
+}
+
+#[test]
+fn file_lock_held_across_a_simulated_reboot_is_recovered_flock() {
+    let holder = testing::child!("holder", |ctx| hold_and_stop::<FileLock>(ctx.arg(0)));
+    let rebooted = testing::child!("rebooted", |ctx| after_reboot::<FileLock>(ctx.arg(0)));
+    reboot_recovery::<FileLock>(&holder, &rebooted);
+}
+
+#[test]
+fn file_lock_held_at_power_off_would_hang_without_the_boot_id() {
+    // The control: the same image opened in the same boot is not reset,
+    // and the robust mutex still names the dead thread (no robust list ran
+    // for this copy): a plain lock would wait for ever.
+    let holder = testing::child!(|ctx| hold_and_stop::<RobustMutex>(ctx.arg(0)));
+    let dir = Dir::new("hang");
+    let path = dir.file("cell");
+    let cell = ShmCell::<Pair>::create_file(&path, Pair { a: 0, b: 0 }).unwrap();
+    let copy = snapshot_while_held(&dir, &holder, &path);
+    drop(cell);
+    let same_boot = ShmCell::<Pair>::open_file(&copy).unwrap();
+    assert!(matches!(
+        same_boot.lock_timeout(std::time::Duration::from_millis(100)),
+        Err(LockError::TimedOut)
+    ));
+}
+
+#[test]
+fn file_bad_inputs_are_refused_before_mapping() {
+    let dir = Dir::new("bad");
+    let good = dir.file("good");
+    let cell = ShmCell::<Pair>::create_file(&good, Pair { a: 1, b: 2 }).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    let write = |name: &str, b: &[u8]| {
+        let p = dir.file(name);
+        std::fs::write(&p, b).unwrap();
+        p
+    };
+    let short = write("short", &bytes[..100]);
+    assert!(matches!(
+        ShmCell::<Pair>::open_file(&short),
+        Err(Error::TooSmall { .. })
+    ));
+    let foreign = write("foreign", &[0x5a; 8192]);
+    assert!(matches!(
+        ShmCell::<Pair>::open_file(&foreign),
+        Err(Error::Incompatible { field: "magic", .. })
+    ));
+    // A foreign file is never removed as a cell.
+    assert!(matches!(
+        ShmCell::<Pair>::remove_file(&foreign),
+        Err(Error::Incompatible { field: "magic", .. })
+    ));
+    assert!(foreign.exists());
+    let truncated = write("truncated", &bytes[..bytes.len() - 8]);
+    assert!(matches!(
+        ShmCell::<Pair>::open_file(&truncated),
+        Err(Error::TooSmall { .. })
+    ));
+    assert!(matches!(
+        ShmCell::<u64>::open_file(&good),
+        Err(Error::Incompatible { .. })
+    ));
+    assert!(matches!(
+        ShmCell::<Pair, FileLock>::open_file(&good),
+        Err(Error::Incompatible {
+            field: "lock_kind",
+            ..
+        })
+    ));
+    // Empty (a creator that died at once): abandoned; open_or_create takes
+    // it over.
+    let empty = write("empty", &[]);
+    assert!(matches!(
+        ShmCell::<Pair>::open_file(&empty),
+        Err(Error::AbandonedInit { .. })
+    ));
+    let taken = ShmCell::<Pair>::open_or_create_file(&empty, Pair { a: 9, b: 9 }).unwrap();
+    assert_eq!(*taken.lock().unwrap(), Pair { a: 9, b: 9 });
+    // Not a regular file, a symbolic link: refused.
+    std::fs::create_dir(dir.file("subdir")).unwrap();
+    assert!(ShmCell::<Pair>::open_file(dir.file("subdir")).is_err());
+    std::os::unix::fs::symlink(&good, dir.file("link")).unwrap();
+    assert!(ShmCell::<Pair>::open_file(dir.file("link")).is_err());
+    assert!(ShmCell::<Pair>::create_file(dir.file("link"), Pair { a: 0, b: 0 }).is_err());
+    assert!(matches!(
+        ShmCell::<Pair>::create_file(dir.file("no/such/dir"), Pair { a: 0, b: 0 }),
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        ShmCell::<Pair, NamedSemaphore>::create_file(dir.file("sem"), Pair { a: 0, b: 0 }),
+        Err(Error::Unsupported { .. })
+    ));
+    assert!(!dir.file("sem").exists());
+    drop(cell);
+}
+
+#[test]
+fn file_truncated_under_a_mapping_makes_the_attached_process_take_sigbus() {
+    // A file cannot be sealed: this is what a truncation does to a process
+    // already attached (new openers are refused before mapping).
+    let attached = testing::child!(|ctx| {
+        let cell = ShmCell::<Pair>::open_file(ctx.arg(0)).unwrap();
+        testing::point("attached");
+        let _ = cell.lock();
+    });
+    let dir = Dir::new("trunc");
+    let path = dir.file("cell");
+    let cell = ShmCell::<Pair>::create_file(&path, Pair { a: 0, b: 0 }).unwrap();
+    let mut running = attached.arg(s(&path)).stop_at("attached").spawn().unwrap();
+    running.wait_stopped().unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    running.resume().unwrap();
+    match running.wait() {
+        Err(testing::ChildError::Failed { status, .. }) => {
+            assert!(status.contains(&libc::SIGBUS.to_string()), "{status}")
+        }
+        other => panic!("expected a SIGBUS death: {other:?}"),
+    }
+    // This process's own mapping is just as exposed (it is never touched
+    // again: leaked, not dropped); a new opener is refused before mapping.
+    std::mem::forget(cell);
+    assert!(matches!(
+        ShmCell::<Pair>::open_file(&path),
+        Err(Error::AbandonedInit { .. })
+    ));
+}
+
+#[test]
+fn file_mode_is_exact_and_another_user_is_refused_by_it() {
+    let other = testing::child!(|ctx| {
+        if ctx.arg(2) == "root" {
+            // SAFETY: dropping privileges in this child process only.
+            unsafe {
+                assert_eq!(libc::setgid(65534), 0);
+                assert_eq!(libc::setuid(65534), 0);
+            }
+        }
+        assert!(matches!(
+            ShmCell::<Pair>::open_file(ctx.arg(0)),
+            Err(Error::PermissionDenied { .. })
+        ));
+        ShmCell::<Pair>::open_file(ctx.arg(1))
+            .unwrap()
+            .lock()
+            .unwrap()
+            .a = 7;
+    });
+    let dir = Dir::new("perm");
+    let private = dir.file("private");
+    let shared = dir.file("shared");
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mode = if root { 0o600 } else { 0o000 };
+    let p =
+        ShmCell::<Pair>::create_file_in_place(&private, &CreateOptions::new().mode(mode), |_| {})
+            .unwrap();
+    // 0666 despite the umask (fchmod after the exclusive create).
+    let q =
+        ShmCell::<Pair>::create_file_in_place(&shared, &CreateOptions::new().mode(0o666), |v| {
+            v.b = 3
+        })
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777,
+        0o666
+    );
+    assert_eq!(
+        std::fs::metadata(&private).unwrap().permissions().mode() & 0o7777,
+        mode
+    );
+    other
+        .arg(s(&private))
+        .arg(s(&shared))
+        .arg(if root { "root" } else { "user" })
+        .run()
+        .unwrap();
+    assert_eq!(*q.lock().unwrap(), Pair { a: 7, b: 3 });
+    drop((p, q));
+}
+
+#[test]
+fn file_kill_loop_each_writer_killed_at_a_random_moment_is_repaired() {
+    let worker = testing::child!(|ctx| {
+        let cell = ShmCell::<Pair>::open_file(ctx.arg(0)).unwrap();
+        testing::point("attached");
+        loop {
+            let mut g = match cell.lock() {
+                Ok(g) => g,
+                Err(LockError::OwnerDied(g)) => {
+                    g.make_consistent();
+                    g
+                }
+                Err(e) => panic!("{:?}", e.without_guard()),
+            };
+            g.a += 1;
+            g.b += 1;
+        }
+    });
+    let dir = Dir::new("kill");
+    let path = dir.file("cell");
+    let cell = ShmCell::<Pair>::create_file_zeroed(&path).unwrap();
+    for _ in 0..8 {
+        let ended = worker
+            .arg(s(&path))
+            .kill_within("attached", std::time::Duration::from_millis(20))
+            .unwrap();
+        assert!(ended.killed);
+        let v = match cell.lock() {
+            Ok(g) => *g,
+            Err(LockError::OwnerDied(mut g)) => {
+                g.b = g.a;
+                g.make_consistent();
+                *g
+            }
+            Err(e) => panic!("{:?}", e.without_guard()),
+        };
+        assert_eq!(v.a, v.b);
+    }
+    assert!(cell.lock().unwrap().a > 0, "the workers made progress");
+}

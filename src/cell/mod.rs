@@ -3,6 +3,7 @@
 
 mod anonymous;
 mod diagnostics;
+mod file;
 mod guard;
 mod wait;
 
@@ -300,6 +301,24 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     ) -> Result<Self, Error> {
         Self::check_name(name)?;
         let spec = Self::spec();
+        Self::open_or_create_loop(
+            name,
+            value,
+            &mut |init| Segment::create_with(name, &spec, options, init),
+            &mut || Segment::open(name, &spec),
+            &mut |init| Segment::take_over_abandoned(name, &spec, options, init),
+        )
+    }
+
+    /// Create, else open, else take over an abandoned initialisation, for
+    /// any kind of segment (`name` labels a timeout).
+    fn open_or_create_loop(
+        name: &str,
+        value: &mut dyn FnMut(NonNull<u8>),
+        create: &mut dyn FnMut(Init<'_>) -> Result<Segment, Error>,
+        open: &mut dyn FnMut() -> Result<Segment, Error>,
+        take_over: &mut dyn FnMut(Init<'_>) -> Result<Option<Segment>, Error>,
+    ) -> Result<Self, Error> {
         let mut lock = Self::lock_init();
         // Bounded by time, with backoff, not by a count of attempts: a lock
         // on an abandoned object can linger for a moment after its opener
@@ -309,30 +328,20 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         let mut backoff = segment::Backoff::new();
         let mut last = None;
         loop {
-            match Segment::create_with(
-                name,
-                &spec,
-                options,
-                Init {
-                    lock: &mut lock,
-                    value: &mut *value,
-                },
-            ) {
+            match create(Init {
+                lock: &mut lock,
+                value: &mut *value,
+            }) {
                 Err(Error::AlreadyExists { .. }) => {}
                 other => return other.and_then(Self::from_segment),
             }
-            match Segment::open(name, &spec) {
+            match open() {
                 Err(Error::NotFound { .. }) => {}
                 Err(e @ Error::AbandonedInit { .. }) => {
-                    if let Some(seg) = Segment::take_over_abandoned(
-                        name,
-                        &spec,
-                        options,
-                        Init {
-                            lock: &mut lock,
-                            value: &mut *value,
-                        },
-                    )? {
+                    if let Some(seg) = take_over(Init {
+                        lock: &mut lock,
+                        value: &mut *value,
+                    })? {
                         return Self::from_segment(seg);
                     }
                     last = Some(e);
@@ -478,6 +487,9 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         how: Acquire,
     ) -> Result<ShmGuard<'_, T, L>, LockError<ShmGuard<'_, T, L>>> {
         match L::acquire(self.shared(), &self.local, &self.seg, how) {
+            Ok(Acquired::Clean) if self.suspect() => {
+                Err(LockError::OwnerDied(ShmGuard::new(self, true)))
+            }
             Ok(Acquired::Clean) => Ok(ShmGuard::new(self, false)),
             Ok(Acquired::OwnerDied) => Err(LockError::OwnerDied(ShmGuard::new(self, true))),
             Err(e) => Err(e.into_lock_error()),
@@ -496,11 +508,26 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         unsafe { L::release(self.shared(), &self.local, &self.seg, consistent) }
     }
 
+    /// Whether the header's `suspect` word is set: the value may be
+    /// half-updated although the lock was released (a file cell's lock was
+    /// held when the machine went down), so the next locker gets
+    /// `OwnerDied`. Cleared by `make_consistent`.
+    #[inline]
+    fn suspect(&self) -> bool {
+        self.seg.header().suspect.load(Ordering::Acquire) != 0
+    }
+
     /// # Safety
     ///
     /// The calling thread holds the lock, acquired with owner death.
     pub(crate) unsafe fn make_consistent_raw(&self) {
-        // SAFETY: forwarded from the caller.
+        if self.suspect() {
+            // Written under the lock: the holder is the only writer.
+            self.seg.header().suspect.store(0, Ordering::Release);
+        }
+        // SAFETY: forwarded from the caller. On a lock acquired cleanly
+        // (only `suspect` was set) every backend's `make_consistent` is
+        // harmless (the robust mutex ignores `EINVAL`).
         unsafe { L::make_consistent(self.shared(), &self.local, &self.seg) }
     }
 }

@@ -322,7 +322,7 @@ impl Segment {
     /// creator would have given it (it died between sizing and writing the
     /// header). Anything else — a foreign object of any kind — is never
     /// taken over.
-    fn is_abandoned_by_us(
+    pub(super) fn is_abandoned_by_us(
         fd: BorrowedFd<'_>,
         size: u64,
         spec: &SegmentSpec,

@@ -44,6 +44,9 @@ use std::ptr::NonNull;
 use crate::error::Error;
 use crate::sys;
 
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub use file::set_boot_id_override;
 pub use header::{HeaderInfo, LockKind, SegmentSpec};
 pub use name::MAX_SHM_NAME;
 

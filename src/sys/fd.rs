@@ -201,6 +201,20 @@ pub(crate) fn open(path: &CStr, flags: libc::c_int, mode: u32) -> io::Result<Own
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// `fsync(2)`.
+pub(crate) fn fsync(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain fsync on a borrowed (open) descriptor.
+    retry_eintr(|| cvt(unsafe { libc::fsync(fd.as_raw_fd()) }))?;
+    Ok(())
+}
+
+/// `unlink(2)`.
+pub(crate) fn unlink(path: &CStr) -> io::Result<()> {
+    // SAFETY: `path` is NUL-terminated.
+    cvt(unsafe { libc::unlink(path.as_ptr()) })?;
+    Ok(())
+}
+
 /// `stat(2)` (follows symbolic links, as `open` does).
 pub(crate) fn stat(path: &CStr) -> io::Result<FileStat> {
     let mut st = MaybeUninit::<libc::stat>::uninit();
