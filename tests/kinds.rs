@@ -893,3 +893,40 @@ fn file_kill_loop_each_writer_killed_at_a_random_moment_is_repaired() {
     }
     assert!(cell.lock().unwrap().a > 0, "the workers made progress");
 }
+
+#[test]
+fn file_creator_killed_at_each_init_step_is_taken_over() {
+    let creator = testing::child!(|ctx| {
+        testing::points_at_init_steps();
+        let _ = ShmCell::<Pair>::create_file(ctx.arg(0), Pair { a: 1, b: 1 });
+        panic!("creator survived its kill point");
+    });
+    let dir = Dir::new("init");
+    for step in shmsync::segment::InitStep::ALL {
+        let path = dir.file(step.name());
+        let ended = creator
+            .arg(s(&path))
+            .kill_at(&testing::init_point(step))
+            .unwrap_or_else(|e| panic!("step {step:?}: {e}"));
+        assert!(ended.killed, "{step:?}");
+        let published = step == shmsync::segment::InitStep::Published;
+        match ShmCell::<Pair>::open_file(&path) {
+            Ok(c) => {
+                assert!(published, "{step:?}: a half-initialised file opened");
+                assert_eq!(*c.lock().unwrap(), Pair { a: 1, b: 1 });
+            }
+            Err(Error::AbandonedInit { .. }) => assert!(!published, "{step:?}"),
+            Err(e) => panic!("{step:?}: {e:?}"),
+        }
+        let c = ShmCell::<Pair>::open_or_create_file(&path, Pair { a: 2, b: 2 }).unwrap();
+        let expect = if published { 1 } else { 2 };
+        assert_eq!(
+            *c.lock().unwrap(),
+            Pair {
+                a: expect,
+                b: expect
+            },
+            "{step:?}"
+        );
+    }
+}
