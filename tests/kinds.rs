@@ -930,3 +930,36 @@ fn file_creator_killed_at_each_init_step_is_taken_over() {
         );
     }
 }
+
+#[test]
+fn memfd_cells_leave_nothing_once_every_handle_is_dropped() {
+    // In a child: other tests of this process open memfds concurrently.
+    let child = testing::child!(|_ctx| {
+        let memfds = || {
+            std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|t| t.to_string_lossy().starts_with("/memfd:shmsync"))
+                })
+                .count()
+        };
+        let shm_before = std::fs::read_dir("/dev/shm").unwrap().count();
+        assert_eq!(memfds(), 0);
+        {
+            let a = ShmCell::<Pair, FileLock>::create_anonymous(Pair { a: 1, b: 1 }).unwrap();
+            let (x, y) = UnixStream::pair().unwrap();
+            a.send_to(&x).unwrap();
+            let b = ShmCell::<Pair, FileLock>::receive_from(&y).unwrap();
+            b.lock().unwrap().a = 2;
+            assert_eq!(a.lock().unwrap().a, 2);
+            // The creator's descriptor, the receiver's own description, and
+            // each handle's flock description.
+            assert!(memfds() >= 2);
+        }
+        assert_eq!(memfds(), 0, "a descriptor outlived its handles");
+        assert!(std::fs::read_dir("/dev/shm").unwrap().count() <= shm_before);
+    });
+    child.run().unwrap();
+}

@@ -63,6 +63,19 @@ pub use wait::WaitTimeoutResult;
 /// # Ok(()) }
 /// ```
 ///
+/// # Where the value lives
+///
+/// In a named POSIX shared-memory object ([`create`](Self::create),
+/// [`open`](Self::open)), in an anonymous sealed memfd shared by
+/// inheritance or over a Unix socket
+/// ([`create_anonymous`](Self::create_anonymous),
+/// [`receive_from`](Self::receive_from)), or in a file that survives
+/// reboots ([`create_file`](Self::create_file),
+/// [`open_file`](Self::open_file)); [`backing`](Self::backing) says which.
+/// Values bigger than a thread's stack are made without building a `T`:
+/// [`create_zeroed`](Self::create_zeroed),
+/// [`create_in_place`](Self::create_in_place) and their variants.
+///
 /// # Lifetime of the name
 ///
 /// Dropping a handle unmaps the segment but never removes its name: call

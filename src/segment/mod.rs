@@ -25,6 +25,12 @@
 //!   process is attached.
 //!
 //! A handle never unlinks the name on drop; [`Segment::unlink`] does.
+//!
+//! The same header, validation and handshake serve the other
+//! [`Backing`]s: anonymous sealed memfds (`memfd.rs`: no name; a receiver
+//! checks the seals, then attaches through a description of its own) and
+//! files on a local filesystem (`file.rs`: through a path; the header's
+//! `boot_id` resets the lock state on the first open after a reboot).
 
 mod file;
 mod handshake;
