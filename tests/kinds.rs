@@ -963,3 +963,38 @@ fn memfd_cells_leave_nothing_once_every_handle_is_dropped() {
     });
     child.run().unwrap();
 }
+
+#[test]
+fn file_first_openers_racing_after_a_reboot_reset_once() {
+    let holder = testing::child!("holder", |ctx| hold_and_stop::<RobustMutex>(ctx.arg(0)));
+    let racer = testing::child!("racer", |ctx| {
+        shmsync::segment::set_boot_id_override(Some([0x17; 16]));
+        let cell = ShmCell::<Pair>::open_file(ctx.arg(0)).unwrap();
+        match cell.lock_timeout(std::time::Duration::from_secs(5)) {
+            Ok(g) => {
+                assert_eq!(*g, Pair { a: 1, b: 1 });
+                testing::point("clean");
+            }
+            Err(LockError::OwnerDied(mut g)) => {
+                g.b = g.a;
+                g.make_consistent();
+                testing::point("owner-died");
+            }
+            Err(e) => panic!("{:?}", e.without_guard()),
+        };
+    });
+    let dir = Dir::new("race");
+    let path = dir.file("cell");
+    let cell = ShmCell::<Pair>::create_file(&path, Pair { a: 0, b: 0 }).unwrap();
+    let copy = snapshot_while_held(&dir, &holder, &path);
+    drop(cell);
+    let runs: Vec<_> = (0..3)
+        .map(|_| racer.arg(s(&copy)).spawn().unwrap())
+        .collect();
+    let ended: Vec<_> = runs.into_iter().map(|r| r.wait().unwrap()).collect();
+    let died = ended
+        .iter()
+        .filter(|e| e.points.iter().any(|p| p == "owner-died"))
+        .count();
+    assert_eq!(died, 1, "{ended:?}");
+}
