@@ -152,6 +152,26 @@ pub enum Error {
         what: String,
     },
 
+    /// A descriptor given as a memfd cell (received over a socket,
+    /// inherited) is not a memory file made by `memfd_create`: a regular
+    /// file, a named shared-memory object, a socket, a pipe.
+    #[error("not a memfd: the descriptor refers to {found:?}")]
+    NotMemfd {
+        /// What `/proc/self/fd/N` names.
+        found: String,
+    },
+
+    /// A memfd given as a cell lacks the seals every memfd cell carries
+    /// (`F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`): another holder could
+    /// shrink it under our mapping, so it is refused before it is mapped.
+    #[error("memfd is not sealed: seals {seals:#x}, {needed:#x} needed")]
+    NotSealed {
+        /// The seals it carries (`F_GET_SEALS`).
+        seals: u32,
+        /// The seals a memfd cell must carry.
+        needed: u32,
+    },
+
     /// Any other operating-system error, with the operation that failed.
     #[error("{op} failed: {source}")]
     Io {

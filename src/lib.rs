@@ -119,13 +119,13 @@ mod sys;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use cell::{ShmCell, ShmGuard, WaitTimeoutResult};
+pub use cell::{inheritable_fd, ShmCell, ShmGuard, WaitTimeoutResult};
 pub use error::{Error, LockError};
 pub use lock::{
     FileLock, FileLockGuard, FileLockOptions, FileLockSharedGuard, LockBackend, NamedSemaphore,
     RobustMutex, RobustMutexGuard, SemaphoreError, SemaphoreOptions,
 };
-pub use segment::{CreateOptions, Segment};
+pub use segment::{Backing, CreateOptions, Segment};
 pub use shm_safe::ShmSafe;
 /// Derives [`ShmSafe`](trait@ShmSafe) for a `#[repr(C)]` struct of
 /// `ShmSafe` fields, checked at compile time (feature `derive`; see the

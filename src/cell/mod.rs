@@ -1,7 +1,9 @@
 //! `ShmCell<T, L>`: a typed value in a named shared-memory segment, guarded
 //! by a lock every process can take.
 
+mod anonymous;
 mod diagnostics;
+mod file;
 mod guard;
 mod wait;
 
@@ -18,6 +20,7 @@ use crate::shm_safe::ShmSafe;
 use crate::sys;
 use crate::sys::time::Monotonic;
 
+pub use anonymous::inheritable_fd;
 pub use guard::ShmGuard;
 pub use wait::WaitTimeoutResult;
 
@@ -59,6 +62,19 @@ pub use wait::WaitTimeoutResult;
 /// acct.balance += 1;
 /// # Ok(()) }
 /// ```
+///
+/// # Where the value lives
+///
+/// In a named POSIX shared-memory object ([`create`](Self::create),
+/// [`open`](Self::open)), in an anonymous sealed memfd shared by
+/// inheritance or over a Unix socket
+/// ([`create_anonymous`](Self::create_anonymous),
+/// [`receive_from`](Self::receive_from)), or in a file that survives
+/// reboots ([`create_file`](Self::create_file),
+/// [`open_file`](Self::open_file)); [`backing`](Self::backing) says which.
+/// Values bigger than a thread's stack are made without building a `T`:
+/// [`create_zeroed`](Self::create_zeroed),
+/// [`create_in_place`](Self::create_in_place) and their variants.
 ///
 /// # Lifetime of the name
 ///
@@ -129,16 +145,72 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     ///
     /// As [`create`](Self::create).
     pub fn create_with(name: &str, value: T, options: &CreateOptions) -> Result<Self, Error> {
-        Self::check_name(name)?;
         let value = ManuallyDrop::new(value);
-        let (mut lock, mut value) = (Self::lock_init(), Self::value_init(&value));
+        let mut write = Self::value_init(&value);
+        Self::create_inner(name, options, &mut write)
+    }
+
+    /// Creates the segment `name` holding an all-zero `T` (every
+    /// [`ShmSafe`] value is valid all-zero), without ever building a `T`:
+    /// the pages are zeroed by the kernel when the object is sized. For
+    /// values bigger than a thread's stack (`ShmCell::<[u8; 64 << 20]>`).
+    ///
+    /// # Errors
+    ///
+    /// As [`create`](Self::create).
+    pub fn create_zeroed(name: &str) -> Result<Self, Error> {
+        Self::create_inner(name, &CreateOptions::default(), &mut |_| {})
+    }
+
+    /// Creates the segment `name`, then calls `init` on its all-zero value
+    /// in place, in the mapping, before any other process can see it (the
+    /// creator holds the initialisation lock): a `T` is never built on the
+    /// stack. If `init` panics, the object is left half-built: openers get
+    /// [`Error::AbandonedInit`] and `open_or_create` takes it over.
+    ///
+    /// # Errors
+    ///
+    /// As [`create`](Self::create).
+    pub fn create_in_place(
+        name: &str,
+        options: &CreateOptions,
+        init: impl FnOnce(&mut T),
+    ) -> Result<Self, Error> {
+        let mut init = Some(init);
+        Self::create_inner(name, options, &mut |p| {
+            if let Some(f) = init.take() {
+                // SAFETY: see `in_place`.
+                f(unsafe { Self::in_place(p) })
+            }
+        })
+    }
+
+    /// The zeroed value area of a segment being initialised, as `&mut T`.
+    ///
+    /// # Safety
+    ///
+    /// `p` is the value area of a segment whose initialisation lock this
+    /// process holds (aligned and sized for `T`, zeroed, private).
+    unsafe fn in_place<'a>(p: NonNull<u8>) -> &'a mut T {
+        // SAFETY: forwarded from the caller; all-zero is a valid `T`
+        // (`ShmSafe`).
+        unsafe { p.cast::<T>().as_mut() }
+    }
+
+    fn create_inner(
+        name: &str,
+        options: &CreateOptions,
+        value: &mut dyn FnMut(NonNull<u8>),
+    ) -> Result<Self, Error> {
+        Self::check_name(name)?;
+        let mut lock = Self::lock_init();
         let seg = Segment::create_with(
             name,
             &Self::spec(),
             options,
             Init {
                 lock: &mut lock,
-                value: &mut value,
+                value,
             },
         )?;
         Self::from_new_segment(seg)
@@ -235,10 +307,69 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         value: T,
         options: &CreateOptions,
     ) -> Result<Self, Error> {
+        let value = ManuallyDrop::new(value);
+        let mut write = Self::value_init(&value);
+        Self::open_or_create_inner(name, options, &mut write)
+    }
+
+    /// Like [`open_or_create`](Self::open_or_create), with an all-zero
+    /// value if it creates: a `T` is never built (see
+    /// [`create_zeroed`](Self::create_zeroed)).
+    ///
+    /// # Errors
+    ///
+    /// As [`open_or_create`](Self::open_or_create).
+    pub fn open_or_create_zeroed(name: &str) -> Result<Self, Error> {
+        Self::open_or_create_inner(name, &CreateOptions::default(), &mut |_| {})
+    }
+
+    /// Like [`open_or_create`](Self::open_or_create), initialising the
+    /// value in place if this process creates it (see
+    /// [`create_in_place`](Self::create_in_place)). `init` gets the
+    /// all-zero value each time this process initialises the object: once
+    /// when it creates it — and once more for each abandoned attempt it
+    /// takes over (the value area is zeroed again before each call).
+    ///
+    /// # Errors
+    ///
+    /// As [`open_or_create`](Self::open_or_create).
+    pub fn open_or_create_in_place(
+        name: &str,
+        options: &CreateOptions,
+        mut init: impl FnMut(&mut T),
+    ) -> Result<Self, Error> {
+        Self::open_or_create_inner(name, options, &mut |p| {
+            // SAFETY: see `in_place`.
+            init(unsafe { Self::in_place(p) })
+        })
+    }
+
+    fn open_or_create_inner(
+        name: &str,
+        options: &CreateOptions,
+        value: &mut dyn FnMut(NonNull<u8>),
+    ) -> Result<Self, Error> {
         Self::check_name(name)?;
         let spec = Self::spec();
-        let value = ManuallyDrop::new(value);
-        let (mut lock, mut value) = (Self::lock_init(), Self::value_init(&value));
+        Self::open_or_create_loop(
+            name,
+            value,
+            &mut |init| Segment::create_with(name, &spec, options, init),
+            &mut || Segment::open(name, &spec),
+            &mut |init| Segment::take_over_abandoned(name, &spec, options, init),
+        )
+    }
+
+    /// Create, else open, else take over an abandoned initialisation, for
+    /// any kind of segment (`name` labels a timeout).
+    fn open_or_create_loop(
+        name: &str,
+        value: &mut dyn FnMut(NonNull<u8>),
+        create: &mut dyn FnMut(Init<'_>) -> Result<Segment, Error>,
+        open: &mut dyn FnMut() -> Result<Segment, Error>,
+        take_over: &mut dyn FnMut(Init<'_>) -> Result<Option<Segment>, Error>,
+    ) -> Result<Self, Error> {
+        let mut lock = Self::lock_init();
         // Bounded by time, with backoff, not by a count of attempts: a lock
         // on an abandoned object can linger for a moment after its opener
         // let go (a process forked meanwhile by another thread shares the
@@ -247,15 +378,10 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         let mut backoff = segment::Backoff::new();
         let mut last = None;
         loop {
-            match Segment::create_with(
-                name,
-                &spec,
-                options,
-                Init {
-                    lock: &mut lock,
-                    value: &mut value,
-                },
-            ) {
+            match create(Init {
+                lock: &mut lock,
+                value: &mut *value,
+            }) {
                 // Another object the lock needs (a semaphore `sem.NAME` that
                 // is not provably this cell's leftover) is in the way:
                 // opening will not help.
@@ -265,18 +391,13 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
                 Err(Error::AlreadyExists { .. }) => {}
                 other => return other.and_then(Self::from_new_segment),
             }
-            match Segment::open(name, &spec) {
+            match open() {
                 Err(Error::NotFound { .. }) => {}
                 Err(e @ Error::AbandonedInit { .. }) => {
-                    if let Some(seg) = Segment::take_over_abandoned(
-                        name,
-                        &spec,
-                        options,
-                        Init {
-                            lock: &mut lock,
-                            value: &mut value,
-                        },
-                    )? {
+                    if let Some(seg) = take_over(Init {
+                        lock: &mut lock,
+                        value: &mut *value,
+                    })? {
                         return Self::from_new_segment(seg);
                     }
                     last = Some(e);
@@ -426,6 +547,9 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         how: Acquire,
     ) -> Result<ShmGuard<'_, T, L>, LockError<ShmGuard<'_, T, L>>> {
         match L::acquire(self.shared(), &self.local, &self.seg, how) {
+            Ok(Acquired::Clean) if self.suspect() => {
+                Err(LockError::OwnerDied(ShmGuard::new(self, true)))
+            }
             Ok(Acquired::Clean) => Ok(ShmGuard::new(self, false)),
             Ok(Acquired::OwnerDied) => Err(LockError::OwnerDied(ShmGuard::new(self, true))),
             Err(e) => Err(e.into_lock_error()),
@@ -444,11 +568,26 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         unsafe { L::release(self.shared(), &self.local, &self.seg, consistent) }
     }
 
+    /// Whether the header's `suspect` word is set: the value may be
+    /// half-updated although the lock was released (a file cell's lock was
+    /// held when the machine went down), so the next locker gets
+    /// `OwnerDied`. Cleared by `make_consistent`.
+    #[inline]
+    fn suspect(&self) -> bool {
+        self.seg.header().suspect.load(Ordering::Acquire) != 0
+    }
+
     /// # Safety
     ///
     /// The calling thread holds the lock, acquired with owner death.
     pub(crate) unsafe fn make_consistent_raw(&self) {
-        // SAFETY: forwarded from the caller.
+        if self.suspect() {
+            // Written under the lock: the holder is the only writer.
+            self.seg.header().suspect.store(0, Ordering::Release);
+        }
+        // SAFETY: forwarded from the caller. On a lock acquired cleanly
+        // (only `suspect` was set) every backend's `make_consistent` is
+        // harmless (the robust mutex ignores `EINVAL`).
         unsafe { L::make_consistent(self.shared(), &self.local, &self.seg) }
     }
 }

@@ -10,11 +10,13 @@ use std::time::Duration;
 use super::header::{self, HeaderInfo, LockKind, SegmentSpec, HEADER_SIZE};
 use super::header::{STATE_INITIALISING, STATE_READY, STATE_UNINIT};
 use super::validate::{check_regular, same_inode, unlink_if_same};
-use super::{init_step, name, CreateOptions, Init, InitStep, Mapping, Segment, MAX_SHM_NAME};
+use super::{
+    init_step, name, Backing, CreateOptions, Init, InitStep, Mapping, Segment, MAX_SHM_NAME,
+};
 use crate::error::Error;
 use crate::sys;
 use crate::sys::errno;
-use crate::sys::fd::oflag;
+use crate::sys::fd::{oflag, FileStat};
 use crate::sys::fd_lock::OfdLock;
 use crate::sys::time::Monotonic;
 
@@ -83,7 +85,7 @@ impl Segment {
     /// failure with `unlink_on_error`, the name is removed *while the lock
     /// is still held* (so nobody can have attached), and only if it still
     /// names this object.
-    fn initialise(
+    pub(super) fn initialise(
         fd: OwnedFd,
         cname: &CStr,
         name: &str,
@@ -122,6 +124,7 @@ impl Segment {
             fd,
             name: name.into(),
             info,
+            backing: Backing::Named,
         };
         match Self::fill(&seg, &bytes, init) {
             Ok(()) => Ok(seg),
@@ -187,6 +190,7 @@ impl Segment {
                         fd,
                         name: name.into(),
                         info,
+                        backing: Backing::Named,
                     };
                     // Acquire pairs with the creator's Release store of Ready.
                     let state = seg
@@ -302,14 +306,25 @@ impl Segment {
         if !same_inode(&st, cname) {
             return Ok(Attach::Replaced);
         }
-        check_regular(&st)?;
+        let _ = name;
+        Self::check_attached(fd.as_fd(), &st, expected)
+    }
+
+    /// Validates the object open as `fd` (described by `st`), whose attach
+    /// (read) lock this process holds, without mapping it: shared by every
+    /// kind of segment.
+    pub(super) fn check_attached(
+        fd: BorrowedFd<'_>,
+        st: &FileStat,
+        expected: Option<&SegmentSpec>,
+    ) -> Result<Attach, Error> {
+        check_regular(st)?;
         let size = st.size();
         if size == 0 {
             return Ok(Attach::Empty);
         }
         let mut bytes = [0u8; HEADER_SIZE];
-        let n =
-            sys::fd::pread_full(fd.as_fd(), &mut bytes, 0).map_err(|e| Error::io("pread", e))?;
+        let n = sys::fd::pread_full(fd, &mut bytes, 0).map_err(|e| Error::io("pread", e))?;
         let our_size = expected
             .and_then(|spec| spec.layout().ok())
             .map(|l| l.total_size);
@@ -342,7 +357,6 @@ impl Segment {
                 needed: info.total_size,
             });
         }
-        let _ = name;
         Ok(Attach::Ready(info))
     }
 
@@ -399,7 +413,7 @@ impl Segment {
     /// creator would have given it (it died between sizing and writing the
     /// header). Anything else — a foreign object of any kind — is never
     /// taken over.
-    fn is_abandoned_by_us(
+    pub(super) fn is_abandoned_by_us(
         fd: BorrowedFd<'_>,
         size: u64,
         spec: &SegmentSpec,
@@ -428,6 +442,11 @@ impl Segment {
     /// name, so that a retry starts afresh. Otherwise the object is in use
     /// and stays. Whether it was removed.
     pub(crate) fn discard_if_alone(self) -> bool {
+        if !matches!(self.backing, Backing::Named) {
+            // A file is not ours to remove on a failed attach; a memfd has
+            // no name and goes with its last descriptor.
+            return false;
+        }
         let Ok(cname) = name::validate(&self.name, MAX_SHM_NAME) else {
             return false;
         };
@@ -448,7 +467,7 @@ impl Segment {
     }
 }
 
-enum Attach {
+pub(super) enum Attach {
     Ready(HeaderInfo),
     Busy,
     Empty,

@@ -32,11 +32,19 @@
 //!   process is attached.
 //!
 //! A handle never unlinks the name on drop; [`Segment::unlink`] does.
+//!
+//! The same header, validation and handshake serve the other
+//! [`Backing`]s: anonymous sealed memfds (`memfd.rs`: no name; a receiver
+//! checks the seals, then attaches through a description of its own) and
+//! files on a local filesystem (`file.rs`: through a path; the header's
+//! `boot_id` resets the lock state on the first open after a reboot).
 
+mod file;
 mod handshake;
 pub mod header;
 #[allow(dead_code)] // the backends built on it land next (semaphore holder, reader slots)
 pub(crate) mod liveness;
+mod memfd;
 pub(crate) mod name;
 mod validate;
 
@@ -49,8 +57,24 @@ use std::ptr::NonNull;
 use crate::error::Error;
 use crate::sys;
 
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub use file::set_boot_id_override;
 pub use header::{HeaderInfo, LockKind, SegmentSpec};
 pub use name::MAX_SHM_NAME;
+
+/// Where a segment's bytes live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Backing {
+    /// A named POSIX shared-memory object (`shm_open`, `/dev/shm/NAME`).
+    Named,
+    /// An anonymous, sealed memory file (`memfd_create`): shared by
+    /// inheritance or by passing its descriptor; no name, nothing to clean.
+    Memfd,
+    /// A regular file on a local filesystem: the value survives a reboot.
+    File,
+}
 
 /// Default permission bits of a new object.
 pub const DEFAULT_MODE: u32 = 0o600;
@@ -172,6 +196,7 @@ pub struct Segment {
     fd: OwnedFd,
     name: String,
     info: HeaderInfo,
+    backing: Backing,
 }
 
 /// A shared mapping, unmapped on drop.
@@ -181,6 +206,35 @@ struct Mapping {
 }
 
 impl Mapping {
+    /// Maps a validated, Ready segment open as `fd` into a handle,
+    /// re-checking `state` through the mapping (Acquire, paired with the
+    /// creator's Release of Ready).
+    fn ready_segment(
+        fd: OwnedFd,
+        info: HeaderInfo,
+        name: String,
+        backing: Backing,
+    ) -> Result<Segment, Error> {
+        let map = Mapping::new(fd.as_fd(), info.total_size as usize)?;
+        let seg = Segment {
+            map,
+            fd,
+            name,
+            info,
+            backing,
+        };
+        let state = seg
+            .header()
+            .state
+            .load(std::sync::atomic::Ordering::Acquire);
+        if state != header::STATE_READY {
+            return Err(Error::Corrupted {
+                what: format!("state changed to {state} while attached"),
+            });
+        }
+        Ok(seg)
+    }
+
     fn new(fd: BorrowedFd<'_>, len: usize) -> Result<Mapping, Error> {
         let ptr = sys::mman::mmap_shared(fd, len).map_err(|e| Error::io("mmap", e))?;
         Ok(Mapping { ptr, len })
@@ -283,6 +337,11 @@ impl Segment {
     /// The object's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Where the segment's bytes live.
+    pub fn backing(&self) -> Backing {
+        self.backing
     }
 
     /// The mapped length in bytes.

@@ -252,6 +252,20 @@ pub(crate) fn pwrite_all(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Res
     Ok(())
 }
 
+/// `fsync(2)`.
+pub(crate) fn fsync(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain fsync on a borrowed (open) descriptor.
+    retry_eintr(|| cvt(unsafe { libc::fsync(fd.as_raw_fd()) }))?;
+    Ok(())
+}
+
+/// `unlink(2)`.
+pub(crate) fn unlink(path: &CStr) -> io::Result<()> {
+    // SAFETY: `path` is NUL-terminated.
+    cvt(unsafe { libc::unlink(path.as_ptr()) })?;
+    Ok(())
+}
+
 /// `stat(2)` (follows symbolic links, as `open` does).
 pub(crate) fn stat(path: &CStr) -> io::Result<FileStat> {
     let mut st = MaybeUninit::<libc::stat>::uninit();
@@ -268,6 +282,14 @@ pub(crate) fn reopen(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let path = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
         .expect("no NUL in a number");
     open(&path, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY, 0)
+}
+
+/// Like [`reopen`], read-write (`O_RDWR`): a description of its own that
+/// can be mapped writable.
+pub(crate) fn reopen_rdwr(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .expect("no NUL in a number");
+    open(&path, libc::O_RDWR | libc::O_NOCTTY, 0)
 }
 
 /// `fstatfs(2)`: the magic number (`f_type`) of the filesystem `fd` lives
