@@ -111,7 +111,7 @@ mod sys;
 pub mod testing;
 
 pub use cell::{ShmCell, ShmGuard, WaitTimeoutResult};
-pub use error::{Error, LockError};
+pub use error::{Error, LockError, LockGuard};
 pub use lock::{
     FileLock, FileLockGuard, FileLockOptions, FileLockSharedGuard, LockBackend, NamedSemaphore,
     RobustMutex, RobustMutexGuard, SemaphoreError, SemaphoreOptions,

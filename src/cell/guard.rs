@@ -20,6 +20,14 @@ use crate::sys;
 /// * A guard that came with [`LockError::OwnerDied`](crate::LockError) is
 ///   *inconsistent* until [`make_consistent`](Self::make_consistent) is
 ///   called; dropping it before that leaves the lock not recoverable.
+///   Converting the error with
+///   [`without_guard`](crate::LockError::without_guard) (for `?`) does
+///   not: the next locker is told `OwnerDied` again.
+/// * **A guard dropped while its thread panics** (unwinding) marks the
+///   value suspect: the next locker, in any process, gets
+///   [`LockError::OwnerDied`](crate::LockError) with the value as the
+///   panic left it — a panic is an owner death. (Like std's `Mutex`
+///   poisoning, but through the same `OwnerDied` path as a crash.)
 /// * [`wait_while`](Self::wait_while) and
 ///   [`wait_while_timeout`](Self::wait_while_timeout) sleep until the value
 ///   changes. Dropping a guard does **not** wake them, even after a change:
@@ -29,17 +37,22 @@ pub struct ShmGuard<'a, T: ShmSafe, L: LockBackend = RobustMutex> {
     cell: &'a ShmCell<T, L>,
     fork_gen: u32,
     inconsistent: Cell<bool>,
+    /// Whether the backend itself reported the owner death (its state
+    /// needs `make_consistent`); `false` when only the header's `suspect`
+    /// word did.
+    backend_died: bool,
     _not_send: PhantomData<*const ()>,
 }
 
 impl<'a, T: ShmSafe, L: LockBackend> ShmGuard<'a, T, L> {
     #[inline]
-    pub(crate) fn new(cell: &'a ShmCell<T, L>, owner_died: bool) -> Self {
+    pub(crate) fn new(cell: &'a ShmCell<T, L>, owner_died: bool, backend_died: bool) -> Self {
         cell.set_held(true);
         ShmGuard {
             cell,
             fork_gen: sys::fork::fork_generation(),
             inconsistent: Cell::new(owner_died),
+            backend_died,
             _not_send: PhantomData,
         }
     }
@@ -49,8 +62,9 @@ impl<'a, T: ShmSafe, L: LockBackend> ShmGuard<'a, T, L> {
     /// a guard acquired normally.
     pub fn make_consistent(&self) {
         if self.inconsistent.replace(false) {
-            // SAFETY: we hold the lock, acquired with owner death.
-            unsafe { self.cell.make_consistent_raw() };
+            // SAFETY: we hold the lock, acquired with owner death (reported
+            // by the backend when `backend_died`).
+            unsafe { self.cell.make_consistent_raw(self.backend_died) };
         }
     }
 
@@ -99,15 +113,75 @@ impl<T: ShmSafe, L: LockBackend> DerefMut for ShmGuard<'_, T, L> {
     }
 }
 
+impl<T: ShmSafe, L: LockBackend> ShmGuard<'_, T, L> {
+    /// Releases the lock leaving the value suspect: the next locker gets
+    /// `OwnerDied`. For a panic and for `LockError::without_guard`.
+    ///
+    /// # Safety
+    ///
+    /// This thread holds the lock through this guard, which is not used
+    /// (nor released) again.
+    #[cold]
+    #[inline(never)]
+    unsafe fn release_suspect(&self) {
+        // SAFETY: forwarded from the caller: we hold the lock, acquired
+        // with owner death when `backend_died`.
+        unsafe {
+            self.cell
+                .leave_suspect(self.inconsistent.get() && self.backend_died)
+        };
+    }
+
+    /// An unrepaired owner-died guard dropped deliberately: not
+    /// recoverable, for every process (POSIX).
+    ///
+    /// # Safety
+    ///
+    /// As [`release_suspect`](Self::release_suspect).
+    #[cold]
+    #[inline(never)]
+    unsafe fn release_not_recoverable(&self) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.cell.leave_not_recoverable(self.backend_died) };
+    }
+}
+
 impl<T: ShmSafe, L: LockBackend> Drop for ShmGuard<'_, T, L> {
     #[inline]
     fn drop(&mut self) {
-        if self.fork_gen == sys::fork::fork_generation() {
-            // SAFETY: this thread holds the lock through this guard.
-            unsafe { self.cell.release(!self.inconsistent.get()) };
+        if self.fork_gen != sys::fork::fork_generation() {
+            return;
+        }
+        // One load of the global panic count and one flag: the normal path
+        // pays two predictable branches.
+        if std::thread::panicking() {
+            // SAFETY: this thread holds the lock through this guard, which
+            // is dropped now.
+            unsafe { self.release_suspect() };
+        } else if self.inconsistent.get() {
+            // SAFETY: as above.
+            unsafe { self.release_not_recoverable() };
+        } else {
+            // SAFETY: as above.
+            unsafe { self.cell.release(true) };
         }
     }
 }
+
+impl<T: ShmSafe, L: LockBackend> crate::error::sealed::GiveUp for ShmGuard<'_, T, L> {
+    /// Marks the value suspect and unlocks (see
+    /// [`LockError::without_guard`](crate::LockError::without_guard)).
+    fn give_up(self) {
+        if self.fork_gen == sys::fork::fork_generation() {
+            // SAFETY: this thread holds the lock through this guard, which
+            // is forgotten right after, so it is released exactly once.
+            unsafe { self.release_suspect() };
+        }
+        std::mem::forget(self);
+    }
+}
+
+impl<T: ShmSafe, L: LockBackend> crate::error::LockGuard for ShmGuard<'_, T, L> {}
 
 impl<T: ShmSafe, L: LockBackend> std::fmt::Debug for ShmGuard<'_, T, L> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

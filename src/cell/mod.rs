@@ -379,10 +379,43 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         how: Acquire,
     ) -> Result<ShmGuard<'_, T, L>, LockError<ShmGuard<'_, T, L>>> {
         match L::acquire(self.shared(), &self.local, &self.seg, how) {
-            Ok(Acquired::Clean) => Ok(ShmGuard::new(self, false)),
-            Ok(Acquired::OwnerDied) => Err(LockError::OwnerDied(ShmGuard::new(self, true))),
+            Ok(acquired) => {
+                // The one load the suspect word costs a clean acquire: a
+                // holder that panicked (or whose owner-died error was
+                // converted for `?`) wrote it before its release, which
+                // this acquire orders before us.
+                let suspect = self.seg.header().suspect.load(Ordering::Relaxed);
+                if acquired == Acquired::Clean && suspect == header::SUSPECT_NONE {
+                    Ok(ShmGuard::new(self, false, false))
+                } else {
+                    self.acquired_unclean(acquired, suspect)
+                }
+            }
             Err(e) => Err(e.into_lock_error()),
         }
+    }
+
+    /// The lock is ours, but the backend or the `suspect` word reports an
+    /// interrupted update.
+    #[cold]
+    #[inline(never)]
+    fn acquired_unclean(
+        &self,
+        acquired: Acquired,
+        suspect: u32,
+    ) -> Result<ShmGuard<'_, T, L>, LockError<ShmGuard<'_, T, L>>> {
+        let backend_died = acquired == Acquired::OwnerDied;
+        if suspect == header::SUSPECT_NOT_RECOVERABLE {
+            // Never hold a not-recoverable value: give the lock back.
+            // SAFETY: we hold the lock through this handle (no guard made).
+            unsafe { L::release(self.shared(), &self.local, &self.seg, !backend_died) };
+            return Err(LockError::NotRecoverable);
+        }
+        Err(LockError::OwnerDied(ShmGuard::new(
+            self,
+            true,
+            backend_died,
+        )))
     }
 
     /// # Safety
@@ -400,9 +433,55 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     /// # Safety
     ///
     /// The calling thread holds the lock, acquired with owner death.
-    pub(crate) unsafe fn make_consistent_raw(&self) {
+    pub(crate) unsafe fn make_consistent_raw(&self, backend_died: bool) {
+        if backend_died {
+            // SAFETY: forwarded from the caller.
+            unsafe { L::make_consistent(self.shared(), &self.local, &self.seg) }
+        }
+        self.seg
+            .header()
+            .suspect
+            .store(header::SUSPECT_NONE, Ordering::Relaxed);
+    }
+
+    /// Marks the value suspect, makes the lock consistent (if the backend
+    /// reported an owner death: `backend_died`) and releases it: the next
+    /// locker gets `OwnerDied`.
+    ///
+    /// # Safety
+    ///
+    /// The calling thread holds the lock through this handle (acquired
+    /// with owner death if `backend_died`), and releases it only here.
+    pub(crate) unsafe fn leave_suspect(&self, backend_died: bool) {
+        // Written before the release, which orders it before the next
+        // acquire (a death in between is an owner death anyway).
+        self.seg
+            .header()
+            .suspect
+            .store(header::SUSPECT, Ordering::Relaxed);
         // SAFETY: forwarded from the caller.
-        unsafe { L::make_consistent(self.shared(), &self.local, &self.seg) }
+        unsafe {
+            if backend_died {
+                L::make_consistent(self.shared(), &self.local, &self.seg);
+            }
+            self.release(true);
+        }
+    }
+
+    /// Releases an owner-died lock left unrepaired on purpose: not
+    /// recoverable, for every process.
+    ///
+    /// # Safety
+    ///
+    /// As [`leave_suspect`](Self::leave_suspect).
+    pub(crate) unsafe fn leave_not_recoverable(&self, backend_died: bool) {
+        self.seg
+            .header()
+            .suspect
+            .store(header::SUSPECT_NOT_RECOVERABLE, Ordering::Relaxed);
+        // SAFETY: forwarded from the caller. A backend that reported the
+        // death marks itself not recoverable too.
+        unsafe { self.release(!backend_died) };
     }
 }
 
