@@ -165,8 +165,18 @@ pub enum LockError<G> {
     /// The previous holder died while holding the lock. The caller now holds
     /// it; the value may be inconsistent.
     OwnerDied(G),
-    /// A previous owner died and nobody made the value consistent: the lock
-    /// can never be acquired again. Remove the object and create a new one.
+    /// A previous owner died and its guard was dropped without
+    /// `make_consistent`: the lock can never be acquired again.
+    ///
+    /// There is no way back for this object, on purpose and by necessity:
+    /// glibc never revives a not-recoverable robust mutex, and
+    /// re-initialising one in place is undefined while other processes may
+    /// be inside `pthread_mutex_lock` on it; the other backends keep the
+    /// same rule so that code does not depend on the backend. Remove the
+    /// name ([`ShmCell::unlink`](crate::ShmCell::unlink)) and create a new
+    /// cell. Processes still attached to the old object keep getting
+    /// `NotRecoverable`; [`ShmCell::is_unlinked`](crate::ShmCell::is_unlinked)
+    /// tells them the name has moved on, and they open it again.
     NotRecoverable,
     /// `try_lock`: another holder has it.
     WouldBlock,

@@ -20,6 +20,7 @@ unsafe impl ShmSafe for Transfer {}
 
 const TOTAL: u64 = 100;
 const START: Transfer = Transfer { from: TOTAL, to: 0 };
+const RECREATED: Transfer = Transfer { from: 1, to: 2 };
 const HALF_DONE: Transfer = Transfer {
     from: TOTAL - 70,
     to: 0,
@@ -98,6 +99,22 @@ fn child<L: LockBackend>(ctx: &ChildCtx) {
                 matches!(timed, LockError::Deadlock),
                 "lock_timeout: {timed:?}"
             );
+        }
+        // The one-line way: lock, repairing an interrupted transfer.
+        "repair" => {
+            let t = cell.lock_or_repair(|t| t.from = TOTAL - t.to).unwrap();
+            assert_eq!(*t, START);
+        }
+        // Holds a handle while the parent unlinks and recreates the cell.
+        "watch-unlink" => {
+            assert!(!cell.is_unlinked());
+            testing::point("opened");
+            assert!(cell.is_unlinked(), "the name was unlinked meanwhile");
+            // The orphan still works, and is not the cell of that name.
+            assert_eq!(*cell.lock().unwrap(), START);
+            let new = ShmCell::<Transfer, L>::open(name).unwrap();
+            assert!(!new.is_unlinked());
+            assert_eq!(*new.lock().unwrap(), RECREATED);
         }
         other => panic!("unknown role {other}"),
     }
@@ -205,3 +222,47 @@ fn two_handles_one_thread_deadlock<L: LockBackend>(child: ChildSpec) {
 }
 
 per_backend!(two_handles_one_thread_deadlock);
+
+/// `lock_or_repair` after a kill and after a panic: the guard comes back
+/// repaired, and the next locker (another process) finds the lock clean.
+fn lock_or_repair_repairs<L: LockBackend>(child: ChildSpec) {
+    let name = TestName::new("lor");
+    let cell = ShmCell::<Transfer, L>::create(&name, START).unwrap();
+    // Clean: the closure is not called.
+    let t = cell
+        .lock_or_repair(|_| panic!("nothing to repair"))
+        .unwrap();
+    assert_eq!(*t, START);
+    drop(t);
+    killed_mid_transfer(&child, &name);
+    child.arg(&name).arg("repair").run().unwrap();
+    assert_eq!(*cell.lock().expect("repaired by the child"), START);
+    let panicked = child.arg(&name).arg("panic").run().unwrap_err();
+    assert_eq!(panicked.kind(), "Panicked", "{panicked:?}");
+    child.arg(&name).arg("repair").run().unwrap();
+    assert_eq!(*cell.lock().expect("repaired by the child"), START);
+}
+
+per_backend!(lock_or_repair_repairs);
+
+/// A handle finds out that its cell was unlinked and recreated.
+fn unlinked_cell_is_noticed<L: LockBackend>(child: ChildSpec) {
+    let name = TestName::new("unl");
+    let cell = ShmCell::<Transfer, L>::create(&name, START).unwrap();
+    let mut running = child
+        .arg(&name)
+        .arg("watch-unlink")
+        .stop_at("opened")
+        .spawn()
+        .unwrap();
+    running.wait_stopped().unwrap();
+    assert!(!cell.is_unlinked());
+    ShmCell::<Transfer, L>::unlink(&name).unwrap();
+    assert!(cell.is_unlinked());
+    let new = ShmCell::<Transfer, L>::create(&name, RECREATED).unwrap();
+    assert!(!new.is_unlinked());
+    running.resume().unwrap();
+    running.wait().unwrap();
+}
+
+per_backend!(unlinked_cell_is_noticed);

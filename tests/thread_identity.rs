@@ -19,10 +19,16 @@ fn new_threads_are_not_the_dead_holder<L: LockBackend>(name: &str) {
         let seen = std::thread::scope(|s| {
             s.spawn(|| {
                 let r = match cell.try_lock() {
-                    Ok(g) => Ok(drop(g)),
+                    Ok(g) => {
+                        drop(g);
+                        Ok(())
+                    }
                     // Reported as an owner death (robust mutex: the kernel
                     // saw the thread exit): repair and go on.
-                    Err(LockError::OwnerDied(g)) => Ok(g.make_consistent()),
+                    Err(LockError::OwnerDied(g)) => {
+                        g.make_consistent();
+                        Ok(())
+                    }
                     Err(e) => Err(e),
                 };
                 let t = cell.lock_timeout(Duration::from_millis(20)).map(drop);

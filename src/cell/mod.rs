@@ -30,10 +30,14 @@ pub use wait::WaitTimeoutResult;
 ///
 /// # Owner death
 ///
-/// When a process (or thread) dies holding the lock, the next locker gets
-/// [`LockError::OwnerDied`] *with the guard*: it holds the lock and must
-/// repair the value and call [`ShmGuard::make_consistent`]. **Dropping that
-/// guard without `make_consistent` makes the lock permanently
+/// When a process (or thread) dies holding the lock — or a thread panics
+/// holding it — the next locker gets [`LockError::OwnerDied`] *with the
+/// guard*: it holds the lock and must repair the value and call
+/// [`ShmGuard::make_consistent`] ([`lock_or_repair`](Self::lock_or_repair)
+/// does both). Converting the error with
+/// [`without_guard`](LockError::without_guard) (for `?`) hands the owner
+/// death on to the next locker. **Dropping that guard without
+/// `make_consistent` makes the lock permanently
 /// [`NotRecoverable`](LockError::NotRecoverable)** for every process.
 ///
 /// ```no_run
@@ -64,6 +68,8 @@ pub use wait::WaitTimeoutResult;
 ///
 /// Dropping a handle unmaps the segment but never removes its name: call
 /// [`ShmCell::unlink`] when the value is no longer wanted. A handle whose
+/// name was unlinked keeps working on the orphan object;
+/// [`is_unlinked`](Self::is_unlinked) tells. A handle whose
 /// process still holds its lock when it is dropped (a guard passed to
 /// `mem::forget`) leaks its mapping on purpose, so that the kernel can still
 /// mark the lock when the process dies.
@@ -365,6 +371,94 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         timeout: Duration,
     ) -> Result<ShmGuard<'_, T, L>, LockError<ShmGuard<'_, T, L>>> {
         self.acquire(Acquire::Until(Monotonic::now().after(timeout)))
+    }
+
+    /// Locks, and if the previous holder died (or panicked) mid-update,
+    /// first calls `repair` on the value as it was left and declares it
+    /// consistent: the one-line way to lock a cell when you know how to
+    /// repair it. Returns the guard in both cases.
+    ///
+    /// If `repair` itself panics, the value stays suspect and the next
+    /// locker is told [`LockError::OwnerDied`] again. The other errors come
+    /// back without a guard (`LockError<()>`, ready for `?`).
+    ///
+    /// ```no_run
+    /// use shmsync::{ShmCell, ShmSafe};
+    ///
+    /// #[derive(Clone, Copy)]
+    /// #[repr(C)]
+    /// struct Transfer { checking: u64, savings: u64, in_flight: u64 }
+    /// // SAFETY: plain integers, repr(C), every bit pattern valid, no pointers.
+    /// unsafe impl ShmSafe for Transfer {}
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let init = Transfer { checking: 1000, savings: 0, in_flight: 0 };
+    /// let cell = ShmCell::<Transfer>::open_or_create("/bank", init)?;
+    /// // A transfer interrupted by a crash is rolled back before we go on.
+    /// let mut t = cell.lock_or_repair(|t| {
+    ///     t.checking += t.in_flight;
+    ///     t.in_flight = 0;
+    /// })?;
+    /// t.in_flight = 300;
+    /// t.checking -= 300;
+    /// t.savings += 300;
+    /// t.in_flight = 0;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`lock`](Self::lock), except `OwnerDied` (repaired).
+    pub fn lock_or_repair(
+        &self,
+        repair: impl FnOnce(&mut T),
+    ) -> Result<ShmGuard<'_, T, L>, LockError<()>> {
+        match self.lock() {
+            Ok(guard) => Ok(guard),
+            Err(LockError::OwnerDied(mut guard)) => {
+                repair(&mut guard);
+                guard.make_consistent();
+                Ok(guard)
+            }
+            Err(e) => Err(e.without_guard()),
+        }
+    }
+
+    /// Whether the object this handle is attached to has lost its name:
+    /// someone called [`unlink`](Self::unlink) (and may have created a new
+    /// cell of the same name since, which this handle does not see). One
+    /// `fstat`: the link count of the handle's own descriptor is 0.
+    ///
+    /// Such a handle keeps working — on an orphan that no new process will
+    /// ever open. A process that must work on the cell *of that name* (for
+    /// instance after its lock answered
+    /// [`NotRecoverable`](LockError::NotRecoverable) and someone replaced the
+    /// cell) checks this and opens the name again:
+    ///
+    /// ```no_run
+    /// use shmsync::{LockError, ShmCell};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut cell = ShmCell::<u64>::open_or_create("/counter", 0)?;
+    /// loop {
+    ///     match cell.lock_or_repair(|n| *n = 0) {
+    ///         Ok(mut n) => {
+    ///             *n += 1;
+    ///             break;
+    ///         }
+    ///         // Replaced by a new cell: follow the name.
+    ///         Err(LockError::NotRecoverable) if cell.is_unlinked() => {
+    ///             cell = ShmCell::open_or_create("/counter", 0)?;
+    ///         }
+    ///         Err(e) => return Err(e.into()),
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn is_unlinked(&self) -> bool {
+        // `fstat` on a descriptor we own cannot fail; if it did, we know
+        // nothing and say "still linked".
+        sys::fd::fstat(self.seg.fd()).is_ok_and(|st| st.nlink() == 0)
     }
 
     /// Records whether a guard of this handle holds the lock (see `held`).
