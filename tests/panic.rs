@@ -137,3 +137,31 @@ fn normal_drop<L: LockBackend>(child: ChildSpec) {
 }
 
 per_backend!(normal_drop, normal_drop_child);
+
+fn locked_while_unwinding_child<L: LockBackend>(ctx: &ChildCtx) {
+    /// Completes a transfer from its `Drop`, which runs during the panic.
+    struct FinishOnUnwind<'a, L: LockBackend>(&'a ShmCell<Transfer, L>);
+    impl<L: LockBackend> Drop for FinishOnUnwind<'_, L> {
+        fn drop(&mut self) {
+            let mut t = self.0.lock().expect("the lock is clean");
+            t.from -= 70;
+            t.to += 70;
+        }
+    }
+    let cell = ShmCell::<Transfer, L>::open(ctx.arg(0)).unwrap();
+    let _finish = FinishOnUnwind(&cell);
+    panic!("a panic with no lock held");
+}
+
+/// Like std's poisoning: a guard taken and dropped *during* the unwinding
+/// (a `Drop` that completes its update) is no interrupted update.
+fn locked_while_unwinding<L: LockBackend>(child: ChildSpec) {
+    let name = TestName::new("panic-drop");
+    let cell = ShmCell::<Transfer, L>::create(&name, START).unwrap();
+    let panicked = child.arg(&name).run().unwrap_err();
+    assert_eq!(panicked.kind(), "Panicked", "{panicked:?}");
+    let t = cell.lock().expect("no update was interrupted");
+    assert_eq!(*t, Transfer { from: 30, to: 70 });
+}
+
+per_backend!(locked_while_unwinding, locked_while_unwinding_child);

@@ -23,8 +23,8 @@ use crate::sys;
 ///   Converting the error with
 ///   [`without_guard`](crate::LockError::without_guard) (for `?`) does
 ///   not: the next locker is told `OwnerDied` again.
-/// * **A guard dropped while its thread panics** (unwinding) marks the
-///   value suspect: the next locker, in any process, gets
+/// * **A guard dropped while its thread panics** (unwinding, a panic that
+///   began while the guard was held) marks the value suspect: the next locker, in any process, gets
 ///   [`LockError::OwnerDied`](crate::LockError) with the value as the
 ///   panic left it — a panic is an owner death. (Like std's `Mutex`
 ///   poisoning, but through the same `OwnerDied` path as a crash.)
@@ -41,6 +41,10 @@ pub struct ShmGuard<'a, T: ShmSafe, L: LockBackend = RobustMutex> {
     /// needs `make_consistent`); `false` when only the header's `suspect`
     /// word did.
     backend_died: bool,
+    /// Whether the thread was unwinding already when it locked (a `Drop`
+    /// that locks during a panic): only a panic that *starts* while the
+    /// guard is held marks the value suspect (std's poisoning rule).
+    panicking_at_lock: bool,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -53,6 +57,7 @@ impl<'a, T: ShmSafe, L: LockBackend> ShmGuard<'a, T, L> {
             fork_gen: sys::fork::fork_generation(),
             inconsistent: Cell::new(owner_died),
             backend_died,
+            panicking_at_lock: std::thread::panicking(),
             _not_send: PhantomData,
         }
     }
@@ -152,9 +157,9 @@ impl<T: ShmSafe, L: LockBackend> Drop for ShmGuard<'_, T, L> {
         if self.fork_gen != sys::fork::fork_generation() {
             return;
         }
-        // One load of the global panic count and one flag: the normal path
-        // pays two predictable branches.
-        if std::thread::panicking() {
+        // One load of the global panic count (as at lock time) and one
+        // flag: the normal path pays two predictable branches.
+        if std::thread::panicking() && !self.panicking_at_lock {
             // SAFETY: this thread holds the lock through this guard, which
             // is dropped now.
             unsafe { self.release_suspect() };
