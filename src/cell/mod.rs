@@ -441,11 +441,8 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let mut cell = ShmCell::<u64>::open_or_create("/counter", 0)?;
     /// loop {
-    ///     match cell.lock_or_repair(|n| *n = 0) {
-    ///         Ok(mut n) => {
-    ///             *n += 1;
-    ///             break;
-    ///         }
+    ///     match cell.lock_or_repair(|n| *n = 0).map(|mut n| *n += 1) {
+    ///         Ok(()) => break,
     ///         // Replaced by a new cell: follow the name.
     ///         Err(LockError::NotRecoverable) if cell.is_unlinked() => {
     ///             cell = ShmCell::open_or_create("/counter", 0)?;
