@@ -469,44 +469,40 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         &self,
         how: Acquire,
     ) -> Result<ShmGuard<'_, T, L>, LockError<ShmGuard<'_, T, L>>> {
-        match L::acquire(self.shared(), &self.local, &self.seg, how) {
-            Ok(acquired) => {
-                // The one load the suspect word costs a clean acquire: a
-                // holder that panicked (or whose owner-died error was
-                // converted for `?`) wrote it before its release, which
-                // this acquire orders before us.
-                let suspect = self.seg.header().suspect.load(Ordering::Relaxed);
-                if acquired == Acquired::Clean && suspect == header::SUSPECT_NONE {
-                    Ok(ShmGuard::new(self, false, false))
-                } else {
-                    self.acquired_unclean(acquired, suspect)
-                }
-            }
-            Err(e) => Err(e.into_lock_error()),
+        let acquired = match L::acquire(self.shared(), &self.local, &self.seg, how) {
+            Ok(acquired) => acquired,
+            Err(e) => return Err(e.into_lock_error()),
+        };
+        // The one load the suspect word costs a clean acquire: a holder
+        // that panicked (or whose owner-died error was converted for `?`)
+        // wrote it before its release, which this acquire orders before us.
+        let suspect = self.seg.header().suspect.load(Ordering::Relaxed);
+        if acquired == Acquired::Clean && suspect == header::SUSPECT_NONE {
+            return Ok(ShmGuard::new(self, 0));
+        }
+        // Only the guard's flags come from the cold path: a guard built on
+        // both sides stays in registers (one returned from an out-of-line
+        // function would go through memory on every acquire).
+        match self.unclean_flags(acquired, suspect) {
+            Some(flags) => Err(LockError::OwnerDied(ShmGuard::new(self, flags))),
+            None => Err(LockError::NotRecoverable),
         }
     }
 
     /// The lock is ours, but the backend or the `suspect` word reports an
-    /// interrupted update.
+    /// interrupted update: the new guard's flags, or `None` (the lock given
+    /// back) when the value is not recoverable.
     #[cold]
     #[inline(never)]
-    fn acquired_unclean(
-        &self,
-        acquired: Acquired,
-        suspect: u32,
-    ) -> Result<ShmGuard<'_, T, L>, LockError<ShmGuard<'_, T, L>>> {
+    fn unclean_flags(&self, acquired: Acquired, suspect: u32) -> Option<u8> {
         let backend_died = acquired == Acquired::OwnerDied;
         if suspect == header::SUSPECT_NOT_RECOVERABLE {
             // Never hold a not-recoverable value: give the lock back.
             // SAFETY: we hold the lock through this handle (no guard made).
             unsafe { L::release(self.shared(), &self.local, &self.seg, !backend_died) };
-            return Err(LockError::NotRecoverable);
+            return None;
         }
-        Err(LockError::OwnerDied(ShmGuard::new(
-            self,
-            true,
-            backend_died,
-        )))
+        Some(guard::INCONSISTENT | if backend_died { guard::BACKEND_DIED } else { 0 })
     }
 
     /// # Safety
