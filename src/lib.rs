@@ -5,7 +5,8 @@
 //! When a process dies holding the lock, the next locker is **told** —
 //! [`LockError::OwnerDied`] carries the guard, like std's poisoning — and
 //! recovery is one line: repair the value, call
-//! [`make_consistent`](ShmGuard::make_consistent).
+//! [`make_consistent`](ShmGuard::make_consistent) — or let
+//! [`lock_or_repair`](ShmCell::lock_or_repair) do both.
 //!
 //! ```no_run
 //! use shmsync::{LockError, ShmCell, ShmSafe};
@@ -30,6 +31,10 @@
 //! };
 //! acct.balance += 1;
 //! drop(acct);
+//! // The same in one line: the closure runs only after an owner death.
+//! let mut acct = cell.lock_or_repair(|acct| acct.version += 1)?;
+//! acct.balance += 1;
+//! drop(acct);
 //! ShmCell::<Account>::unlink("/bank")?;
 //! # Ok(()) }
 //! ```
@@ -40,9 +45,17 @@
 //!   lock, even an `exec`) is detected by the kernel's robust-futex list;
 //!   every acquire path — `lock`, `try_lock`, `lock_timeout` — reports it as
 //!   [`LockError::OwnerDied`] with a guard.
-//! * Dropping that guard without `make_consistent` leaves the lock
+//! * **A panic is an owner death**: a guard dropped while its thread
+//!   unwinds marks the value suspect, and the next locker, in any process,
+//!   gets [`LockError::OwnerDied`] with the value as the panic left it.
+//! * Converting an `OwnerDied` error for `?`
+//!   ([`without_guard`](LockError::without_guard)) marks the value suspect
+//!   and unlocks: the next locker is told again. An explicit drop of an
+//!   unrepaired guard leaves the lock
 //!   [`NotRecoverable`](LockError::NotRecoverable) for every process, as
-//!   POSIX prescribes: the data cannot silently be trusted again.
+//!   POSIX prescribes: the data cannot silently be trusted again. That is
+//!   final for the object; unlink it and create a new cell (attached
+//!   processes find out with [`ShmCell::is_unlinked`]).
 //! * A creator that dies half-way through initialising a segment leaves it
 //!   `Initialising`; [`ShmCell::open`] reports [`Error::AbandonedInit`] and
 //!   [`ShmCell::open_or_create`] takes it over safely.
@@ -120,7 +133,7 @@ mod sys;
 pub mod testing;
 
 pub use cell::{inheritable_fd, ShmCell, ShmGuard, WaitTimeoutResult};
-pub use error::{Error, LockError};
+pub use error::{Error, LockError, LockGuard};
 pub use lock::{
     FileLock, FileLockGuard, FileLockOptions, FileLockSharedGuard, LockBackend, NamedSemaphore,
     RobustMutex, RobustMutexGuard, SemaphoreError, SemaphoreOptions,

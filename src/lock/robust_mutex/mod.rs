@@ -304,3 +304,10 @@ impl std::fmt::Debug for RobustMutexGuard<'_> {
             .finish()
     }
 }
+
+impl crate::error::sealed::GiveUp for RobustMutexGuard<'_> {
+    /// A standalone mutex has nowhere to record suspicion: dropped, which
+    /// makes an unrepaired owner-died mutex not recoverable.
+    fn give_up(self) {}
+}
+impl crate::error::LockGuard for RobustMutexGuard<'_> {}
