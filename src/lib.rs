@@ -110,11 +110,11 @@ mod sys;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use cell::{ShmCell, ShmGuard, WaitTimeoutResult};
-pub use error::{Error, LockError};
+pub use cell::{ShmCell, ShmGuard, ShmReadGuard, WaitTimeoutResult};
+pub use error::{Error, LockError, ReadError};
 pub use lock::{
     FileLock, FileLockGuard, FileLockOptions, FileLockSharedGuard, LockBackend, NamedSemaphore,
-    RobustMutex, RobustMutexGuard, SemaphoreError, SemaphoreOptions,
+    RobustMutex, RobustMutexGuard, RobustRwLock, SemaphoreError, SemaphoreOptions,
 };
 pub use segment::{CreateOptions, Segment};
 pub use shm_safe::ShmSafe;

@@ -3,6 +3,7 @@
 
 mod diagnostics;
 mod guard;
+mod read;
 mod wait;
 
 use std::marker::PhantomData;
@@ -19,6 +20,7 @@ use crate::sys;
 use crate::sys::time::Monotonic;
 
 pub use guard::ShmGuard;
+pub use read::ShmReadGuard;
 pub use wait::WaitTimeoutResult;
 
 /// A value of type `T` in a named POSIX shared-memory object, guarded by a
@@ -415,6 +417,8 @@ impl<T: ShmSafe, L: LockBackend> Drop for ShmCell<T, L> {
             // unmapping would let the lock's memory vanish under the
             // kernel's robust list. Keep the mapping (and fd): leak them.
             seg.leak();
+        } else {
+            L::detach(self.shared_of(&seg), &self.local, &seg);
         }
     }
 }

@@ -1,0 +1,580 @@
+//! `RobustRwLock`: a reader-writer lock for a [`ShmCell`](crate::ShmCell)
+//! whose readers and writers may be killed at any instruction.
+//!
+//! # Shape
+//!
+//! * **Writers** serialise on a [`RobustMutex`] in the segment; its owner
+//!   death is a writer's death. A writer then *announces* itself in the
+//!   `writer` word (so that new readers wait: no writer starvation), waits
+//!   for the reader slots to drain, and marks the value as being written.
+//! * **Readers** count themselves in a *reader slot* of the segment: a
+//!   fixed table of [`READER_SLOTS`] words, one per handle that reads. A
+//!   slot word is `token << 16 | count`: the handle's liveness token
+//!   ([`LivenessToken`], an open-file-description lock the kernel drops
+//!   when the process dies) and the number of read guards the handle holds
+//!   (a handle is `Sync`, so several threads may read through it). The read
+//!   path adds one to the slot, makes a full fence (`SeqCst`) and *then*
+//!   reads the `writer` word; it backs out and waits if a writer is
+//!   announced. No system call when there is no writer.
+//! * **Dead readers** are found by the writer that waits for them: a slot
+//!   still counting after a wait slice has its token probed
+//!   (`F_OFD_GETLK`); a token that nobody holds belongs to a dead handle,
+//!   and the writer clears the slot with one compare-and-swap of the whole
+//!   word. A reader cannot have damaged the value: the writer gets `Ok`.
+//! * **Dead writers** are found by the readers that wait for them, the same
+//!   way: the `writer` word holds the writer's token.
+//! * **Waiting** is a futex sequence word (`seq`) in bounded slices: a
+//!   releasing reader bumps it when a writer is announced; a releasing
+//!   writer bumps it when someone waits. Slices grow from 1 ms to
+//!   [`MAX_SLICE`], so the death of the party waited for is noticed within
+//!   about that bound.
+//!
+//! # The `writer` word (`u64`)
+//!
+//! | value | meaning | a reader | a writer (holding the mutex) |
+//! |---|---|---|---|
+//! | `0` | no writer | reads | announces |
+//! | `token << 2 \| WAITING` | a writer waits for readers; the value is intact | waits; if the token is dead, clears the word and reads | reports `OwnerDied` (its mutex says so) |
+//! | `token << 2 \| WRITING` | a writer holds the write guard (or waits for readers after an owner death): the value may be mid-update | waits; if the token is dead, marks `DAMAGED` | reports `OwnerDied` |
+//! | `token << 2 \| DAMAGED` | a writer died mid-update and nobody repaired the value yet | [`ReadError::WriterDied`] | reports `OwnerDied` |
+//! | `u64::MAX` | an owner-died write guard was dropped unrepaired | [`ReadError::NotRecoverable`] | `NotRecoverable` |
+//!
+//! The pthread mutex itself is made consistent as soon as an acquire sees
+//! `EOWNERDEAD`, *after* `DAMAGED` is stored: the word above, not glibc's
+//! state, says whether the value needs repair, so that a writer that times
+//! out waiting for readers after an owner death can unlock without making
+//! the lock not recoverable.
+//!
+//! # Fairness
+//!
+//! Writers are preferred: once a writer is announced no new read guard is
+//! handed out, so a stream of readers cannot starve writers; the writer
+//! waits only for the read guards already out. Writers among themselves are
+//! served in the order of the robust mutex (the kernel's futex queue, not
+//! strictly FIFO). Readers that waited for a writer all go after it
+//! releases (unless another writer got the mutex and announced first:
+//! back-to-back writers can delay readers).
+//!
+//! # Limits
+//!
+//! * [`READER_SLOTS`] handles may read at the same time (handles that read
+//!   and whose process lives); more gets [`ReadError::NoReaderSlot`].
+//! * A thread that holds a read guard and calls `lock()` through the same
+//!   handle waits for itself (as with std's `RwLock`): use `lock_timeout`
+//!   if it can happen. A thread holding the write guard that calls `read()`
+//!   gets [`ReadError::Deadlock`].
+//! * A read guard taken while a writer waits blocks (writer preference), so
+//!   a thread must not take a second read guard while holding one if a
+//!   writer may come in between.
+//! * The exclusive side is a robust pthread mutex and inherits its limits
+//!   (thread ids are pid-namespace local).
+
+pub(crate) mod backend;
+mod inspect;
+
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use super::per_process::PerProcess;
+use super::{Acquire, Acquired, RobustMutex};
+use crate::error::{RawLockError, ReadError};
+use crate::segment::liveness::{self, LivenessToken};
+use crate::sys;
+use crate::sys::time::Monotonic;
+
+/// The lock backend of `ShmCell<T, RobustRwLock>`: a robust reader-writer
+/// lock. Exclusive side: [`ShmCell::lock`](crate::ShmCell::lock),
+/// [`try_lock`](crate::ShmCell::try_lock),
+/// [`lock_timeout`](crate::ShmCell::lock_timeout), with the usual guard and
+/// [`OwnerDied`](crate::LockError::OwnerDied). Shared side:
+/// [`ShmCell::read`](crate::ShmCell::read),
+/// [`try_read`](crate::ShmCell::try_read),
+/// [`read_timeout`](crate::ShmCell::read_timeout), returning a
+/// [`ShmReadGuard`](crate::ShmReadGuard).
+///
+/// * A reader killed holding (or waiting for) a read guard never blocks a
+///   writer for longer than a short bound, and a writer that finds it dead
+///   gets `Ok` (a reader cannot have damaged the value). The proof of death
+///   comes from the kernel: each reading handle holds an
+///   open-file-description lock on a byte of the segment (its token), which
+///   the kernel drops when the process dies, whatever pid reuse, zombies or
+///   namespaces do.
+/// * A writer killed holding the lock gives the next writer `OwnerDied`;
+///   until it repairs the value, `read()` answers
+///   [`ReadError::WriterDied`] rather than a value that may be torn, and
+///   readers waiting for the dead writer notice its death.
+/// * Writers are preferred: a stream of readers cannot starve them.
+/// * No system call on an uncontended read.
+///
+/// It is a marker type: the lock lives in the segment of a
+/// [`ShmCell`](crate::ShmCell) (its readers' liveness locks need the
+/// segment's file), there is no standalone `RobustRwLock` value.
+#[derive(Debug)]
+pub enum RobustRwLock {}
+
+/// How many handles may hold read guards at the same time.
+pub const READER_SLOTS: usize = 64;
+
+/// The longest wait slice between two liveness probes.
+pub(crate) const MAX_SLICE: Duration = Duration::from_millis(50);
+const FIRST_SLICE: Duration = Duration::from_millis(1);
+
+/// Phases of the `writer` word (low two bits).
+pub(crate) mod word {
+    /// A writer waits for readers; the value is intact.
+    pub(crate) const WAITING: u64 = 1;
+    /// A writer holds (or is about to hold) the write guard.
+    pub(crate) const WRITING: u64 = 2;
+    /// A writer died mid-update; nobody repaired the value yet.
+    pub(crate) const DAMAGED: u64 = 3;
+    /// The phase bits.
+    pub(crate) const PHASE: u64 = 3;
+    /// An owner-died guard was dropped unrepaired: for ever.
+    pub(crate) const NOT_RECOVERABLE: u64 = u64::MAX;
+    /// Slot word: the count bits (the token is above them).
+    pub(crate) const COUNT_MASK: u64 = 0xffff;
+    /// Slot word: bits the token is shifted by.
+    pub(crate) const TOKEN_SHIFT: u32 = 16;
+}
+use word::*;
+
+/// One cache line, so that readers of two processes never share one.
+#[repr(C, align(64))]
+pub(crate) struct Line<T>(pub(crate) T);
+
+/// The lock's state in the segment (zeroed, then the mutex initialised).
+///
+/// # Invariants
+///
+/// * `writer` is changed only by the holder of `mutex` — except that a
+///   process that proved the writer's token dead may move `WAITING → 0` and
+///   `WRITING → DAMAGED` with a compare-and-swap of the whole word.
+/// * A slot word is claimed (`0 → token << 16`) and counted up and down
+///   only by the live holder of that token; anybody who proved the token
+///   dead may clear it (compare-and-swap of the whole word, so a slot
+///   claimed anew in between is never touched).
+/// * `seq` is bumped after every change that a waiter may wait for (a
+///   count dropping while a writer is announced, the `writer` word going
+///   back to anything else than a live writer).
+#[repr(C)]
+pub struct RwShared {
+    mutex: RobustMutex,
+    /// Futex word every waiter (reader or writer) sleeps on.
+    seq: AtomicU32,
+    /// Threads sleeping on `seq` (a wake is a system call only if non-zero).
+    waiters: AtomicU32,
+    /// One past the highest slot ever claimed (writers scan only that far).
+    high: AtomicU32,
+    writer: Line<AtomicU64>,
+    slots: [Line<AtomicU64>; READER_SLOTS],
+}
+
+/// Where [`RwShared`]'s words lie, for the inspector (`pread`).
+pub(crate) mod layout {
+    use super::RwShared;
+    pub(crate) const SEQ: usize = std::mem::offset_of!(RwShared, seq);
+    pub(crate) const WAITERS: usize = std::mem::offset_of!(RwShared, waiters);
+    pub(crate) const HIGH: usize = std::mem::offset_of!(RwShared, high);
+    pub(crate) const WRITER: usize = std::mem::offset_of!(RwShared, writer);
+    pub(crate) const SLOTS: usize = std::mem::offset_of!(RwShared, slots);
+    pub(crate) const SLOT_STRIDE: usize = 64;
+    pub(crate) const SIZE: usize = std::mem::size_of::<RwShared>();
+}
+
+/// Per handle: this process's token and reader slot, rebuilt in a forked
+/// child (which must prove its own liveness, never its parent's).
+pub struct RwLocal {
+    per_process: PerProcess<RwHandle>,
+}
+
+impl std::fmt::Debug for RwLocal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RwLocal")
+    }
+}
+
+const NO_SLOT: u32 = u32::MAX;
+
+#[derive(Default)]
+struct RwHandle {
+    /// Claimed on the first read or write.
+    token: OnceLock<LivenessToken>,
+    /// The slot this handle reads through, `NO_SLOT` before the first read.
+    slot: AtomicU32,
+    /// Serialises the slow path of claiming.
+    claiming: Mutex<()>,
+}
+
+impl RwHandle {
+    fn new() -> RwHandle {
+        RwHandle {
+            slot: AtomicU32::new(NO_SLOT),
+            ..RwHandle::default()
+        }
+    }
+}
+
+impl RwLocal {
+    pub(crate) fn new() -> RwLocal {
+        RwLocal {
+            per_process: PerProcess::new(RwHandle::new()),
+        }
+    }
+
+    #[inline]
+    fn handle(&self) -> &RwHandle {
+        // Rebinding builds an empty handle (nothing to fail); the inherited
+        // token's description was detached in the child by the fork handler.
+        match self.per_process.get(|_| Ok(RwHandle::new()), |_| {}) {
+            Ok(h) => h,
+            Err(_) => unreachable!("rebinding an RwHandle cannot fail"),
+        }
+    }
+}
+
+/// Whether a token is held by a live handle, probed through `fd`. An error
+/// of the probe counts as alive (never clear what cannot be proven dead).
+fn token_alive(fd: BorrowedFd<'_>, token: u64) -> bool {
+    liveness::is_held(fd, token).unwrap_or(true)
+}
+
+impl RwShared {
+    /// Initialises the mutex of a zeroed state.
+    ///
+    /// # Safety
+    ///
+    /// As [`RobustMutex::init`]: `p` valid, aligned, zeroed, unused.
+    pub(crate) unsafe fn init(p: std::ptr::NonNull<RwShared>) -> io::Result<()> {
+        // SAFETY: the mutex is the first field of a valid RwShared.
+        unsafe { RobustMutex::init(p.cast()) }
+    }
+
+    #[inline]
+    fn token_of(&self, local: &RwLocal, fd: BorrowedFd<'_>) -> io::Result<u64> {
+        let h = local.handle();
+        if let Some(t) = h.token.get() {
+            return Ok(t.token());
+        }
+        let _g = h.claiming.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = h.token.get() {
+            return Ok(t.token());
+        }
+        let t = LivenessToken::claim(fd)?;
+        Ok(h.token.get_or_init(|| t).token())
+    }
+
+    // ----- the shared side -------------------------------------------------
+
+    /// This handle's slot, claimed on first use.
+    #[inline]
+    fn slot_of(&self, local: &RwLocal, fd: BorrowedFd<'_>) -> Result<&AtomicU64, ReadError> {
+        let i = local.handle().slot.load(Ordering::Acquire);
+        if i != NO_SLOT {
+            return Ok(&self.slots[i as usize].0);
+        }
+        self.claim_slot(local, fd)
+    }
+
+    #[cold]
+    fn claim_slot(&self, local: &RwLocal, fd: BorrowedFd<'_>) -> Result<&AtomicU64, ReadError> {
+        let token = self.token_of(local, fd).map_err(ReadError::Os)?;
+        let h = local.handle();
+        let _g = h.claiming.lock().unwrap_or_else(|e| e.into_inner());
+        let i = h.slot.load(Ordering::Acquire);
+        if i != NO_SLOT {
+            return Ok(&self.slots[i as usize].0);
+        }
+        let mine = token << TOKEN_SHIFT;
+        let take = |i: usize, from: u64| {
+            let won = self.slots[i]
+                .0
+                .compare_exchange(from, mine, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok();
+            if won {
+                self.high.fetch_max(i as u32 + 1, Ordering::SeqCst);
+                h.slot.store(i as u32, Ordering::Release);
+            }
+            won
+        };
+        // A free slot first; then one whose handle is gone (probing costs a
+        // system call per slot).
+        for i in 0..READER_SLOTS {
+            if self.slots[i].0.load(Ordering::SeqCst) == 0 && take(i, 0) {
+                return Ok(&self.slots[i].0);
+            }
+        }
+        for i in 0..READER_SLOTS {
+            let w = self.slots[i].0.load(Ordering::SeqCst);
+            if (w == 0 || !token_alive(fd, w >> TOKEN_SHIFT)) && take(i, w) {
+                return Ok(&self.slots[i].0);
+            }
+        }
+        Err(ReadError::NoReaderSlot)
+    }
+
+    /// Takes a read guard's place in this handle's slot (the guard must
+    /// then call [`read_release`](Self::read_release) with the slot).
+    #[inline]
+    pub(crate) fn read_acquire(
+        &self,
+        local: &RwLocal,
+        fd: BorrowedFd<'_>,
+        how: Acquire,
+    ) -> Result<&AtomicU64, ReadError> {
+        let slot = self.slot_of(local, fd)?;
+        loop {
+            let prev = slot.fetch_add(1, Ordering::SeqCst);
+            let w = self.writer.0.load(Ordering::SeqCst);
+            if w == 0 && prev & COUNT_MASK < COUNT_MASK - 1 {
+                return Ok(slot);
+            }
+            // Back out: a writer may be waiting for this very count.
+            self.read_release(slot);
+            if prev & COUNT_MASK >= COUNT_MASK - 1 {
+                return Err(ReadError::Os(io::Error::other(
+                    "too many read guards on one handle",
+                )));
+            }
+            self.wait_writer(local, fd, how)?;
+        }
+    }
+
+    /// Gives back a read guard's place.
+    #[inline]
+    pub(crate) fn read_release(&self, slot: &AtomicU64) {
+        slot.fetch_sub(1, Ordering::SeqCst);
+        if self.writer.0.load(Ordering::SeqCst) != 0 {
+            self.wake();
+        }
+    }
+
+    /// Bumps `seq` and wakes its sleepers, if any.
+    fn wake(&self) {
+        self.seq.fetch_add(1, Ordering::SeqCst);
+        if self.waiters.load(Ordering::SeqCst) != 0 {
+            // Cannot fail: the word is mapped, aligned and shared.
+            let _ = sys::futex::wake(&self.seq, u32::MAX);
+        }
+    }
+
+    /// Sleeps on `seq` while it is `seen`, at most `slice` and until the
+    /// deadline.
+    fn sleep(&self, seen: u32, slice: Duration, how: Acquire) -> Result<(), RawLockError> {
+        let d = match how {
+            Acquire::Until(deadline) => slice.min(deadline.remaining()),
+            _ => slice,
+        };
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let r = sys::futex::wait(&self.seq, seen, Some(d));
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        r.map_err(RawLockError::Os)
+    }
+
+    /// A reader waits until no writer is announced (`Ok`: try again), or
+    /// reports why it cannot read.
+    #[cold]
+    fn wait_writer(
+        &self,
+        local: &RwLocal,
+        fd: BorrowedFd<'_>,
+        how: Acquire,
+    ) -> Result<(), ReadError> {
+        let mut slice = FIRST_SLICE;
+        let mut probe = matches!(how, Acquire::Try);
+        loop {
+            let seen = self.seq.load(Ordering::SeqCst);
+            let w = self.writer.0.load(Ordering::SeqCst);
+            if w == 0 {
+                return Ok(());
+            }
+            if w == NOT_RECOVERABLE {
+                return Err(ReadError::NotRecoverable);
+            }
+            let (token, phase) = (w >> 2, w & PHASE);
+            if phase == DAMAGED {
+                return Err(ReadError::WriterDied);
+            }
+            if probe {
+                probe = false;
+                if !token_alive(fd, token) {
+                    // The announced writer is dead: the value is intact if
+                    // it was still waiting for readers, else maybe torn.
+                    let next = if phase == WAITING {
+                        0
+                    } else {
+                        w & !PHASE | DAMAGED
+                    };
+                    if self
+                        .writer
+                        .0
+                        .compare_exchange(w, next, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok()
+                    {
+                        self.wake();
+                    }
+                    continue;
+                }
+                if self.is_own_write(local, token) {
+                    return Err(ReadError::Deadlock);
+                }
+            }
+            match how {
+                Acquire::Try => return Err(ReadError::WouldBlock),
+                Acquire::Until(deadline) if Monotonic::now() >= deadline => {
+                    return Err(ReadError::TimedOut)
+                }
+                _ => {}
+            }
+            self.sleep(seen, slice, how).map_err(|e| match e {
+                RawLockError::Os(e) => ReadError::Os(e),
+                _ => unreachable!("sleep fails only with Os"),
+            })?;
+            if self.seq.load(Ordering::SeqCst) == seen {
+                // Nothing happened during the slice: look at the writer.
+                probe = true;
+                slice = (slice * 2).min(MAX_SLICE);
+            }
+        }
+    }
+
+    /// Whether the announced writer with `token` is this thread (through
+    /// this handle): then waiting for it would never end.
+    fn is_own_write(&self, local: &RwLocal, token: u64) -> bool {
+        local.handle().token.get().map(LivenessToken::token) == Some(token)
+            && self.mutex.owner_tid() == sys::proc::gettid()
+    }
+
+    // ----- the exclusive side ----------------------------------------------
+
+    /// Locks the mutex, announces, waits for readers. See the module docs.
+    pub(crate) fn write_acquire(
+        &self,
+        local: &RwLocal,
+        fd: BorrowedFd<'_>,
+        how: Acquire,
+    ) -> Result<Acquired, RawLockError> {
+        // The token first: failing after the mutex would need an unlock.
+        let token = self.token_of(local, fd).map_err(RawLockError::Os)?;
+        let mut died = match self.mutex.acquire(how)? {
+            Acquired::Clean => false,
+            Acquired::OwnerDied => {
+                // Record the damage before glibc forgets it (see the module
+                // docs); a death between the two repeats EOWNERDEAD.
+                let w = self.writer.0.load(Ordering::SeqCst);
+                if w != NOT_RECOVERABLE && w & PHASE != DAMAGED {
+                    self.writer.0.store(w & !PHASE | DAMAGED, Ordering::SeqCst);
+                }
+                // SAFETY: we hold the mutex, acquired with EOWNERDEAD.
+                unsafe { self.mutex.consistent() };
+                true
+            }
+        };
+        let before = self.writer.0.load(Ordering::SeqCst);
+        if before == NOT_RECOVERABLE {
+            // SAFETY: we hold the mutex.
+            unsafe { self.mutex.release() };
+            return Err(RawLockError::NotRecoverable);
+        }
+        // Holding the mutex, any word left is a dead writer's.
+        died |= before != 0;
+        let restore = if died { before | DAMAGED } else { 0 };
+        let announce = (token << 2) | if died { WRITING } else { WAITING };
+        self.writer.0.store(announce, Ordering::SeqCst);
+        if let Err(e) = self.wait_readers(fd, how) {
+            self.writer.0.store(restore, Ordering::SeqCst);
+            self.wake();
+            // SAFETY: we hold the mutex.
+            unsafe { self.mutex.release() };
+            return Err(e);
+        }
+        if !died {
+            self.writer
+                .0
+                .store((token << 2) | WRITING, Ordering::SeqCst);
+        }
+        Ok(if died {
+            Acquired::OwnerDied
+        } else {
+            Acquired::Clean
+        })
+    }
+
+    /// Waits until no live handle counts a reader.
+    fn wait_readers(&self, fd: BorrowedFd<'_>, how: Acquire) -> Result<(), RawLockError> {
+        let mut slice = FIRST_SLICE;
+        let mut probe = matches!(how, Acquire::Try);
+        loop {
+            let seen = self.seq.load(Ordering::SeqCst);
+            let high = (self.high.load(Ordering::SeqCst) as usize).min(READER_SLOTS);
+            let mut busy = false;
+            for s in &self.slots[..high] {
+                let w = s.0.load(Ordering::SeqCst);
+                if w & COUNT_MASK == 0 {
+                    continue;
+                }
+                if probe && !token_alive(fd, w >> TOKEN_SHIFT) {
+                    // A dead handle's readers: gone for good.
+                    if s.0
+                        .compare_exchange(w, 0, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok()
+                    {
+                        continue;
+                    }
+                }
+                busy = true;
+                if !probe {
+                    break;
+                }
+            }
+            if !busy {
+                return Ok(());
+            }
+            if probe && matches!(how, Acquire::Try) {
+                return Err(RawLockError::WouldBlock);
+            }
+            probe = false;
+            if let Acquire::Until(deadline) = how {
+                if Monotonic::now() >= deadline {
+                    return Err(RawLockError::TimedOut);
+                }
+            }
+            self.sleep(seen, slice, how)?;
+            if self.seq.load(Ordering::SeqCst) == seen {
+                probe = true;
+                slice = (slice * 2).min(MAX_SLICE);
+            }
+        }
+    }
+
+    /// Releases the write side; `consistent == false` (an owner-died guard
+    /// dropped unrepaired) leaves it not recoverable.
+    ///
+    /// # Safety
+    ///
+    /// The calling thread holds the mutex through a write guard.
+    pub(crate) unsafe fn write_release(&self, consistent: bool) {
+        let next = if consistent { 0 } else { NOT_RECOVERABLE };
+        self.writer.0.store(next, Ordering::SeqCst);
+        self.wake();
+        // SAFETY: forwarded from the caller.
+        unsafe { self.mutex.release() };
+    }
+
+    /// Releases this handle's slot if no guard of it is out (a handle
+    /// being dropped). A slot left behind is reclaimed once its token dies.
+    pub(crate) fn detach(&self, local: &RwLocal) {
+        let h = local.handle();
+        let i = h.slot.load(Ordering::Acquire);
+        if let (Some(t), true) = (h.token.get(), i != NO_SLOT) {
+            let _ = self.slots[i as usize].0.compare_exchange(
+                t.token() << TOKEN_SHIFT,
+                0,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
+        }
+    }
+}
