@@ -598,3 +598,48 @@ fn fork_run(f: impl FnOnce()) -> i32 {
         -1
     }
 }
+
+/// A thread holding the write guard that reads gets Deadlock (not a wait
+/// for ever), through its own handle or another.
+#[test]
+fn read_while_writing_is_a_deadlock() {
+    let name = TestName::new("rw-dead");
+    let cell = Cell::create(&name, START).unwrap();
+    let other = Cell::open(&name).unwrap();
+    let g = cell.lock().unwrap();
+    for c in [&cell, &other] {
+        for op in OPS {
+            assert_eq!(read_op(c, op).0, "Deadlock", "{op:?}");
+        }
+    }
+    drop(g);
+    assert_eq!(read_op(&cell, Op::Try), ("Ok", Some(START)));
+}
+
+/// The reader slots: a dead process's slot is reclaimed; past
+/// READER_SLOTS live reading handles, NoReaderSlot; a dropped handle gives
+/// its slot back.
+#[test]
+fn reader_slots_fill_and_are_reclaimed() {
+    let reader = testing::child!("reader", |ctx| {
+        let cell = Cell::open(ctx.arg(0)).unwrap();
+        let g = cell.read().unwrap();
+        testing::point("reading");
+        drop(g);
+    });
+    let name = TestName::new("rw-slots");
+    let cell = Cell::create(&name, START).unwrap();
+    // A killed reader holds a slot (and a count) that nobody releases.
+    reader.arg(&name).kill_at("reading").unwrap();
+    let n = shmsync::lock::READER_SLOTS;
+    let handles: Vec<Cell> = (0..n).map(|_| Cell::open(&name).unwrap()).collect();
+    for (i, h) in handles.iter().enumerate() {
+        assert_eq!(read_op(h, Op::Try).0, "Ok", "handle {i}");
+    }
+    let extra = Cell::open(&name).unwrap();
+    assert_eq!(read_op(&extra, Op::Try).0, "NoReaderSlot");
+    drop(handles);
+    assert_eq!(read_op(&extra, Op::Try), ("Ok", Some(START)));
+    // The dead reader's count was dropped with its slot: writers go.
+    assert_eq!(kind(&cell.try_lock()), "Ok");
+}

@@ -56,14 +56,14 @@ pub(crate) fn describe(area: &LockArea<'_>) -> LockInfo {
             meaning: "reader slots claimed, of 64",
         },
         LockWord {
-            name: "rw_seq",
-            value: u32_at(&b, layout::SEQ).into(),
-            meaning: "futex sequence word readers and writers wait on",
+            name: "readers_waiting",
+            value: u32_at(&b, layout::RSEQ + layout::WAITERS_IN_WORD).into(),
+            meaning: "threads sleeping until the writer word changes (dead sleepers included)",
         },
         LockWord {
-            name: "rw_waiters",
-            value: u32_at(&b, layout::WAITERS).into(),
-            meaning: "threads sleeping on rw_seq",
+            name: "writer_waiting",
+            value: u32_at(&b, layout::WSEQ + layout::WAITERS_IN_WORD).into(),
+            meaning: "writers sleeping until readers leave (dead sleepers included)",
         },
         LockWord {
             name: "slots_high",

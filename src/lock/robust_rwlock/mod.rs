@@ -23,11 +23,13 @@
 //!   word. A reader cannot have damaged the value: the writer gets `Ok`.
 //! * **Dead writers** are found by the readers that wait for them, the same
 //!   way: the `writer` word holds the writer's token.
-//! * **Waiting** is a futex sequence word (`seq`) in bounded slices: a
-//!   releasing reader bumps it when a writer is announced; a releasing
-//!   writer bumps it when someone waits. Slices grow from 1 ms to
-//!   [`MAX_SLICE`], so the death of the party waited for is noticed within
-//!   about that bound.
+//! * **Waiting** is on two futex sequence words, in bounded slices: the
+//!   announced writer sleeps on `wseq`, which a reader dropping its count
+//!   bumps (only while a writer is announced); readers sleep on `rseq`,
+//!   which the writer bumps when it releases or gives up. Probes are due
+//!   after slices of 1 ms growing to [`MAX_SLICE`] (on the clock, so that
+//!   wake-ups by others never postpone them): the death of the party
+//!   waited for is noticed within about that bound.
 //!
 //! # The `writer` word (`u64`)
 //!
@@ -156,27 +158,99 @@ pub(crate) struct Line<T>(pub(crate) T);
 ///   only by the live holder of that token; anybody who proved the token
 ///   dead may clear it (compare-and-swap of the whole word, so a slot
 ///   claimed anew in between is never touched).
-/// * `seq` is bumped after every change that a waiter may wait for (a
-///   count dropping while a writer is announced, the `writer` word going
-///   back to anything else than a live writer).
+/// * `wseq` is bumped after a count drops while a writer is announced;
+///   `rseq` after every change of the `writer` word other than a live
+///   writer's announcement (a waiter re-reads the word after its sleep).
 #[repr(C)]
 pub struct RwShared {
     mutex: RobustMutex,
-    /// Futex word every waiter (reader or writer) sleeps on.
-    seq: AtomicU32,
-    /// Threads sleeping on `seq` (a wake is a system call only if non-zero).
-    waiters: AtomicU32,
+    /// Futex word readers sleep on while a writer is announced: bumped when
+    /// the `writer` word is released or changed by a reader.
+    rseq: WaitWord,
+    /// Futex word the announced writer sleeps on: bumped by a reader that
+    /// drops its count while a writer is announced.
+    wseq: WaitWord,
     /// One past the highest slot ever claimed (writers scan only that far).
     high: AtomicU32,
     writer: Line<AtomicU64>,
     slots: [Line<AtomicU64>; READER_SLOTS],
 }
 
+/// A futex sequence word and the number of threads sleeping on it (a wake
+/// is a system call only when that is non-zero). A waiter killed in its
+/// sleep leaves the count one too high: later wakes cost a needless system
+/// call, never a lost wake-up.
+#[repr(C)]
+struct WaitWord {
+    seq: AtomicU32,
+    waiters: AtomicU32,
+}
+
+impl WaitWord {
+    /// Bumps the word and wakes its sleepers, if any.
+    #[inline]
+    fn wake(&self) {
+        self.seq.fetch_add(1, Ordering::SeqCst);
+        if self.waiters.load(Ordering::SeqCst) != 0 {
+            // Cannot fail: the word is mapped, aligned and shared.
+            let _ = sys::futex::wake(&self.seq, u32::MAX);
+        }
+    }
+
+    #[inline]
+    fn seen(&self) -> u32 {
+        self.seq.load(Ordering::SeqCst)
+    }
+
+    /// Sleeps while the word is `seen`, for the current slice of `pace` at
+    /// most and not past the deadline of `how`.
+    fn sleep(&self, seen: u32, pace: &Pace, how: Acquire) -> io::Result<()> {
+        let mut d = pace.next_probe.remaining().max(Duration::from_micros(50));
+        if let Acquire::Until(deadline) = how {
+            d = d.min(deadline.remaining());
+        }
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let r = sys::futex::wait(&self.seq, seen, Some(d));
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        r
+    }
+}
+
+/// When a waiter next probes the liveness of what it waits for: after
+/// slices of 1 ms growing to [`MAX_SLICE`], measured on the clock (so that
+/// wake-ups by others never postpone a probe).
+struct Pace {
+    slice: Duration,
+    next_probe: Monotonic,
+}
+
+impl Pace {
+    fn new() -> Pace {
+        Pace {
+            slice: FIRST_SLICE,
+            next_probe: Monotonic::now().after(FIRST_SLICE),
+        }
+    }
+
+    /// Whether a probe is due now (and if so, schedules the next one).
+    fn due(&mut self) -> bool {
+        let now = Monotonic::now();
+        if now < self.next_probe {
+            return false;
+        }
+        self.slice = (self.slice * 2).min(MAX_SLICE);
+        self.next_probe = now.after(self.slice);
+        true
+    }
+}
+
 /// Where [`RwShared`]'s words lie, for the inspector (`pread`).
 pub(crate) mod layout {
     use super::RwShared;
-    pub(crate) const SEQ: usize = std::mem::offset_of!(RwShared, seq);
-    pub(crate) const WAITERS: usize = std::mem::offset_of!(RwShared, waiters);
+    pub(crate) const RSEQ: usize = std::mem::offset_of!(RwShared, rseq);
+    pub(crate) const WSEQ: usize = std::mem::offset_of!(RwShared, wseq);
+    /// Offset of the waiter count within a wait word.
+    pub(crate) const WAITERS_IN_WORD: usize = 4;
     pub(crate) const HIGH: usize = std::mem::offset_of!(RwShared, high);
     pub(crate) const WRITER: usize = std::mem::offset_of!(RwShared, writer);
     pub(crate) const SLOTS: usize = std::mem::offset_of!(RwShared, slots);
@@ -338,7 +412,7 @@ impl RwShared {
                     "too many read guards on one handle",
                 )));
             }
-            self.wait_writer(local, fd, how)?;
+            self.wait_writer(fd, how)?;
         }
     }
 
@@ -347,45 +421,18 @@ impl RwShared {
     pub(crate) fn read_release(&self, slot: &AtomicU64) {
         slot.fetch_sub(1, Ordering::SeqCst);
         if self.writer.0.load(Ordering::SeqCst) != 0 {
-            self.wake();
+            self.wseq.wake();
         }
-    }
-
-    /// Bumps `seq` and wakes its sleepers, if any.
-    fn wake(&self) {
-        self.seq.fetch_add(1, Ordering::SeqCst);
-        if self.waiters.load(Ordering::SeqCst) != 0 {
-            // Cannot fail: the word is mapped, aligned and shared.
-            let _ = sys::futex::wake(&self.seq, u32::MAX);
-        }
-    }
-
-    /// Sleeps on `seq` while it is `seen`, at most `slice` and until the
-    /// deadline.
-    fn sleep(&self, seen: u32, slice: Duration, how: Acquire) -> Result<(), RawLockError> {
-        let d = match how {
-            Acquire::Until(deadline) => slice.min(deadline.remaining()),
-            _ => slice,
-        };
-        self.waiters.fetch_add(1, Ordering::SeqCst);
-        let r = sys::futex::wait(&self.seq, seen, Some(d));
-        self.waiters.fetch_sub(1, Ordering::SeqCst);
-        r.map_err(RawLockError::Os)
     }
 
     /// A reader waits until no writer is announced (`Ok`: try again), or
     /// reports why it cannot read.
     #[cold]
-    fn wait_writer(
-        &self,
-        local: &RwLocal,
-        fd: BorrowedFd<'_>,
-        how: Acquire,
-    ) -> Result<(), ReadError> {
-        let mut slice = FIRST_SLICE;
+    fn wait_writer(&self, fd: BorrowedFd<'_>, how: Acquire) -> Result<(), ReadError> {
+        let mut pace = Pace::new();
         let mut probe = matches!(how, Acquire::Try);
         loop {
-            let seen = self.seq.load(Ordering::SeqCst);
+            let seen = self.rseq.seen();
             let w = self.writer.0.load(Ordering::SeqCst);
             if w == 0 {
                 return Ok(());
@@ -399,6 +446,9 @@ impl RwShared {
             }
             if probe {
                 probe = false;
+                if self.is_own_write() {
+                    return Err(ReadError::Deadlock);
+                }
                 if !token_alive(fd, token) {
                     // The announced writer is dead: the value is intact if
                     // it was still waiting for readers, else maybe torn.
@@ -413,12 +463,9 @@ impl RwShared {
                         .compare_exchange(w, next, Ordering::SeqCst, Ordering::SeqCst)
                         .is_ok()
                     {
-                        self.wake();
+                        self.rseq.wake();
                     }
                     continue;
-                }
-                if self.is_own_write(local, token) {
-                    return Err(ReadError::Deadlock);
                 }
             }
             match how {
@@ -428,23 +475,15 @@ impl RwShared {
                 }
                 _ => {}
             }
-            self.sleep(seen, slice, how).map_err(|e| match e {
-                RawLockError::Os(e) => ReadError::Os(e),
-                _ => unreachable!("sleep fails only with Os"),
-            })?;
-            if self.seq.load(Ordering::SeqCst) == seen {
-                // Nothing happened during the slice: look at the writer.
-                probe = true;
-                slice = (slice * 2).min(MAX_SLICE);
-            }
+            self.rseq.sleep(seen, &pace, how).map_err(ReadError::Os)?;
+            probe = pace.due();
         }
     }
 
-    /// Whether the announced writer with `token` is this thread (through
-    /// this handle): then waiting for it would never end.
-    fn is_own_write(&self, local: &RwLocal, token: u64) -> bool {
-        local.handle().token.get().map(LivenessToken::token) == Some(token)
-            && self.mutex.owner_tid() == sys::proc::gettid()
+    /// Whether this thread holds the writers' mutex (through any handle):
+    /// then waiting for the writer would never end.
+    fn is_own_write(&self) -> bool {
+        self.mutex.owner_tid() == sys::proc::gettid()
     }
 
     // ----- the exclusive side ----------------------------------------------
@@ -485,7 +524,7 @@ impl RwShared {
         self.writer.0.store(announce, Ordering::SeqCst);
         if let Err(e) = self.wait_readers(fd, how) {
             self.writer.0.store(restore, Ordering::SeqCst);
-            self.wake();
+            self.rseq.wake();
             // SAFETY: we hold the mutex.
             unsafe { self.mutex.release() };
             return Err(e);
@@ -504,10 +543,10 @@ impl RwShared {
 
     /// Waits until no live handle counts a reader.
     fn wait_readers(&self, fd: BorrowedFd<'_>, how: Acquire) -> Result<(), RawLockError> {
-        let mut slice = FIRST_SLICE;
+        let mut pace = Pace::new();
         let mut probe = matches!(how, Acquire::Try);
         loop {
-            let seen = self.seq.load(Ordering::SeqCst);
+            let seen = self.wseq.seen();
             let high = (self.high.load(Ordering::SeqCst) as usize).min(READER_SLOTS);
             let mut busy = false;
             for s in &self.slots[..high] {
@@ -515,14 +554,16 @@ impl RwShared {
                 if w & COUNT_MASK == 0 {
                     continue;
                 }
-                if probe && !token_alive(fd, w >> TOKEN_SHIFT) {
-                    // A dead handle's readers: gone for good.
-                    if s.0
+                // A dead handle's readers are gone for good: clear them
+                // (a compare-and-swap of the whole word, so a slot claimed
+                // anew meanwhile is left alone).
+                if probe
+                    && !token_alive(fd, w >> TOKEN_SHIFT)
+                    && s.0
                         .compare_exchange(w, 0, Ordering::SeqCst, Ordering::SeqCst)
                         .is_ok()
-                    {
-                        continue;
-                    }
+                {
+                    continue;
                 }
                 busy = true;
                 if !probe {
@@ -532,20 +573,18 @@ impl RwShared {
             if !busy {
                 return Ok(());
             }
-            if probe && matches!(how, Acquire::Try) {
+            if matches!(how, Acquire::Try) {
                 return Err(RawLockError::WouldBlock);
             }
-            probe = false;
             if let Acquire::Until(deadline) = how {
                 if Monotonic::now() >= deadline {
                     return Err(RawLockError::TimedOut);
                 }
             }
-            self.sleep(seen, slice, how)?;
-            if self.seq.load(Ordering::SeqCst) == seen {
-                probe = true;
-                slice = (slice * 2).min(MAX_SLICE);
-            }
+            self.wseq
+                .sleep(seen, &pace, how)
+                .map_err(RawLockError::Os)?;
+            probe = pace.due();
         }
     }
 
@@ -558,7 +597,7 @@ impl RwShared {
     pub(crate) unsafe fn write_release(&self, consistent: bool) {
         let next = if consistent { 0 } else { NOT_RECOVERABLE };
         self.writer.0.store(next, Ordering::SeqCst);
-        self.wake();
+        self.rseq.wake();
         // SAFETY: forwarded from the caller.
         unsafe { self.mutex.release() };
     }
