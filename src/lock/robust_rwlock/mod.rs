@@ -176,25 +176,43 @@ pub struct RwShared {
     slots: [Line<AtomicU64>; READER_SLOTS],
 }
 
-/// A futex sequence word and the number of threads sleeping on it (a wake
-/// is a system call only when that is non-zero). A waiter killed in its
-/// sleep leaves the count one too high: later wakes cost a needless system
-/// call, never a lost wake-up.
+/// A futex sequence word and the number of threads waiting on it. A
+/// waiter registers for its whole wait *before* it reads the word and the
+/// state it waits on; a waker changes the state, then bumps the word and
+/// makes the `FUTEX_WAKE` system call only if someone is registered (all
+/// `SeqCst`: a waker that sees nobody registered changed the state before
+/// any later registrant reads it). A waiter killed in its wait leaves the
+/// count one too high: later wakes cost a needless system call, never a
+/// lost wake-up.
 #[repr(C)]
 struct WaitWord {
     seq: AtomicU32,
     waiters: AtomicU32,
 }
 
+/// A registration on a [`WaitWord`], undone on drop.
+struct Registered<'a>(&'a WaitWord);
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl WaitWord {
-    /// Bumps the word and wakes its sleepers, if any.
+    /// Wakes the registered waiters, if any (after the state changed).
     #[inline]
     fn wake(&self) {
-        self.seq.fetch_add(1, Ordering::SeqCst);
         if self.waiters.load(Ordering::SeqCst) != 0 {
+            self.seq.fetch_add(1, Ordering::SeqCst);
             // Cannot fail: the word is mapped, aligned and shared.
             let _ = sys::futex::wake(&self.seq, u32::MAX);
         }
+    }
+
+    fn register(&self) -> Registered<'_> {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        Registered(self)
     }
 
     #[inline]
@@ -202,17 +220,14 @@ impl WaitWord {
         self.seq.load(Ordering::SeqCst)
     }
 
-    /// Sleeps while the word is `seen`, for the current slice of `pace` at
+    /// Sleeps while the word is `seen`, until the next probe of `pace` at
     /// most and not past the deadline of `how`.
-    fn sleep(&self, seen: u32, pace: &Pace, how: Acquire) -> io::Result<()> {
+    fn sleep(&self, _: &Registered<'_>, seen: u32, pace: &Pace, how: Acquire) -> io::Result<()> {
         let mut d = pace.next_probe.remaining().max(Duration::from_micros(50));
         if let Acquire::Until(deadline) = how {
             d = d.min(deadline.remaining());
         }
-        self.waiters.fetch_add(1, Ordering::SeqCst);
-        let r = sys::futex::wait(&self.seq, seen, Some(d));
-        self.waiters.fetch_sub(1, Ordering::SeqCst);
-        r
+        sys::futex::wait(&self.seq, seen, Some(d))
     }
 }
 
@@ -431,6 +446,7 @@ impl RwShared {
     fn wait_writer(&self, fd: BorrowedFd<'_>, how: Acquire) -> Result<(), ReadError> {
         let mut pace = Pace::new();
         let mut probe = matches!(how, Acquire::Try);
+        let reg = self.rseq.register();
         loop {
             let seen = self.rseq.seen();
             let w = self.writer.0.load(Ordering::SeqCst);
@@ -475,7 +491,9 @@ impl RwShared {
                 }
                 _ => {}
             }
-            self.rseq.sleep(seen, &pace, how).map_err(ReadError::Os)?;
+            self.rseq
+                .sleep(&reg, seen, &pace, how)
+                .map_err(ReadError::Os)?;
             probe = pace.due();
         }
     }
@@ -541,36 +559,53 @@ impl RwShared {
         })
     }
 
-    /// Waits until no live handle counts a reader.
+    /// Whether a live handle may count a reader: scans the claimed slots;
+    /// with `probe`, clears the slots of dead handles on the way.
+    fn readers_busy(&self, fd: BorrowedFd<'_>, probe: bool) -> bool {
+        let high = (self.high.load(Ordering::SeqCst) as usize).min(READER_SLOTS);
+        let mut busy = false;
+        for s in &self.slots[..high] {
+            let w = s.0.load(Ordering::SeqCst);
+            if w & COUNT_MASK == 0 {
+                continue;
+            }
+            // A dead handle's readers are gone for good: clear them (a
+            // compare-and-swap of the whole word, so a slot claimed anew
+            // meanwhile is left alone).
+            if probe
+                && !token_alive(fd, w >> TOKEN_SHIFT)
+                && s.0
+                    .compare_exchange(w, 0, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            {
+                continue;
+            }
+            busy = true;
+            if !probe {
+                break;
+            }
+        }
+        busy
+    }
+
+    /// Waits until no live handle counts a reader. The common case (no
+    /// reader) is one scan: no registration, no clock.
+    #[inline]
     fn wait_readers(&self, fd: BorrowedFd<'_>, how: Acquire) -> Result<(), RawLockError> {
+        if !self.readers_busy(fd, false) {
+            return Ok(());
+        }
+        self.wait_readers_slow(fd, how)
+    }
+
+    #[cold]
+    fn wait_readers_slow(&self, fd: BorrowedFd<'_>, how: Acquire) -> Result<(), RawLockError> {
         let mut pace = Pace::new();
         let mut probe = matches!(how, Acquire::Try);
+        let reg = self.wseq.register();
         loop {
             let seen = self.wseq.seen();
-            let high = (self.high.load(Ordering::SeqCst) as usize).min(READER_SLOTS);
-            let mut busy = false;
-            for s in &self.slots[..high] {
-                let w = s.0.load(Ordering::SeqCst);
-                if w & COUNT_MASK == 0 {
-                    continue;
-                }
-                // A dead handle's readers are gone for good: clear them
-                // (a compare-and-swap of the whole word, so a slot claimed
-                // anew meanwhile is left alone).
-                if probe
-                    && !token_alive(fd, w >> TOKEN_SHIFT)
-                    && s.0
-                        .compare_exchange(w, 0, Ordering::SeqCst, Ordering::SeqCst)
-                        .is_ok()
-                {
-                    continue;
-                }
-                busy = true;
-                if !probe {
-                    break;
-                }
-            }
-            if !busy {
+            if !self.readers_busy(fd, probe) {
                 return Ok(());
             }
             if matches!(how, Acquire::Try) {
@@ -582,7 +617,7 @@ impl RwShared {
                 }
             }
             self.wseq
-                .sleep(seen, &pace, how)
+                .sleep(&reg, seen, &pace, how)
                 .map_err(RawLockError::Os)?;
             probe = pace.due();
         }
