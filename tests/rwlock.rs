@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use shmsync::inspect::LockState;
 use shmsync::testing::{self, Running, TestName};
 use shmsync::{LockError, ReadError, RobustRwLock, ShmCell, ShmGuard, ShmSafe};
 
@@ -149,6 +150,8 @@ fn table_holder_killed() {
         let cell = Cell::create(&name, START).unwrap();
         let ended = writer.arg(&name).kill_at("half").unwrap();
         assert!(ended.killed);
+        let info = shmsync::inspect::inspect(&name).unwrap();
+        assert_eq!(info.lock.state, LockState::OwnerDied, "{:?}", info.lock);
         for rop in OPS {
             assert_eq!(read_op(&cell, rop), ("WriterDied", None), "read {rop:?}");
         }
