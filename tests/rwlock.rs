@@ -646,3 +646,112 @@ fn reader_slots_fill_and_are_reclaimed() {
     // The dead reader's count was dropped with its slot: writers go.
     assert_eq!(kind(&cell.try_lock()), "Ok");
 }
+
+/// Readers blocked in `read()` behind a writer that dies: if it died
+/// waiting for readers (the value intact), they read (`Ok`); if it died
+/// holding the write guard, they get `WriterDied` — both within the bound.
+#[test]
+fn readers_waiting_on_a_writer_notice_its_death() {
+    let holder = testing::child!("reader holding", |ctx| {
+        let cell = Cell::open(ctx.arg(0)).unwrap();
+        let g = cell.read().unwrap();
+        testing::point("reading");
+        drop(g);
+    });
+    let writer = half_writer!();
+    let blocked = testing::child!("blocked reader", |ctx| {
+        let cell = Cell::open(ctx.arg(0)).unwrap();
+        let t = Instant::now();
+        testing::point("reading");
+        let r = cell.read_timeout(Duration::from_secs(20));
+        println!("answer {} after {:?}", read_kind(&r), t.elapsed());
+        if let Ok(g) = r {
+            assert_eq!(g.a, g.b, "{:?}", *g);
+        }
+    });
+    let answer = |ended: testing::Ended| -> String {
+        ended
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("answer "))
+            .map(|a| a.split(' ').next().unwrap().to_string())
+            .unwrap_or_else(|| panic!("no answer: {ended:?}"))
+    };
+
+    // 1. The writer dies while it waits for a reader: value intact.
+    let name = TestName::new("rw-wwait");
+    let cell = Cell::create(&name, START).unwrap();
+    let mut h = holder.arg(&name).stop_at("reading").spawn().unwrap();
+    h.wait_stopped().unwrap();
+    let w = writer.arg(&name).spawn().unwrap();
+    until_writer_announced(&cell);
+    let mut b = blocked.arg(&name).spawn().unwrap();
+    b.wait_point("reading").unwrap();
+    let ended = w.kill().unwrap();
+    assert!(
+        ended.points.is_empty(),
+        "the writer got past its lock: {ended:?}"
+    );
+    assert_eq!(answer(b.wait().unwrap()), "Ok");
+    h.resume().unwrap();
+    h.wait().unwrap();
+    // The next writer is told of the death all the same.
+    let g = cell
+        .lock_timeout(BOUND)
+        .unwrap_err()
+        .into_owner_died()
+        .unwrap();
+    assert_eq!(*g, START);
+    g.make_consistent();
+    drop(g);
+
+    // 2. The writer dies holding the write guard, mid-update.
+    let name = TestName::new("rw-wheld");
+    let cell = Cell::create(&name, START).unwrap();
+    let mut w = writer.arg(&name).stop_at("half").spawn().unwrap();
+    w.wait_stopped().unwrap();
+    let mut b = blocked.arg(&name).spawn().unwrap();
+    b.wait_point("reading").unwrap();
+    w.kill().unwrap();
+    assert_eq!(answer(b.wait().unwrap()), "WriterDied");
+    assert_eq!(kind(&cell.lock()), "OwnerDied");
+}
+
+/// No writer starvation: three processes read in a tight loop (their read
+/// guards overlap all the time); a writer still gets in, every time,
+/// within the bound.
+#[test]
+fn a_stream_of_readers_does_not_starve_a_writer() {
+    let reader = testing::child!("reader", |ctx| {
+        let cell = Cell::open(ctx.arg(0)).unwrap();
+        testing::point("ready");
+        loop {
+            let g = cell.read().unwrap();
+            assert_eq!(g.a, g.b, "{:?}", *g);
+            for _ in 0..200 {
+                std::hint::black_box(&*g);
+            }
+        }
+    });
+    let name = TestName::new("rw-starve");
+    let cell = Cell::create(&name, START).unwrap();
+    let mut readers: Vec<Running> = (0..3).map(|_| reader.arg(&name).spawn().unwrap()).collect();
+    for r in &mut readers {
+        r.wait_point("ready").unwrap();
+    }
+    let mut worst = Duration::ZERO;
+    for i in 0..200 {
+        let t = Instant::now();
+        let mut g = cell.lock_timeout(BOUND).unwrap();
+        worst = worst.max(t.elapsed());
+        g.a += 1;
+        std::hint::black_box(&mut *g);
+        g.b += 1;
+        g.n = i;
+    }
+    eprintln!("worst write wait among 200 with 3 readers running: {worst:?}");
+    for r in readers {
+        // Killed, not ended: a reader that failed its check reports it.
+        assert!(r.kill().unwrap().killed);
+    }
+}
