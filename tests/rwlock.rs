@@ -131,9 +131,11 @@ fn table_held_by_live_process() {
     assert_eq!(read_op(&cell, Op::Try), ("WouldBlock", None));
     assert_eq!(read_op(&cell, Op::Timeout), ("TimedOut", None));
     holder.resume().unwrap();
+    // Bounded waits stand for lock() and read() here, which wait for the
+    // release (a broken lock must fail the test, not hang it).
     let done = Pair { a: 1, b: 1, n: 1 };
-    assert_eq!(read_op(&cell, Op::Lock), ("Ok", Some(done)));
-    let g = cell.lock().unwrap();
+    assert_eq!(*cell.read_timeout(BOUND).unwrap(), done);
+    let g = cell.lock_timeout(BOUND).unwrap();
     assert_eq!(*g, done);
     drop(g);
     holder.wait().unwrap();
@@ -387,7 +389,11 @@ fn writer_killed_holding_readers_never_see_a_torn_value() {
     }
     writer.arg(&name).kill_at("half").unwrap();
     assert_eq!(read_op(&cell, Op::Lock), ("WriterDied", None));
-    let mut g = cell.lock().unwrap_err().into_owner_died().unwrap();
+    let mut g = cell
+        .lock_timeout(BOUND)
+        .unwrap_err()
+        .into_owner_died()
+        .unwrap();
     assert_eq!(*g, Pair { a: 1, b: 7, n: 0 });
     g.b = g.a;
     g.n = DONE;
