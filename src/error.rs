@@ -286,8 +286,9 @@ impl RawLockError {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ReadError {
-    /// A writer died holding the lock and no writer has repaired the value
-    /// yet: it may be torn. The next `lock()` gets
+    /// A writer died holding the lock (or left the value marked suspect in
+    /// the header: a panic, an owner-died error converted away) and no
+    /// writer has repaired the value yet: it may be torn. The next `lock()` gets
     /// [`LockError::OwnerDied`] with the guard; once that guard is made
     /// consistent and dropped, reads succeed again.
     WriterDied,

@@ -761,3 +761,27 @@ fn a_stream_of_readers_does_not_starve_a_writer() {
         assert!(r.kill().unwrap().killed);
     }
 }
+
+/// The header's `suspect` word (offset 156: set by a writer that panicked
+/// holding the lock, or whose owner-died error was converted away) keeps
+/// readers from a value that may be half-updated: 1 → WriterDied,
+/// 2 → NotRecoverable, 0 → Ok. Written here with `pwrite`, as the writer
+/// that sets it would leave it.
+#[test]
+fn readers_honour_the_suspect_word() {
+    use std::os::unix::fs::FileExt;
+    let name = TestName::new("rw-suspect");
+    let cell = Cell::create(&name, START).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(name.path())
+        .unwrap();
+    for (word, answer) in [(1u32, "WriterDied"), (2, "NotRecoverable"), (0, "Ok")] {
+        file.write_at(&word.to_ne_bytes(), 156).unwrap();
+        for op in OPS {
+            assert_eq!(read_op(&cell, op).0, answer, "suspect {word}, {op:?}");
+        }
+    }
+    // The refused reads gave their place back.
+    assert_eq!(kind(&cell.try_lock()), "Ok");
+}

@@ -85,9 +85,10 @@ impl<T: ShmSafe + Sync> ShmCell<T, RobustRwLock> {
 
     #[inline]
     fn read_with(&self, how: Acquire) -> Result<ShmReadGuard<'_, T>, ReadError> {
-        let slot = self
-            .shared()
-            .read_acquire(&self.local, self.seg.fd(), how)?;
+        let seg = &*self.seg;
+        let slot =
+            self.shared_of(seg)
+                .read_acquire(&self.local, seg.fd(), &seg.header().suspect, how)?;
         Ok(ShmReadGuard {
             cell: self,
             slot,

@@ -117,6 +117,11 @@ use crate::sys::time::Monotonic;
 #[derive(Debug)]
 pub enum RobustRwLock {}
 
+/// The header's `suspect` word: the value was left half-updated by a
+/// writer that panicked (or whose owner-died error was converted away);
+/// any other non-zero value: not recoverable.
+const SUSPECT_WRITER_DIED: u32 = 1;
+
 /// How many handles may hold read guards at the same time.
 pub const READER_SLOTS: usize = 64;
 
@@ -407,18 +412,33 @@ impl RwShared {
     /// Takes a read guard's place in this handle's slot (the guard must
     /// then call [`read_release`](Self::read_release) with the slot).
     #[inline]
-    pub(crate) fn read_acquire(
-        &self,
+    pub(crate) fn read_acquire<'s>(
+        &'s self,
         local: &RwLocal,
         fd: BorrowedFd<'_>,
+        suspect: &AtomicU32,
         how: Acquire,
-    ) -> Result<&AtomicU64, ReadError> {
+    ) -> Result<&'s AtomicU64, ReadError> {
         let slot = self.slot_of(local, fd)?;
         loop {
             let prev = slot.fetch_add(1, Ordering::SeqCst);
             let w = self.writer.0.load(Ordering::SeqCst);
             if w == 0 && prev & COUNT_MASK < COUNT_MASK - 1 {
-                return Ok(slot);
+                // The header's `suspect` word (a writer that panicked, or
+                // whose owner-died error was converted away unrepaired)
+                // is written before that writer's release, which the load
+                // above saw: a relaxed load suffices.
+                match suspect.load(Ordering::Relaxed) {
+                    0 => return Ok(slot),
+                    s => {
+                        self.read_release(slot);
+                        return Err(if s == SUSPECT_WRITER_DIED {
+                            ReadError::WriterDied
+                        } else {
+                            ReadError::NotRecoverable
+                        });
+                    }
+                }
             }
             // Back out: a writer may be waiting for this very count.
             self.read_release(slot);
