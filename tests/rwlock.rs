@@ -785,3 +785,21 @@ fn readers_honour_the_suspect_word() {
     // The refused reads gave their place back.
     assert_eq!(kind(&cell.try_lock()), "Ok");
 }
+
+/// `try_lock` checks the readers it finds: a reader killed holding its
+/// read guard does not make `try_lock` answer WouldBlock.
+#[test]
+fn try_lock_checks_dead_readers() {
+    let reader = testing::child!("reader", |ctx| {
+        let cell = Cell::open(ctx.arg(0)).unwrap();
+        let g = cell.read().unwrap();
+        testing::point("reading");
+        drop(g);
+    });
+    let name = TestName::new("rw-trydead");
+    let cell = Cell::create(&name, START).unwrap();
+    for _ in 0..3 {
+        reader.arg(&name).kill_at("reading").unwrap();
+    }
+    assert_eq!(kind(&cell.try_lock()), "Ok");
+}

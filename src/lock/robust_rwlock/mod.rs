@@ -402,7 +402,8 @@ impl RwShared {
         }
         for i in 0..READER_SLOTS {
             let w = self.slots[i].0.load(Ordering::SeqCst);
-            if (w == 0 || !token_alive(fd, w >> TOKEN_SHIFT)) && take(i, w) {
+            // A writer may clear a dead slot under us: then take it free.
+            if (w == 0 || !token_alive(fd, w >> TOKEN_SHIFT)) && (take(i, w) || take(i, 0)) {
                 return Ok(&self.slots[i].0);
             }
         }
