@@ -110,6 +110,10 @@ use crate::sys::time::Monotonic;
 ///   readers waiting for the dead writer notice its death.
 /// * Writers are preferred: a stream of readers cannot starve them.
 /// * No system call on an uncontended read.
+/// * The exclusive side is a robust pthread mutex and has its limits: the
+///   futex word holds namespace-local thread ids, so a cell must not be
+///   shared by processes of different pid namespaces (see
+///   [`RobustMutex`](crate::RobustMutex)).
 ///
 /// It is a marker type: the lock lives in the segment of a
 /// [`ShmCell`](crate::ShmCell) (its readers' liveness locks need the
