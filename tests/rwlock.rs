@@ -803,3 +803,40 @@ fn try_lock_checks_dead_readers() {
     }
     assert_eq!(kind(&cell.try_lock()), "Ok");
 }
+
+/// A writer *thread* that exits holding the write guard (its process
+/// lives on, so its liveness token is held): readers blocked behind it
+/// notice through the robust mutex's owner-died mark and get WriterDied;
+/// the next writer gets OwnerDied.
+#[test]
+fn writer_thread_exit_is_noticed_by_readers() {
+    let writer = testing::child!("writer thread", |ctx| {
+        let cell = Cell::open(ctx.arg(0)).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut g = cell.lock().unwrap();
+                g.a = 1;
+                std::mem::forget(g);
+            });
+        });
+        testing::point("thread gone");
+    });
+    let name = TestName::new("rw-thread");
+    let cell = Cell::create(&name, START).unwrap();
+    let mut w = writer.arg(&name).stop_at("thread gone").spawn().unwrap();
+    w.wait_stopped().unwrap();
+    let t = Instant::now();
+    assert_eq!(read_kind(&cell.read_timeout(BOUND)), "WriterDied");
+    assert!(t.elapsed() < BOUND);
+    assert_eq!(read_kind(&cell.try_read()), "WriterDied");
+    let g = cell
+        .lock_timeout(BOUND)
+        .unwrap_err()
+        .into_owner_died()
+        .unwrap();
+    assert_eq!(*g, Pair { a: 1, b: 7, n: 0 });
+    g.make_consistent();
+    drop(g);
+    assert_eq!(read_op(&cell, Op::Try).0, "Ok");
+    w.kill().unwrap();
+}

@@ -490,7 +490,10 @@ impl RwShared {
                 if self.is_own_write() {
                     return Err(ReadError::Deadlock);
                 }
-                if !token_alive(fd, token) {
+                // Its process is gone (token), or its thread is (the
+                // kernel marked the mutex: a thread that exited or
+                // `exec`ed holding it).
+                if !token_alive(fd, token) || self.mutex.owner_died_unclaimed() {
                     // The announced writer is dead: the value is intact if
                     // it was still waiting for readers, else maybe torn.
                     let next = if phase == WAITING {
