@@ -22,7 +22,9 @@
 //!   and the writer clears the slot with one compare-and-swap of the whole
 //!   word. A reader cannot have damaged the value: the writer gets `Ok`.
 //! * **Dead writers** are found by the readers that wait for them, the same
-//!   way: the `writer` word holds the writer's token.
+//!   way: the `writer` word holds the writer's token. A writer *thread*
+//!   that dies while its process lives is seen through the mutex's
+//!   lock word (the kernel's `FUTEX_OWNER_DIED` mark).
 //! * **Waiting** is on two futex sequence words, in bounded slices: the
 //!   announced writer sleeps on `wseq`, which a reader dropping its count
 //!   bumps (only while a writer is announced); readers sleep on `rseq`,
@@ -36,8 +38,8 @@
 //! | value | meaning | a reader | a writer (holding the mutex) |
 //! |---|---|---|---|
 //! | `0` | no writer | reads | announces |
-//! | `token << 2 \| WAITING` | a writer waits for readers; the value is intact | waits; if the token is dead, clears the word and reads | reports `OwnerDied` (its mutex says so) |
-//! | `token << 2 \| WRITING` | a writer holds the write guard (or waits for readers after an owner death): the value may be mid-update | waits; if the token is dead, marks `DAMAGED` | reports `OwnerDied` |
+//! | `token << 2 \| WAITING` | a writer waits for readers; the value is intact | waits; if the writer is dead, clears the word and reads | reports `OwnerDied` (its mutex says so) |
+//! | `token << 2 \| WRITING` | a writer holds the write guard (or waits for readers after an owner death): the value may be mid-update | waits; if the writer is dead, marks `DAMAGED` | reports `OwnerDied` |
 //! | `token << 2 \| DAMAGED` | a writer died mid-update and nobody repaired the value yet | [`ReadError::WriterDied`] | reports `OwnerDied` |
 //! | `u64::MAX` | an owner-died write guard was dropped unrepaired | [`ReadError::NotRecoverable`] | `NotRecoverable` |
 //!
