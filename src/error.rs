@@ -426,3 +426,76 @@ mod message_tests {
         );
     }
 }
+
+/// Why a read guard of a [`ShmCell<T, RobustRwLock>`](crate::ShmCell::read)
+/// could not be had. A reader never gets a value that a dead writer may
+/// have left half-written: [`WriterDied`](ReadError::WriterDied) says so
+/// instead, until a writer repairs it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// A writer died holding the lock (or left the value marked suspect in
+    /// the header: a panic, an owner-died error converted away) and no
+    /// writer has repaired the value yet: it may be torn. The next `lock()` gets
+    /// [`LockError::OwnerDied`] with the guard; once that guard is made
+    /// consistent and dropped, reads succeed again.
+    WriterDied,
+    /// A writer's death was never repaired (its owner-died guard was
+    /// dropped without `make_consistent`): the lock is unusable for good.
+    NotRecoverable,
+    /// `try_read`: a writer holds the lock or waits for it.
+    WouldBlock,
+    /// `read_timeout`: the deadline passed while a writer held or waited.
+    TimedOut,
+    /// The calling thread holds the write guard of this cell through this
+    /// handle: waiting for it would never end.
+    Deadlock,
+    /// All reader slots of the cell are taken by live handles
+    /// ([`READER_SLOTS`](crate::lock::READER_SLOTS)).
+    NoReaderSlot,
+    /// Any other error reported by the operating system.
+    Os(io::Error),
+}
+
+impl ReadError {
+    /// A short, stable name of the variant (`"WriterDied"`, `"WouldBlock"`,
+    /// …), handy in logs and test assertions.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReadError::WriterDied => "WriterDied",
+            ReadError::NotRecoverable => "NotRecoverable",
+            ReadError::WouldBlock => "WouldBlock",
+            ReadError::TimedOut => "TimedOut",
+            ReadError::Deadlock => "Deadlock",
+            ReadError::NoReaderSlot => "NoReaderSlot",
+            ReadError::Os(_) => "Os",
+        }
+    }
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::WriterDied => f.write_str(
+                "a writer died holding the lock and the value is not repaired yet (it may be torn)",
+            ),
+            ReadError::NotRecoverable => {
+                f.write_str("the lock is not recoverable: a writer died and nobody repaired it")
+            }
+            ReadError::WouldBlock => f.write_str("a writer holds or waits for the lock"),
+            ReadError::TimedOut => f.write_str("timed out waiting for a writer"),
+            ReadError::Deadlock => f.write_str("the calling thread holds the write lock"),
+            ReadError::NoReaderSlot => f.write_str("all reader slots of the cell are taken"),
+            ReadError::Os(e) => write!(f, "read lock operation failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ReadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ReadError::Os(e) => Some(e),
+            _ => None,
+        }
+    }
+}

@@ -81,7 +81,7 @@
 //!                                    each backend describing itself    (inspect/)
 //! ShmCell<T, L>, ShmGuard, wait      typed value, guard, recovery      (cell/)
 //! RobustMutex, FileLock,             lock backends, each a standalone
-//!   NamedSemaphore                   primitive (<kind>/mod.rs) plus its
+//!   NamedSemaphore, RobustRwLock     primitive (<kind>/mod.rs) plus its
 //!                                    ShmCell backend (<kind>/backend.rs) (lock/)
 //! Segment, header                    named mapping, validated header,
 //!                                    init/attach handshake             (segment/)
@@ -101,8 +101,12 @@
 //! process death, thread exit or `exec`). `ShmCell<T, FileLock>` uses
 //! `flock` on the segment (interoperates with other `flock` users),
 //! `ShmCell<T, NamedSemaphore>` a holder record plus `sem.NAME` for
-//! sleeping. All three give the same `OwnerDied` / `NotRecoverable`
-//! semantics; the README has a comparison table.
+//! sleeping. `ShmCell<T, RobustRwLock>` adds a shared side
+//! ([`ShmCell::read`]) for read-mostly values: many readers at once, a
+//! killed reader reclaimed by the kernel-proven death of its handle, a dead
+//! writer's damage reported to readers as [`ReadError::WriterDied`]. All
+//! four give the same `OwnerDied` / `NotRecoverable` semantics on the
+//! exclusive side; the README has a comparison table.
 //!
 //! ## Cargo features
 //!
@@ -132,11 +136,11 @@ mod sys;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use cell::{inheritable_fd, ShmCell, ShmGuard, WaitTimeoutResult};
-pub use error::{Error, LockError, LockGuard};
+pub use cell::{inheritable_fd, ShmCell, ShmGuard, ShmReadGuard, WaitTimeoutResult};
+pub use error::{Error, LockError, LockGuard, ReadError};
 pub use lock::{
     FileLock, FileLockGuard, FileLockOptions, FileLockSharedGuard, LockBackend, NamedSemaphore,
-    RobustMutex, RobustMutexGuard, SemaphoreError, SemaphoreOptions,
+    RobustMutex, RobustMutexGuard, RobustRwLock, SemaphoreError, SemaphoreOptions,
 };
 pub use segment::{Backing, CreateOptions, Segment};
 pub use shm_safe::ShmSafe;

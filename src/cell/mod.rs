@@ -5,6 +5,7 @@ mod anonymous;
 mod diagnostics;
 mod file;
 mod guard;
+mod read;
 mod wait;
 
 use std::marker::PhantomData;
@@ -22,6 +23,7 @@ use crate::sys::time::Monotonic;
 
 pub use anonymous::inheritable_fd;
 pub use guard::ShmGuard;
+pub use read::ShmReadGuard;
 pub use wait::WaitTimeoutResult;
 
 /// A value of type `T` in a named POSIX shared-memory object, guarded by a
@@ -752,6 +754,8 @@ impl<T: ShmSafe, L: LockBackend> Drop for ShmCell<T, L> {
             // unmapping would let the lock's memory vanish under the
             // kernel's robust list. Keep the mapping (and fd): leak them.
             seg.leak();
+        } else {
+            L::detach(self.shared_of(&seg), &self.local, &seg);
         }
     }
 }

@@ -158,6 +158,9 @@ pub enum LockKind {
     FileLock,
     /// A named POSIX semaphore `sem.NAME`, with a holder record.
     NamedSemaphore,
+    /// A robust reader-writer lock: a robust mutex for writers and reader
+    /// slots proven live by open-file-description locks.
+    RobustRwLock,
     /// No lock managed by shmsync: the lock area belongs to the user of a
     /// standalone [`Segment`](crate::Segment) (a `ShmCell` refuses it).
     External,
@@ -171,6 +174,7 @@ impl LockKind {
             LockKind::FileLock => 2,
             LockKind::NamedSemaphore => 3,
             LockKind::External => 4,
+            LockKind::RobustRwLock => 5,
         }
     }
 
@@ -181,17 +185,20 @@ impl LockKind {
             2 => Some(LockKind::FileLock),
             3 => Some(LockKind::NamedSemaphore),
             4 => Some(LockKind::External),
+            5 => Some(LockKind::RobustRwLock),
             _ => None,
         }
     }
 
-    /// A short lower-case name (`robust-mutex`, `flock`, `semaphore`).
+    /// A short lower-case name (`robust-mutex`, `flock`, `semaphore`,
+    /// `robust-rwlock`).
     pub fn name(self) -> &'static str {
         match self {
             LockKind::RobustMutex => "robust-mutex",
             LockKind::FileLock => "flock",
             LockKind::NamedSemaphore => "semaphore",
             LockKind::External => "external",
+            LockKind::RobustRwLock => "robust-rwlock",
         }
     }
 }

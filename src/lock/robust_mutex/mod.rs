@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 pub(crate) mod backend;
-mod inspect;
+pub(crate) mod inspect;
 
 use super::{Acquire, Acquired};
 use crate::error::{LockError, RawLockError};
@@ -201,6 +201,16 @@ impl RobustMutex {
         // at least 4-byte aligned.
         let futex = unsafe { &*(self.raw() as *const AtomicU32) };
         futex.load(Ordering::Relaxed) & word::TID_MASK
+    }
+
+    /// Whether the kernel marked the holder dead and nobody has locked it
+    /// since (`FUTEX_OWNER_DIED` with no tid in the lock word). A diagnostic
+    /// snapshot, read without taking the lock.
+    pub(crate) fn owner_died_unclaimed(&self) -> bool {
+        // SAFETY: as in `owner_tid`.
+        let futex = unsafe { &*(self.raw() as *const AtomicU32) };
+        let w = futex.load(Ordering::SeqCst);
+        w & word::TID_MASK == 0 && w & word::OWNER_DIED != 0
     }
 
     /// Locks, waiting as long as it takes.
