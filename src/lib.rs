@@ -11,11 +11,9 @@
 //! ```no_run
 //! use shmsync::{LockError, ShmCell, ShmSafe};
 //!
-//! #[derive(Clone, Copy)]
+//! #[derive(Clone, Copy, ShmSafe)]
 //! #[repr(C)]
 //! struct Account { balance: u64, version: u64 }
-//! // SAFETY: plain integers, repr(C), every bit pattern valid, no pointers.
-//! unsafe impl ShmSafe for Account {}
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let cell = ShmCell::<Account>::open_or_create("/bank", Account { balance: 100, version: 0 })?;
