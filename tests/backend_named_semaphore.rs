@@ -770,23 +770,33 @@ fn default_typed_unlink_removes_semaphore() {
     ));
 }
 
-/// A `sem.NAME` left behind (here: made by hand with a value) is stale when
-/// the segment is created exclusively: it is replaced by a fresh one.
+/// A `sem.NAME` that is not provably this cell's leftover (here: a
+/// standalone semaphore, open and in use) is never removed by creating a
+/// cell: the create answers AlreadyExists naming the semaphore, and the
+/// semaphore stays the one its users share (issue 12, section 2: it used to
+/// be unlinked silently).
 #[test]
-fn stale_semaphore_at_create_is_replaced() {
-    let child = testing::child!(roles);
+fn foreign_semaphore_at_create_is_kept() {
     let _guard = Guard::new();
     let name = name("stale");
-    let stale = NamedSemaphore::create(name.as_str(), 5).unwrap();
-    let cell = Cell::create(name.as_str(), ledger()).unwrap();
-    let fresh = NamedSemaphore::open(name.as_str()).unwrap();
-    assert_eq!(fresh.value().unwrap(), 0);
-    assert_eq!(stale.value().unwrap(), 5, "the stale one was only unlinked");
-    // The lock still works across processes with the fresh semaphore.
-    let mut holder = spawn_holder(child, &name);
-    holder.resume().unwrap();
-    assert_eq!(cell.lock().unwrap().a, 2);
-    holder.wait().unwrap();
+    let standalone = NamedSemaphore::create(name.as_str(), 5).unwrap();
+    match Cell::create(name.as_str(), ledger()) {
+        Err(Error::AlreadyExists { name: n }) => {
+            assert_eq!(n, format!("/sem.{}", &name.as_str()[1..]))
+        }
+        other => panic!("expected AlreadyExists, got {other:?}"),
+    }
+    assert!(
+        matches!(
+            Cell::open_or_create(name.as_str(), ledger()),
+            Err(Error::AlreadyExists { .. })
+        ),
+        "open_or_create does not spin on it either"
+    );
+    assert!(!Path::new(&name.path()).exists(), "no segment left");
+    let again = NamedSemaphore::open(name.as_str()).unwrap();
+    again.post().unwrap();
+    assert_eq!(standalone.value().unwrap(), 6, "still the same semaphore");
 }
 
 /// `open` checks the header first and never creates the semaphore: with

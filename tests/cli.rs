@@ -380,6 +380,7 @@ const FIELDS: &[&str] = &[
     "holder_tid",
     "holder_pid",
     "holder_alive",
+    "holder_state",
     "lock_words",
     "creator_pid",
     "created_unix",

@@ -335,11 +335,26 @@ fn check_corrupted_open(name: &Name, reference: &shmsync::segment::HeaderInfo, w
                     reference.total_size
                 )
             );
-            let g = c
-                .lock_timeout(Duration::from_secs(2))
-                .map_err(|e| e.kind())
-                .expect(what);
-            assert_eq!(*g, REC, "{what}: value changed");
+            // The live `suspect` word (offset 156) is not checksummed: a
+            // damaged one must be reported, never ignored.
+            let mut word = [0u8; 4];
+            std::fs::File::open(name.path())
+                .unwrap()
+                .read_exact_at(&mut word, 156)
+                .unwrap();
+            let suspect = u32::from_ne_bytes(word);
+            match c.lock_timeout(Duration::from_secs(2)) {
+                Ok(g) => {
+                    assert_eq!(suspect, 0, "{what}: a suspect value was not reported");
+                    assert_eq!(*g, REC, "{what}: value changed");
+                }
+                Err(shmsync::LockError::OwnerDied(g)) if suspect != 0 && suspect != 2 => {
+                    assert_eq!(*g, REC, "{what}: value changed");
+                    g.make_consistent();
+                }
+                Err(shmsync::LockError::NotRecoverable) if suspect == 2 => {}
+                Err(e) => panic!("{what}: {e:?} (suspect word {suspect})"),
+            }
         }
         Err(Error::Io { op, source }) => panic!("{what}: untyped error {op}: {source}"),
         Err(_) => {}
@@ -511,8 +526,10 @@ fn unlink_errors() {
 }
 
 /// The creator is SIGKILLed at each step of initialisation; `open` then
-/// answers AbandonedInit (or the value, once Ready was published) and
-/// `open_or_create` always succeeds with a whole value.
+/// answers NotFound (killed before the object got its name: a creator makes
+/// it unnamed and links it once locked), AbandonedInit, or the value once
+/// Ready was published; `open_or_create` always succeeds with a whole
+/// value.
 #[test]
 fn creator_killed_at_each_init_step() {
     let creator = testing::child!("creator", |ctx| {
@@ -532,14 +549,17 @@ fn creator_killed_at_each_init_step() {
         );
         let published = step == InitStep::Published;
         match ShmCell::<Rec>::open(&name) {
+            Err(Error::NotFound { .. }) => {
+                assert_eq!(step, InitStep::Opened, "only an unnamed object vanishes");
+            }
             Ok(c) => {
                 assert!(published, "{step:?}: a half-initialised segment opened");
                 assert_eq!(*c.lock().unwrap(), REC);
             }
             Err(Error::AbandonedInit { creator_pid, .. }) => {
                 assert!(!published, "{step:?}");
-                let written =
-                    !matches!(step, InitStep::Opened | InitStep::Created | InitStep::Sized);
+                assert_ne!(step, InitStep::Opened, "an unnamed object was visible");
+                let written = !matches!(step, InitStep::Created | InitStep::Sized);
                 assert_eq!(
                     creator_pid == ended.pid,
                     written,
@@ -730,10 +750,15 @@ fn attach_lock_tracks_live_handles() {
     );
 }
 
-/// A creator descheduled between its exclusive create and its lock for
-/// longer than an opener's grace: another process takes the empty object
-/// over. The slow creator must then neither initialise nor unlink it: one
-/// segment, one value, reachable by name.
+/// A creator descheduled (stopped) at each step of its initialisation,
+/// for longer than an opener's grace for empty objects, is never taken for
+/// a dead one: before it is locked its object has no name (an opener finds
+/// nothing, and `open_or_create` makes its own: the creator then answers
+/// AlreadyExists and leaves nothing), and once named it is write-locked by
+/// the live creator (an opener waits, `InitTimedOut`, and never takes it
+/// over). On the old code (named with `shm_open(O_EXCL)`, locked after),
+/// `open` answered `AbandonedInit` for the stopped live creator at `Opened`
+/// and `open_or_create` re-initialised its object.
 #[test]
 fn creator_descheduled_before_its_lock() {
     let slow = testing::child!("slow creator", |ctx| {
@@ -756,10 +781,10 @@ fn creator_descheduled_before_its_lock() {
         .spawn()
         .unwrap();
     slow.wait_stopped().unwrap(); // paused before its lock
-                                  // The object exists, empty and unlocked.
+    std::thread::sleep(std::time::Duration::from_millis(150)); // past the grace
     assert!(
-        std::fs::metadata(name.path()).is_ok(),
-        "creator never created"
+        matches!(ShmCell::<Rec>::open(&name), Err(Error::NotFound { .. })),
+        "a live creator's object is visible before it is locked"
     );
     let taker = ShmCell::<Rec>::open_or_create(&name, Rec { x: 77, y: [0; 6] }).unwrap();
     assert_eq!(taker.lock().unwrap().x, 77);
@@ -778,6 +803,34 @@ fn creator_descheduled_before_its_lock() {
             y: [1, 0, 0, 0, 0, 0]
         }
     );
+}
+
+/// A creator stopped once its object is named (and locked), for longer
+/// than the grace: openers wait for it (bounded: `InitTimedOut`) and never
+/// take its object over; resumed, it finishes and its value is there.
+#[test]
+fn stopped_creator_after_its_link_is_waited_for() {
+    let slow = testing::child!("stopped creator", |ctx| {
+        testing::points_at_init_steps();
+        let c = ShmCell::<Rec>::create(ctx.arg(0), REC).unwrap();
+        assert_eq!(*c.lock().unwrap(), REC, "its object is still its own");
+    });
+    let name = Name::new("desched2");
+    let mut slow = slow
+        .arg(name.as_str())
+        .stop_at(&init_point(InitStep::Created))
+        .spawn()
+        .unwrap();
+    slow.wait_stopped().unwrap();
+    assert!(std::fs::metadata(name.path()).is_ok(), "named once locked");
+    let taker = ShmCell::<Rec>::open_or_create(&name, Rec { x: 77, y: [0; 6] });
+    assert!(
+        matches!(taker, Err(Error::InitTimedOut { .. })),
+        "a live creator's object was judged: {taker:?}"
+    );
+    slow.resume().unwrap();
+    slow.wait().unwrap();
+    assert_eq!(*ShmCell::<Rec>::open(&name).unwrap().lock().unwrap(), REC);
 }
 
 /// An all-zero object (another program's fresh `ftruncate`) is foreign:

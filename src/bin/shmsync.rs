@@ -29,6 +29,7 @@
 //! | `holder_tid` | int or null | thread holding (or that died holding) the lock |
 //! | `holder_pid` | int or null | its process |
 //! | `holder_alive` | bool or null | whether it still runs |
+//! | `holder_state` | string or null | a live holder's process state letter (`/proc/PID/stat`): `S`, `R`, `D`, `T` stopped, `t` traced… |
 //! | `lock_words` | object | the lock's raw words by name: `lock_word`, `owner_word` (robust mutex: glibc `__lock`, `__owner`); `sem_holder`, `sem_state`, `sem_waiters`, `sem_holder_tid` (semaphore); empty when not read |
 //! | `creator_pid` | int or null | creator's pid |
 //! | `created_unix` | int or null | creation time, seconds since 1970 |
@@ -414,6 +415,11 @@ fn entry_json(i: &Inspection) -> Value {
         "holder_tid": holder.and_then(|h| h.tid),
         "holder_pid": holder.and_then(|h| h.pid),
         "holder_alive": holder.and_then(|h| h.alive),
+        "holder_state": holder
+            .filter(|h| h.alive == Some(true))
+            .and_then(|h| h.pid)
+            .and_then(process_state)
+            .map(String::from),
         "lock_words": i
             .lock
             .words
@@ -473,6 +479,13 @@ fn human_age(secs: u64) -> String {
     }
 }
 
+/// The state letter of process `pid` (`/proc/PID/stat` field 3: `R`, `S`,
+/// `D`, `T` stopped, `t` traced, …), if it can be read.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
 fn holder_cell(i: &Inspection) -> String {
     let Some(h) = i.lock.holder else {
         return "-".into();
@@ -484,7 +497,10 @@ fn holder_cell(i: &Inspection) -> String {
         (None, None) => "?".into(),
     };
     match h.alive {
-        Some(true) => format!("{who} alive"),
+        Some(true) => match h.pid.and_then(process_state) {
+            Some(st @ ('T' | 't')) => format!("{who} alive, stopped ({st})"),
+            _ => format!("{who} alive"),
+        },
         Some(false) => format!("{who} dead"),
         None => format!("{who} ?"),
     }

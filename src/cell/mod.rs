@@ -1,8 +1,11 @@
 //! `ShmCell<T, L>`: a typed value in a named shared-memory segment, guarded
 //! by a lock every process can take.
 
+mod anonymous;
 mod diagnostics;
+mod file;
 mod guard;
+mod read;
 mod wait;
 
 use std::marker::PhantomData;
@@ -18,7 +21,9 @@ use crate::shm_safe::ShmSafe;
 use crate::sys;
 use crate::sys::time::Monotonic;
 
+pub use anonymous::inheritable_fd;
 pub use guard::ShmGuard;
+pub use read::ShmReadGuard;
 pub use wait::WaitTimeoutResult;
 
 /// A value of type `T` in a named POSIX shared-memory object, guarded by a
@@ -30,10 +35,14 @@ pub use wait::WaitTimeoutResult;
 ///
 /// # Owner death
 ///
-/// When a process (or thread) dies holding the lock, the next locker gets
-/// [`LockError::OwnerDied`] *with the guard*: it holds the lock and must
-/// repair the value and call [`ShmGuard::make_consistent`]. **Dropping that
-/// guard without `make_consistent` makes the lock permanently
+/// When a process (or thread) dies holding the lock — or a thread panics
+/// holding it — the next locker gets [`LockError::OwnerDied`] *with the
+/// guard*: it holds the lock and must repair the value and call
+/// [`ShmGuard::make_consistent`] ([`lock_or_repair`](Self::lock_or_repair)
+/// does both). Converting the error with
+/// [`without_guard`](LockError::without_guard) (for `?`) hands the owner
+/// death on to the next locker. **Dropping that guard without
+/// `make_consistent` makes the lock permanently
 /// [`NotRecoverable`](LockError::NotRecoverable)** for every process.
 ///
 /// ```no_run
@@ -60,10 +69,25 @@ pub use wait::WaitTimeoutResult;
 /// # Ok(()) }
 /// ```
 ///
+/// # Where the value lives
+///
+/// In a named POSIX shared-memory object ([`create`](Self::create),
+/// [`open`](Self::open)), in an anonymous sealed memfd shared by
+/// inheritance or over a Unix socket
+/// ([`create_anonymous`](Self::create_anonymous),
+/// [`receive_from`](Self::receive_from)), or in a file that survives
+/// reboots ([`create_file`](Self::create_file),
+/// [`open_file`](Self::open_file)); [`backing`](Self::backing) says which.
+/// Values bigger than a thread's stack are made without building a `T`:
+/// [`create_zeroed`](Self::create_zeroed),
+/// [`create_in_place`](Self::create_in_place) and their variants.
+///
 /// # Lifetime of the name
 ///
 /// Dropping a handle unmaps the segment but never removes its name: call
 /// [`ShmCell::unlink`] when the value is no longer wanted. A handle whose
+/// name was unlinked keeps working on the orphan object;
+/// [`is_unlinked`](Self::is_unlinked) tells. A handle whose
 /// process still holds its lock when it is dropped (a guard passed to
 /// `mem::forget`) leaks its mapping on purpose, so that the kernel can still
 /// mark the lock when the process dies.
@@ -113,9 +137,12 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidName`], [`Error::AlreadyExists`],
-    /// [`Error::PermissionDenied`], [`Error::Io`] (for example when tmpfs is
-    /// full).
+    /// [`Error::InvalidName`], [`Error::AlreadyExists`] (also for
+    /// `/sem.NAME` in the way of a semaphore-locked cell),
+    /// [`Error::PermissionDenied`], [`Error::Io`] (for example `ENOSPC` when
+    /// tmpfs is full, `EMFILE`). Nothing is left under the name on error
+    /// (a failure after Ready removes the object again unless another
+    /// process attached meanwhile).
     pub fn create(name: &str, value: T) -> Result<Self, Error> {
         Self::create_with(name, value, &CreateOptions::default())
     }
@@ -126,19 +153,90 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     ///
     /// As [`create`](Self::create).
     pub fn create_with(name: &str, value: T, options: &CreateOptions) -> Result<Self, Error> {
-        Self::check_name(name)?;
         let value = ManuallyDrop::new(value);
-        let (mut lock, mut value) = (Self::lock_init(), Self::value_init(&value));
+        let mut write = Self::value_init(&value);
+        Self::create_inner(name, options, &mut write)
+    }
+
+    /// Creates the segment `name` holding an all-zero `T` (every
+    /// [`ShmSafe`] value is valid all-zero), without ever building a `T`:
+    /// the pages are zeroed by the kernel when the object is sized. For
+    /// values bigger than a thread's stack (`ShmCell::<[u8; 64 << 20]>`).
+    ///
+    /// # Errors
+    ///
+    /// As [`create`](Self::create).
+    pub fn create_zeroed(name: &str) -> Result<Self, Error> {
+        Self::create_inner(name, &CreateOptions::default(), &mut |_| {})
+    }
+
+    /// Creates the segment `name`, then calls `init` on its all-zero value
+    /// in place, in the mapping, before any other process can see it (the
+    /// creator holds the initialisation lock): a `T` is never built on the
+    /// stack. If `init` panics, the object is left half-built: openers get
+    /// [`Error::AbandonedInit`] and `open_or_create` takes it over.
+    ///
+    /// # Errors
+    ///
+    /// As [`create`](Self::create).
+    pub fn create_in_place(
+        name: &str,
+        options: &CreateOptions,
+        init: impl FnOnce(&mut T),
+    ) -> Result<Self, Error> {
+        let mut init = Some(init);
+        Self::create_inner(name, options, &mut |p| {
+            if let Some(f) = init.take() {
+                // SAFETY: see `in_place`.
+                f(unsafe { Self::in_place(p) })
+            }
+        })
+    }
+
+    /// The zeroed value area of a segment being initialised, as `&mut T`.
+    ///
+    /// # Safety
+    ///
+    /// `p` is the value area of a segment whose initialisation lock this
+    /// process holds (aligned and sized for `T`, zeroed, private).
+    unsafe fn in_place<'a>(p: NonNull<u8>) -> &'a mut T {
+        // SAFETY: forwarded from the caller; all-zero is a valid `T`
+        // (`ShmSafe`).
+        unsafe { p.cast::<T>().as_mut() }
+    }
+
+    fn create_inner(
+        name: &str,
+        options: &CreateOptions,
+        value: &mut dyn FnMut(NonNull<u8>),
+    ) -> Result<Self, Error> {
+        Self::check_name(name)?;
+        let mut lock = Self::lock_init();
         let seg = Segment::create_with(
             name,
             &Self::spec(),
             options,
             Init {
                 lock: &mut lock,
-                value: &mut value,
+                value,
             },
         )?;
-        Self::from_segment(seg)
+        Self::from_new_segment(seg)
+    }
+
+    /// [`from_segment`](Self::from_segment) for a segment this process just
+    /// created (or took over) and published: if attaching fails, the object
+    /// is removed again unless another process attached meanwhile, so that
+    /// a retry does not find a Ready object it cannot use.
+    fn from_new_segment(seg: Segment) -> Result<Self, Error> {
+        sys::fork::register_fork_handler();
+        match L::attach(&seg) {
+            Ok(local) => Ok(Self::with_local(seg, local)),
+            Err(e) => {
+                seg.discard_if_alone();
+                Err(e)
+            }
+        }
     }
 
     fn lock_init() -> impl FnMut(NonNull<u8>, &Segment) -> std::io::Result<()> {
@@ -177,7 +275,9 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     /// [`Error::NotFound`], [`Error::PermissionDenied`],
     /// [`Error::InvalidName`], [`Error::Incompatible`], [`Error::TooSmall`],
     /// [`Error::Corrupted`], [`Error::AbandonedInit`] (its creator died
-    /// before finishing), [`Error::InitTimedOut`].
+    /// before finishing), [`Error::InitTimedOut`],
+    /// [`Error::ForeignPidNamespace`] (a [`RobustMutex`](crate::RobustMutex)
+    /// cell in use by processes of another pid namespace).
     pub fn open(name: &str) -> Result<Self, Error> {
         Self::check_name(name)?;
         Self::from_segment(Segment::open(name, &Self::spec())?)
@@ -185,13 +285,21 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
 
     /// Opens `name` if it exists, else creates it holding `value`. A
     /// segment whose creator died before finishing is taken over and
-    /// initialised with `value`; of several processes racing, exactly one
-    /// initialises and the others open its segment.
+    /// initialised with `value` — only if this process's effective user
+    /// owns it; of several processes racing, exactly one initialises and
+    /// the others open its segment. A live creator's segment is never taken
+    /// over, however long it is descheduled (it holds the kernel lock from
+    /// before its object has a name).
     ///
     /// # Errors
     ///
     /// As [`open`](Self::open) and [`create`](Self::create), except
-    /// `NotFound`, `AlreadyExists` and `AbandonedInit`.
+    /// `NotFound` and `AbandonedInit`; [`Error::ForeignOwner`] for an empty
+    /// or abandoned object of another user (never adopted: its owner could
+    /// resize or rewrite it); [`Error::AlreadyExists`] only for an object
+    /// the lock needs besides the segment (`/sem.NAME` of a
+    /// [`NamedSemaphore`](crate::NamedSemaphore) cell, when it is not
+    /// provably this cell's leftover).
     pub fn open_or_create(name: &str, value: T) -> Result<Self, Error> {
         Self::open_or_create_with(name, value, &CreateOptions::default())
     }
@@ -207,10 +315,69 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         value: T,
         options: &CreateOptions,
     ) -> Result<Self, Error> {
+        let value = ManuallyDrop::new(value);
+        let mut write = Self::value_init(&value);
+        Self::open_or_create_inner(name, options, &mut write)
+    }
+
+    /// Like [`open_or_create`](Self::open_or_create), with an all-zero
+    /// value if it creates: a `T` is never built (see
+    /// [`create_zeroed`](Self::create_zeroed)).
+    ///
+    /// # Errors
+    ///
+    /// As [`open_or_create`](Self::open_or_create).
+    pub fn open_or_create_zeroed(name: &str) -> Result<Self, Error> {
+        Self::open_or_create_inner(name, &CreateOptions::default(), &mut |_| {})
+    }
+
+    /// Like [`open_or_create`](Self::open_or_create), initialising the
+    /// value in place if this process creates it (see
+    /// [`create_in_place`](Self::create_in_place)). `init` gets the
+    /// all-zero value each time this process initialises the object: once
+    /// when it creates it — and once more for each abandoned attempt it
+    /// takes over (the value area is zeroed again before each call).
+    ///
+    /// # Errors
+    ///
+    /// As [`open_or_create`](Self::open_or_create).
+    pub fn open_or_create_in_place(
+        name: &str,
+        options: &CreateOptions,
+        mut init: impl FnMut(&mut T),
+    ) -> Result<Self, Error> {
+        Self::open_or_create_inner(name, options, &mut |p| {
+            // SAFETY: see `in_place`.
+            init(unsafe { Self::in_place(p) })
+        })
+    }
+
+    fn open_or_create_inner(
+        name: &str,
+        options: &CreateOptions,
+        value: &mut dyn FnMut(NonNull<u8>),
+    ) -> Result<Self, Error> {
         Self::check_name(name)?;
         let spec = Self::spec();
-        let value = ManuallyDrop::new(value);
-        let (mut lock, mut value) = (Self::lock_init(), Self::value_init(&value));
+        Self::open_or_create_loop(
+            name,
+            value,
+            &mut |init| Segment::create_with(name, &spec, options, init),
+            &mut || Segment::open(name, &spec),
+            &mut |init| Segment::take_over_abandoned(name, &spec, options, init),
+        )
+    }
+
+    /// Create, else open, else take over an abandoned initialisation, for
+    /// any kind of segment (`name` labels a timeout).
+    fn open_or_create_loop(
+        name: &str,
+        value: &mut dyn FnMut(NonNull<u8>),
+        create: &mut dyn FnMut(Init<'_>) -> Result<Segment, Error>,
+        open: &mut dyn FnMut() -> Result<Segment, Error>,
+        take_over: &mut dyn FnMut(Init<'_>) -> Result<Option<Segment>, Error>,
+    ) -> Result<Self, Error> {
+        let mut lock = Self::lock_init();
         // Bounded by time, with backoff, not by a count of attempts: a lock
         // on an abandoned object can linger for a moment after its opener
         // let go (a process forked meanwhile by another thread shares the
@@ -219,31 +386,27 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         let mut backoff = segment::Backoff::new();
         let mut last = None;
         loop {
-            match Segment::create_with(
-                name,
-                &spec,
-                options,
-                Init {
-                    lock: &mut lock,
-                    value: &mut value,
-                },
-            ) {
+            match create(Init {
+                lock: &mut lock,
+                value: &mut *value,
+            }) {
+                // Another object the lock needs (a semaphore `sem.NAME` that
+                // is not provably this cell's leftover) is in the way:
+                // opening will not help.
+                Err(Error::AlreadyExists { name: other }) if other != name => {
+                    return Err(Error::AlreadyExists { name: other })
+                }
                 Err(Error::AlreadyExists { .. }) => {}
-                other => return other.and_then(Self::from_segment),
+                other => return other.and_then(Self::from_new_segment),
             }
-            match Segment::open(name, &spec) {
+            match open() {
                 Err(Error::NotFound { .. }) => {}
                 Err(e @ Error::AbandonedInit { .. }) => {
-                    if let Some(seg) = Segment::take_over_abandoned(
-                        name,
-                        &spec,
-                        options,
-                        Init {
-                            lock: &mut lock,
-                            value: &mut value,
-                        },
-                    )? {
-                        return Self::from_segment(seg);
+                    if let Some(seg) = take_over(Init {
+                        lock: &mut lock,
+                        value: &mut *value,
+                    })? {
+                        return Self::from_new_segment(seg);
                     }
                     last = Some(e);
                 }
@@ -304,12 +467,16 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     fn from_segment(seg: Segment) -> Result<Self, Error> {
         sys::fork::register_fork_handler();
         let local = L::attach(&seg)?;
-        Ok(ShmCell {
+        Ok(Self::with_local(seg, local))
+    }
+
+    fn with_local(seg: Segment, local: L::Local) -> Self {
+        ShmCell {
             seg: ManuallyDrop::new(seg),
             local,
             held: AtomicBool::new(false),
             _value: PhantomData,
-        })
+        }
     }
 
     /// The object's name.
@@ -376,6 +543,91 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         self.acquire(Acquire::Until(Monotonic::now().after(timeout)))
     }
 
+    /// Locks, and if the previous holder died (or panicked) mid-update,
+    /// first calls `repair` on the value as it was left and declares it
+    /// consistent: the one-line way to lock a cell when you know how to
+    /// repair it. Returns the guard in both cases.
+    ///
+    /// If `repair` itself panics, the value stays suspect and the next
+    /// locker is told [`LockError::OwnerDied`] again. The other errors come
+    /// back without a guard (`LockError<()>`, ready for `?`).
+    ///
+    /// ```no_run
+    /// use shmsync::{ShmCell, ShmSafe};
+    ///
+    /// #[derive(Clone, Copy)]
+    /// #[repr(C)]
+    /// struct Transfer { checking: u64, savings: u64, in_flight: u64 }
+    /// // SAFETY: plain integers, repr(C), every bit pattern valid, no pointers.
+    /// unsafe impl ShmSafe for Transfer {}
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let init = Transfer { checking: 1000, savings: 0, in_flight: 0 };
+    /// let cell = ShmCell::<Transfer>::open_or_create("/bank", init)?;
+    /// // A transfer interrupted by a crash is rolled back before we go on.
+    /// let mut t = cell.lock_or_repair(|t| {
+    ///     t.checking += t.in_flight;
+    ///     t.in_flight = 0;
+    /// })?;
+    /// t.in_flight = 300;
+    /// t.checking -= 300;
+    /// t.savings += 300;
+    /// t.in_flight = 0;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`lock`](Self::lock), except `OwnerDied` (repaired).
+    pub fn lock_or_repair(
+        &self,
+        repair: impl FnOnce(&mut T),
+    ) -> Result<ShmGuard<'_, T, L>, LockError<()>> {
+        match self.lock() {
+            Ok(guard) => Ok(guard),
+            Err(LockError::OwnerDied(mut guard)) => {
+                repair(&mut guard);
+                guard.make_consistent();
+                Ok(guard)
+            }
+            Err(e) => Err(e.without_guard()),
+        }
+    }
+
+    /// Whether the object this handle is attached to has lost its name:
+    /// someone called [`unlink`](Self::unlink) (and may have created a new
+    /// cell of the same name since, which this handle does not see). One
+    /// `fstat`: the link count of the handle's own descriptor is 0.
+    ///
+    /// Such a handle keeps working — on an orphan that no new process will
+    /// ever open. A process that must work on the cell *of that name* (for
+    /// instance after its lock answered
+    /// [`NotRecoverable`](LockError::NotRecoverable) and someone replaced the
+    /// cell) checks this and opens the name again:
+    ///
+    /// ```no_run
+    /// use shmsync::{LockError, ShmCell};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut cell = ShmCell::<u64>::open_or_create("/counter", 0)?;
+    /// loop {
+    ///     match cell.lock_or_repair(|n| *n = 0).map(|mut n| *n += 1) {
+    ///         Ok(()) => break,
+    ///         // Replaced by a new cell: follow the name.
+    ///         Err(LockError::NotRecoverable) if cell.is_unlinked() => {
+    ///             cell = ShmCell::open_or_create("/counter", 0)?;
+    ///         }
+    ///         Err(e) => return Err(e.into()),
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn is_unlinked(&self) -> bool {
+        // `fstat` on a descriptor we own cannot fail; if it did, we know
+        // nothing and say "still linked".
+        sys::fd::fstat(self.seg.fd()).is_ok_and(|st| st.nlink() == 0)
+    }
+
     /// Records whether a guard of this handle holds the lock (see `held`).
     #[inline]
     pub(crate) fn set_held(&self, held: bool) {
@@ -387,11 +639,40 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         &self,
         how: Acquire,
     ) -> Result<ShmGuard<'_, T, L>, LockError<ShmGuard<'_, T, L>>> {
-        match L::acquire(self.shared(), &self.local, &self.seg, how) {
-            Ok(Acquired::Clean) => Ok(ShmGuard::new(self, false)),
-            Ok(Acquired::OwnerDied) => Err(LockError::OwnerDied(ShmGuard::new(self, true))),
-            Err(e) => Err(e.into_lock_error()),
+        let acquired = match L::acquire(self.shared(), &self.local, &self.seg, how) {
+            Ok(acquired) => acquired,
+            Err(e) => return Err(e.into_lock_error()),
+        };
+        // The one load the suspect word costs a clean acquire: a holder
+        // that panicked (or whose owner-died error was converted for `?`)
+        // wrote it before its release, which this acquire orders before us.
+        let suspect = self.seg.header().suspect.load(Ordering::Relaxed);
+        if acquired == Acquired::Clean && suspect == header::SUSPECT_NONE {
+            return Ok(ShmGuard::new(self, 0));
         }
+        // Only the guard's flags come from the cold path: a guard built on
+        // both sides stays in registers (one returned from an out-of-line
+        // function would go through memory on every acquire).
+        match self.unclean_flags(acquired, suspect) {
+            Some(flags) => Err(LockError::OwnerDied(ShmGuard::new(self, flags))),
+            None => Err(LockError::NotRecoverable),
+        }
+    }
+
+    /// The lock is ours, but the backend or the `suspect` word reports an
+    /// interrupted update: the new guard's flags, or `None` (the lock given
+    /// back) when the value is not recoverable.
+    #[cold]
+    #[inline(never)]
+    fn unclean_flags(&self, acquired: Acquired, suspect: u32) -> Option<u8> {
+        let backend_died = acquired == Acquired::OwnerDied;
+        if suspect == header::SUSPECT_NOT_RECOVERABLE {
+            // Never hold a not-recoverable value: give the lock back.
+            // SAFETY: we hold the lock through this handle (no guard made).
+            unsafe { L::release(self.shared(), &self.local, &self.seg, !backend_died) };
+            return None;
+        }
+        Some(guard::INCONSISTENT | if backend_died { guard::BACKEND_DIED } else { 0 })
     }
 
     /// # Safety
@@ -409,9 +690,55 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     /// # Safety
     ///
     /// The calling thread holds the lock, acquired with owner death.
-    pub(crate) unsafe fn make_consistent_raw(&self) {
+    pub(crate) unsafe fn make_consistent_raw(&self, backend_died: bool) {
+        if backend_died {
+            // SAFETY: forwarded from the caller.
+            unsafe { L::make_consistent(self.shared(), &self.local, &self.seg) }
+        }
+        self.seg
+            .header()
+            .suspect
+            .store(header::SUSPECT_NONE, Ordering::Relaxed);
+    }
+
+    /// Marks the value suspect, makes the lock consistent (if the backend
+    /// reported an owner death: `backend_died`) and releases it: the next
+    /// locker gets `OwnerDied`.
+    ///
+    /// # Safety
+    ///
+    /// The calling thread holds the lock through this handle (acquired
+    /// with owner death if `backend_died`), and releases it only here.
+    pub(crate) unsafe fn leave_suspect(&self, backend_died: bool) {
+        // Written before the release, which orders it before the next
+        // acquire (a death in between is an owner death anyway).
+        self.seg
+            .header()
+            .suspect
+            .store(header::SUSPECT, Ordering::Relaxed);
         // SAFETY: forwarded from the caller.
-        unsafe { L::make_consistent(self.shared(), &self.local, &self.seg) }
+        unsafe {
+            if backend_died {
+                L::make_consistent(self.shared(), &self.local, &self.seg);
+            }
+            self.release(true);
+        }
+    }
+
+    /// Releases an owner-died lock left unrepaired on purpose: not
+    /// recoverable, for every process.
+    ///
+    /// # Safety
+    ///
+    /// As [`leave_suspect`](Self::leave_suspect).
+    pub(crate) unsafe fn leave_not_recoverable(&self, backend_died: bool) {
+        self.seg
+            .header()
+            .suspect
+            .store(header::SUSPECT_NOT_RECOVERABLE, Ordering::Relaxed);
+        // SAFETY: forwarded from the caller. A backend that reported the
+        // death marks itself not recoverable too.
+        unsafe { self.release(!backend_died) };
     }
 }
 
@@ -419,11 +746,16 @@ impl<T: ShmSafe, L: LockBackend> Drop for ShmCell<T, L> {
     fn drop(&mut self) {
         // SAFETY: `seg` is taken exactly once, here, and not used after.
         let seg = unsafe { ManuallyDrop::take(&mut self.seg) };
+        if self.held.load(Ordering::Relaxed) {
+            L::keep_alive_while_held(&self.local);
+        }
         if L::KEEP_MAPPING_WHILE_HELD && self.held.load(Ordering::Relaxed) {
             // A guard of this handle was forgotten and still holds the lock:
             // unmapping would let the lock's memory vanish under the
             // kernel's robust list. Keep the mapping (and fd): leak them.
             seg.leak();
+        } else {
+            L::detach(self.shared_of(&seg), &self.local, &seg);
         }
     }
 }

@@ -4,7 +4,9 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Mutex;
 
-use super::{judge, name, not_a_file, open_failure, Attached, Inspection, Leftover, State};
+use super::{
+    judge, name, not_a_file, open_failure, open_listed, Attached, Inspection, Leftover, State,
+};
 use super::{ATTACH_BYTE, MAX_SHM_NAME};
 use crate::error::Error;
 use crate::sys;
@@ -192,7 +194,7 @@ pub fn clean_one(name: &str, options: &CleanOptions) -> Result<CleanOutcome, Err
         );
         return skipped(why, Some(i));
     }
-    let fd: OwnedFd = match sys::shm::shm_open(&cname, oflag::O_RDWR, 0) {
+    let fd: OwnedFd = match open_listed(&cname, oflag::O_RDWR) {
         Ok(fd) => fd,
         Err(e) => {
             let i = open_failure(name, e)?;

@@ -7,7 +7,7 @@
 //!
 //! # How an object is read
 //!
-//! Only with `open` (`shm_open`, which glibc makes `O_NOFOLLOW`), `fstat`
+//! Only with `open` (`shm_open` with `O_NONBLOCK|O_NOFOLLOW`), `fstat`
 //! and `pread`: an object is never mapped here, so a short, truncated or
 //! garbage object can never raise `SIGBUS`. The header is decoded and judged
 //! by [`segment::header`](crate::segment::header) (one definition of the
@@ -128,7 +128,7 @@ mod fields;
 mod read;
 
 use std::ffi::CStr;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use crate::error::Error;
@@ -420,11 +420,21 @@ pub fn inspect(name: &str) -> Result<Inspection, Error> {
     if let Some(i) = not_a_file(name, &cname)? {
         return Ok(i);
     }
-    let fd = match sys::shm::shm_open(&cname, oflag::O_RDONLY, 0) {
+    let fd = match open_listed(&cname, oflag::O_RDONLY) {
         Ok(fd) => fd,
         Err(e) => return open_failure(name, e),
     };
+    // Judged by what the descriptor is (`fstat`), not by the `lstat` above:
+    // the name may have been replaced in between.
     Ok(judge(name, fd.as_fd()))
+}
+
+/// Opens an object found by listing: `O_NONBLOCK` (a FIFO or device put
+/// under the name must not make the open wait) and `O_NOFOLLOW` (glibc adds
+/// it too). The caller judges the object by `fstat` of the descriptor
+/// (a regular file or foreign) before reading anything.
+pub(super) fn open_listed(cname: &CStr, flags: i32) -> std::io::Result<OwnedFd> {
+    sys::shm::shm_open(cname, flags | oflag::O_NONBLOCK | oflag::O_NOFOLLOW, 0)
 }
 
 /// [`examine`], and a foreign `/sem.X` recognised as the semaphore of the
@@ -443,7 +453,7 @@ fn judge(name: &str, fd: BorrowedFd<'_>) -> Inspection {
 /// the cell `/X` when that is a semaphore-locked shmsync cell.
 fn semaphore_companion(i: &mut Inspection, cell: &str) {
     let owner = name::validate(cell, MAX_SHM_NAME).ok().and_then(|c| {
-        let fd = sys::shm::shm_open(&c, oflag::O_RDONLY, 0).ok()?;
+        let fd = open_listed(&c, oflag::O_RDONLY).ok()?;
         Some(examine(cell, fd.as_fd()))
     });
     match owner {

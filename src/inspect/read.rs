@@ -42,8 +42,9 @@ pub(super) fn examine(name: &str, fd: BorrowedFd<'_>) -> Inspection {
         i.reason = Some(why);
     };
     if n == 0 {
-        // Also what a shmsync creator killed right after its exclusive
-        // create leaves: not provably ours, so never cleaned.
+        // Also what a creator killed after naming its object and before
+        // sizing it leaves (or an older-style creator right after its
+        // exclusive create): not provably ours, so never cleaned.
         foreign(&mut i, "empty: no shmsync header".into());
         return i;
     }
@@ -175,7 +176,19 @@ fn attachment(fd: BorrowedFd<'_>) -> Attached {
 
 /// The cell's lock, read without taking it, by its backend.
 fn read_lock(fd: BorrowedFd<'_>, info: &HeaderInfo, st: &FileStat) -> LockInfo {
-    let foreign_ns = info.pid_namespace != 0 && info.pid_namespace != sys::proc::pid_namespace();
+    // The namespace of the processes attached now (recorded anew by the
+    // first to attach), else the creator's.
+    let mut word = [0u8; 8];
+    let attached_ns = match sys::fd::pread_full(fd, &mut word, header::at!(attach_pid_ns) as u64) {
+        Ok(8) => u64::from_ne_bytes(word),
+        _ => 0,
+    };
+    let ns = if attached_ns != 0 {
+        attached_ns
+    } else {
+        info.pid_namespace
+    };
+    let foreign_ns = ns != 0 && ns != sys::proc::pid_namespace();
     crate::lock::describe(&LockArea {
         fd,
         info,

@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, Once};
 
-use super::header::RawHeader;
+use super::header::{RawHeader, HEADER_SIZE};
 use super::{Segment, ATTACH_BYTE};
 use crate::sys;
 use crate::sys::fd_lock::OfdLock;
@@ -23,8 +23,14 @@ pub(super) fn opened(h: &RawHeader, fd: BorrowedFd<'_>) {
     reset_or(&h.handles, fd, 1, |n| n.saturating_add(1));
 }
 
-/// A handle dropped normally, still holding its attach lock.
+/// A handle dropped normally, still holding its attach lock. Not if the
+/// object was truncated under the mapping (a file-backed segment, by
+/// someone with write access): touching the header would be `SIGBUS`, and
+/// such an object is lost anyway.
 fn dropped(h: &RawHeader, fd: BorrowedFd<'_>) {
+    if !sys::fd::fstat(fd).is_ok_and(|st| st.size() >= HEADER_SIZE as u64) {
+        return;
+    }
     reset_or(&h.handles, fd, 0, |n| n.saturating_sub(1));
 }
 

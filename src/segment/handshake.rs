@@ -7,14 +7,16 @@ use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
-use super::header::{self, HeaderInfo, SegmentSpec, HEADER_SIZE};
+use super::header::{self, HeaderInfo, LockKind, SegmentSpec, HEADER_SIZE};
 use super::header::{STATE_INITIALISING, STATE_READY, STATE_UNINIT};
 use super::validate::{check_regular, same_inode, unlink_if_same};
-use super::{init_step, name, CreateOptions, Init, InitStep, Mapping, Segment, MAX_SHM_NAME};
+use super::{
+    init_step, name, Backing, CreateOptions, Init, InitStep, Mapping, Segment, MAX_SHM_NAME,
+};
 use crate::error::Error;
 use crate::sys;
 use crate::sys::errno;
-use crate::sys::fd::oflag;
+use crate::sys::fd::{oflag, FileStat};
 use crate::sys::fd_lock::OfdLock;
 use crate::sys::time::Monotonic;
 
@@ -24,7 +26,17 @@ pub(crate) const ATTACH_BYTE: u64 = 0;
 pub(crate) const INIT_WAIT: Duration = Duration::from_secs(5);
 /// How long an empty object is given to become a creator's (between its
 /// exclusive create and its first lock) before it counts as abandoned.
+///
+/// This crate's creators never show an empty object unlocked (they link it
+/// under its name with the write lock held); the grace is for objects made
+/// the older way (`shm_open(O_CREAT|O_EXCL)`, then lock) by other writers.
 const EMPTY_GRACE: Duration = Duration::from_millis(100);
+/// How long an opener keeps trying before it answers
+/// [`Error::ForeignPidNamespace`]: two processes of one namespace that
+/// attach at the same moment to a segment last used from another one each
+/// see the other attached, and both find the old record; one of them must
+/// get the segment alone to record their namespace anew.
+const FOREIGN_NS_GRACE: Duration = Duration::from_millis(200);
 
 impl Segment {
     pub(crate) fn create_with(
@@ -35,41 +47,36 @@ impl Segment {
     ) -> Result<Segment, Error> {
         let cname = name::validate(name, MAX_SHM_NAME)?;
         spec.layout()?;
-        let fd = sys::shm::shm_open(
-            &cname,
-            oflag::O_CREAT | oflag::O_EXCL | oflag::O_RDWR,
-            options.mode,
-        )
-        .map_err(|e| Error::from_io("shm_open", name, e))?;
+        // The object is made without a name (O_TMPFILE), locked, given its
+        // mode and only then linked under the name: no process ever sees it
+        // empty and unlocked while its creator lives. An opener finding the
+        // write lock held waits for a *live* creator (the kernel drops the
+        // lock when it dies); one finding an object unlocked and not Ready
+        // knows its creator is gone. A creator killed before the link
+        // leaves nothing at all.
+        // (ENOENT here is a missing /dev/shm or /proc, not a missing name.)
+        let sys_err = |op, e: std::io::Error| match e.raw_os_error() {
+            Some(errno::ENOENT) => Error::io(op, e),
+            _ => Error::from_io(op, name, e),
+        };
+        let fd = sys::fd::open_tmpfile(&name::shm_dir(), options.mode)
+            .map_err(|e| sys_err("open(/dev/shm, O_TMPFILE)", e))?;
         init_step(InitStep::Opened);
-        // Until we hold the write lock, the object is visibly empty and
-        // unlocked. An opener may hold a read lock for a moment while it
-        // looks at it (wait for that); if we were descheduled for longer
-        // than an opener's grace period, another process may have judged
-        // the object abandoned and initialised it: then it is theirs, and we
-        // neither touch nor unlink it.
-        let deadline = Monotonic::now().after(INIT_WAIT);
-        let mut backoff = Backoff::new();
-        loop {
-            let locked = sys::fd_lock::ofd_try_set(fd.as_fd(), OfdLock::Write, ATTACH_BYTE, 1)
-                .map_err(|e| Error::io("fcntl(F_OFD_SETLK)", e))?;
-            let st = sys::fd::fstat(fd.as_fd()).map_err(|e| Error::io("fstat", e))?;
-            if st.size() != 0 || !same_inode(&st, &cname) {
-                return Err(Error::AlreadyExists { name: name.into() });
+        let locked = sys::fd_lock::ofd_try_set(fd.as_fd(), OfdLock::Write, ATTACH_BYTE, 1)
+            .map_err(|e| Error::io("fcntl(F_OFD_SETLK)", e))?;
+        debug_assert!(locked, "nobody else can reach an unnamed file");
+        if !locked {
+            return Err(Error::io("fcntl(F_OFD_SETLK)", errno::error(errno::EAGAIN)));
+        }
+        set_mode(fd.as_fd(), options.mode)?;
+        match sys::fd::link_fd(fd.as_fd(), &name::shm_path(name)) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(errno::EEXIST) => {
+                return Err(Error::AlreadyExists { name: name.into() })
             }
-            if locked {
-                break;
-            }
-            if Monotonic::now() >= deadline {
-                return Err(Error::InitTimedOut { name: name.into() });
-            }
-            backoff.sleep();
+            Err(e) => return Err(sys_err("linkat(/proc/self/fd/N)", e)),
         }
         init_step(InitStep::Created);
-        if let Err(e) = sys::fd::fchmod(fd.as_fd(), options.mode) {
-            unlink_if_same(fd.as_fd(), &cname);
-            return Err(Error::io("fchmod", e));
-        }
         Self::initialise(fd, &cname, name, spec, init, true)
     }
 
@@ -78,7 +85,7 @@ impl Segment {
     /// failure with `unlink_on_error`, the name is removed *while the lock
     /// is still held* (so nobody can have attached), and only if it still
     /// names this object.
-    fn initialise(
+    pub(super) fn initialise(
         fd: OwnedFd,
         cname: &CStr,
         name: &str,
@@ -118,6 +125,7 @@ impl Segment {
             name: name.into(),
             info,
             counted_by: 0,
+            backing: Backing::Named,
         };
         match Self::fill(&seg, &bytes, init) {
             Ok(()) => {
@@ -140,13 +148,28 @@ impl Segment {
         let state = &seg.header().state;
         state.store(STATE_INITIALISING, std::sync::atomic::Ordering::Release);
         init_step(InitStep::HeaderWritten);
-        (init.lock)(seg.lock_ptr(), seg).map_err(|e| Error::io("lock initialisation", e))?;
+        (init.lock)(seg.lock_ptr(), seg).map_err(|e| {
+            // A backend reports its own precise errors (a companion object
+            // that exists already) wrapped in the io::Error.
+            if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+                if let Ok(inner) = e.into_inner().expect("checked").downcast::<Error>() {
+                    return *inner;
+                }
+                unreachable!("checked to be an Error");
+            }
+            Error::io("lock initialisation", e)
+        })?;
         init_step(InitStep::LockInitialised);
         (init.value)(seg.value_ptr());
         init_step(InitStep::ValueWritten);
         // Counted before Ready: a creator killed from here on leaves a
         // count that says so.
         super::handles::created(seg.header());
+        // The creator is the first attached process: its namespace is the
+        // attachers' (see `settle_pid_namespace`).
+        seg.header()
+            .attach_pid_ns
+            .store(seg.info.pid_namespace, std::sync::atomic::Ordering::Relaxed);
         state.store(STATE_READY, std::sync::atomic::Ordering::Release);
         init_step(InitStep::Published);
         // Atomic write → read conversion: no window in which a cleaner could
@@ -161,6 +184,7 @@ impl Segment {
         let cname = name::validate(name, MAX_SHM_NAME)?;
         let deadline = Monotonic::now().after(INIT_WAIT);
         let empty_deadline = Monotonic::now().after(EMPTY_GRACE);
+        let ns_deadline = Monotonic::now().after(FOREIGN_NS_GRACE);
         let mut backoff = Backoff::new();
         loop {
             let fd = sys::shm::shm_open(&cname, oflag::O_RDWR, 0)
@@ -174,6 +198,7 @@ impl Segment {
                         name: name.into(),
                         info,
                         counted_by: 0,
+                        backing: Backing::Named,
                     };
                     // Acquire pairs with the creator's Release store of Ready.
                     let state = seg
@@ -185,8 +210,22 @@ impl Segment {
                             what: format!("state changed to {state} while attached"),
                         });
                     }
-                    seg.count_opened();
-                    return Ok(seg);
+                    match seg.settle_pid_namespace() {
+                        Ok(()) => {
+                            seg.count_opened();
+                            return Ok(seg);
+                        }
+                        Err(Error::ForeignPidNamespace { .. })
+                            if Monotonic::now() < ns_deadline =>
+                        {
+                            // Detach (drop) and try again: see
+                            // FOREIGN_NS_GRACE.
+                            drop(seg);
+                            backoff.sleep();
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 Attach::Busy if Monotonic::now() < deadline => {}
                 Attach::Busy => return Err(Error::InitTimedOut { name: name.into() }),
@@ -211,6 +250,61 @@ impl Segment {
         }
     }
 
+    /// Records or checks the pid namespace of the processes attached to
+    /// this segment (header word `attach_pid_ns`), on a fresh attach (this
+    /// process holds the attach read lock).
+    ///
+    /// If nobody else is attached — the atomic upgrade of our read lock to
+    /// a write lock succeeds only then, and while we hold it nobody can
+    /// attach — this process records its namespace and converts back to
+    /// the read lock, atomically. Otherwise the record was made by a
+    /// process attached now or before them all, and cannot change while we
+    /// stay attached: a robust mutex (whose futex word holds
+    /// namespace-local thread ids) refuses a record of another namespace.
+    /// So a segment whose users all left (a restarted container) is
+    /// recorded anew by the first to attach, never refused for good.
+    fn settle_pid_namespace(&self) -> Result<(), Error> {
+        use std::sync::atomic::Ordering;
+        let ours = sys::proc::pid_namespace();
+        let word = &self.header().attach_pid_ns;
+        if sys::fd_lock::ofd_try_set(self.fd(), OfdLock::Write, ATTACH_BYTE, 1)
+            .map_err(|e| Error::io("fcntl(F_OFD_SETLK)", e))?
+        {
+            word.store(ours, Ordering::Relaxed);
+            let ok = sys::fd_lock::ofd_try_set(self.fd(), OfdLock::Read, ATTACH_BYTE, 1)
+                .map_err(|e| Error::io("fcntl(F_OFD_SETLK)", e))?;
+            debug_assert!(ok, "converting our own write lock cannot conflict");
+            return Ok(());
+        }
+        // Written under the write lock by the process that attached alone,
+        // which released it (the kernel's lock handover orders the store
+        // before our read).
+        let theirs = word.load(Ordering::Relaxed);
+        // 0: a namespace that could not be read (no /proc): nothing to
+        // compare.
+        if ours == 0 || theirs == 0 || ours == theirs {
+            return Ok(());
+        }
+        match self.info.lock_kind() {
+            // Both hold thread ids in a robust futex word (the read-write
+            // lock's exclusive side is a robust mutex).
+            Some(kind @ (LockKind::RobustMutex | LockKind::RobustRwLock)) => {
+                Err(Error::ForeignPidNamespace {
+                    name: self.name.clone(),
+                    backend: kind.name(),
+                    use_instead:
+                        "the NamedSemaphore or FileLock backend (ShmCell<T, NamedSemaphore>, \
+                              ShmCell<T, FileLock>)",
+                    ours,
+                    theirs,
+                })
+            }
+            // The semaphore and flock backends prove liveness with kernel
+            // locks, not pids; an external lock is the caller's business.
+            _ => Ok(()),
+        }
+    }
+
     /// Takes the attach (read) lock on `fd` and validates the object. On
     /// any answer but `Ready`, the lock goes with the fd when it is dropped.
     fn attach(
@@ -228,14 +322,25 @@ impl Segment {
         if !same_inode(&st, cname) {
             return Ok(Attach::Replaced);
         }
-        check_regular(&st)?;
+        let _ = name;
+        Self::check_attached(fd.as_fd(), &st, expected)
+    }
+
+    /// Validates the object open as `fd` (described by `st`), whose attach
+    /// (read) lock this process holds, without mapping it: shared by every
+    /// kind of segment.
+    pub(super) fn check_attached(
+        fd: BorrowedFd<'_>,
+        st: &FileStat,
+        expected: Option<&SegmentSpec>,
+    ) -> Result<Attach, Error> {
+        check_regular(st)?;
         let size = st.size();
         if size == 0 {
             return Ok(Attach::Empty);
         }
         let mut bytes = [0u8; HEADER_SIZE];
-        let n =
-            sys::fd::pread_full(fd.as_fd(), &mut bytes, 0).map_err(|e| Error::io("pread", e))?;
+        let n = sys::fd::pread_full(fd, &mut bytes, 0).map_err(|e| Error::io("pread", e))?;
         let our_size = expected
             .and_then(|spec| spec.layout().ok())
             .map(|l| l.total_size);
@@ -268,7 +373,6 @@ impl Segment {
                 needed: info.total_size,
             });
         }
-        let _ = name;
         Ok(Attach::Ready(info))
     }
 
@@ -305,9 +409,17 @@ impl Segment {
             // which reports whatever it is.
             return Ok(None);
         }
-        // Best effort: the taker's mode (the object may belong to another
-        // user who gave us write access).
-        let _ = sys::fd::fchmod(fd.as_fd(), options.mode);
+        // Only what this user owns is adopted: another user's object could
+        // be chmod-ed back, resized (SIGBUS) or rewritten by its owner at
+        // any time, whatever mode we ask for.
+        let me = sys::proc::geteuid();
+        if st.uid() != me {
+            return Err(Error::ForeignOwner {
+                name: name.into(),
+                uid: st.uid(),
+            });
+        }
+        set_mode(fd.as_fd(), options.mode)?;
         Self::initialise(fd, &cname, name, spec, init, false).map(Some)
     }
 
@@ -317,7 +429,7 @@ impl Segment {
     /// creator would have given it (it died between sizing and writing the
     /// header). Anything else — a foreign object of any kind — is never
     /// taken over.
-    fn is_abandoned_by_us(
+    pub(super) fn is_abandoned_by_us(
         fd: BorrowedFd<'_>,
         size: u64,
         spec: &SegmentSpec,
@@ -338,12 +450,59 @@ impl Segment {
     }
 }
 
-enum Attach {
+impl Segment {
+    /// Undoes a creation that failed after Ready was published (the
+    /// creator's own attach failed): if no other process attached meanwhile
+    /// (our attach lock converts to the exclusive one) and the name still
+    /// names this object, removes the cell's companion objects and the
+    /// name, so that a retry starts afresh. Otherwise the object is in use
+    /// and stays. Whether it was removed.
+    pub(crate) fn discard_if_alone(self) -> bool {
+        if !matches!(self.backing, Backing::Named) {
+            // A file is not ours to remove on a failed attach; a memfd has
+            // no name and goes with its last descriptor.
+            return false;
+        }
+        let Ok(cname) = name::validate(&self.name, MAX_SHM_NAME) else {
+            return false;
+        };
+        match sys::fd_lock::ofd_try_set(self.fd(), OfdLock::Write, ATTACH_BYTE, 1) {
+            Ok(true) => {}
+            _ => return false,
+        }
+        let Ok(st) = sys::fd::fstat(self.fd()) else {
+            return false;
+        };
+        if !same_inode(&st, &cname) {
+            return false;
+        }
+        if let Some(kind) = self.info.lock_kind() {
+            let _ = crate::lock::unlink_companions(kind, &self.name);
+        }
+        sys::shm::shm_unlink(&cname).is_ok()
+    }
+}
+
+pub(super) enum Attach {
     Ready(HeaderInfo),
     Busy,
     Empty,
     Replaced,
     Abandoned(u32),
+}
+
+/// `fchmod` to exactly `mode`, then checks with a new `fstat` that the
+/// object has it (a filesystem may ignore or refuse part of it).
+fn set_mode(fd: BorrowedFd<'_>, mode: u32) -> Result<(), Error> {
+    sys::fd::fchmod(fd, mode).map_err(|e| Error::io("fchmod", e))?;
+    let st = sys::fd::fstat(fd).map_err(|e| Error::io("fstat", e))?;
+    if st.mode() != mode & 0o7777 {
+        return Err(Error::Io {
+            op: "fchmod (the mode did not take)",
+            source: errno::error(errno::EPERM),
+        });
+    }
+    Ok(())
 }
 
 /// Bounded exponential sleep for the rare waits of open (a creator still

@@ -9,8 +9,15 @@
 //! stays free for the `FileLock` lock backend on the same object, and an OFD
 //! write → read conversion is atomic where a `flock` one is not.
 //!
-//! * **Create**: `shm_open(O_CREAT|O_EXCL|O_CLOEXEC)`, take the *write*
-//!   lock, `fchmod` (the umask must not decide), `ftruncate` +
+//! * **Create**: `open("/dev/shm", O_TMPFILE|O_RDWR|O_CLOEXEC)` (a file
+//!   with no name yet), take the *write* lock, `fchmod` (the umask must not
+//!   decide; checked with a new `fstat`), and only then give it its name
+//!   with `linkat("/proc/self/fd/N", …, "/dev/shm/NAME",
+//!   AT_SYMLINK_FOLLOW)` (`EEXIST`: [`Error::AlreadyExists`]). So no
+//!   process ever sees a live creator's object unlocked: an object that is
+//!   unlocked and not Ready is abandoned, proven by the kernel's lock and
+//!   not by a timeout, and a creator killed before the link leaves
+//!   nothing. Then `ftruncate` +
 //!   `posix_fallocate` (running out of tmpfs is an error now, not `SIGBUS`
 //!   later), write the header (state Initialising), initialise the lock and
 //!   the value, store `Ready` (Release), convert the write lock to a *read*
@@ -25,12 +32,20 @@
 //!   process is attached.
 //!
 //! A handle never unlinks the name on drop; [`Segment::unlink`] does.
+//!
+//! The same header, validation and handshake serve the other
+//! [`Backing`]s: anonymous sealed memfds (`memfd.rs`: no name; a receiver
+//! checks the seals, then attaches through a description of its own) and
+//! files on a local filesystem (`file.rs`: through a path; the header's
+//! `boot_id` resets the lock state on the first open after a reboot).
 
+mod file;
 mod handles;
 mod handshake;
 pub mod header;
 #[allow(dead_code)] // the backends built on it land next (semaphore holder, reader slots)
 pub(crate) mod liveness;
+mod memfd;
 pub(crate) mod name;
 mod validate;
 
@@ -43,8 +58,24 @@ use std::ptr::NonNull;
 use crate::error::Error;
 use crate::sys;
 
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub use file::set_boot_id_override;
 pub use header::{HeaderInfo, LockKind, SegmentSpec};
 pub use name::MAX_SHM_NAME;
+
+/// Where a segment's bytes live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Backing {
+    /// A named POSIX shared-memory object (`shm_open`, `/dev/shm/NAME`).
+    Named,
+    /// An anonymous, sealed memory file (`memfd_create`): shared by
+    /// inheritance or by passing its descriptor; no name, nothing to clean.
+    Memfd,
+    /// A regular file on a local filesystem: the value survives a reboot.
+    File,
+}
 
 /// Default permission bits of a new object.
 pub const DEFAULT_MODE: u32 = 0o600;
@@ -54,9 +85,11 @@ pub const DEFAULT_MODE: u32 = 0o600;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum InitStep {
-    /// The object exists (exclusive create), empty and not yet locked.
+    /// The object is made without a name (`O_TMPFILE`), not yet locked: a
+    /// creator that dies here leaves nothing.
     Opened,
-    /// The object is locked by its creator, still empty.
+    /// The object is locked by its creator, has its mode and is linked
+    /// under its name, still empty.
     Created,
     /// Its size is set and its pages are reserved.
     Sized,
@@ -171,6 +204,7 @@ pub struct Segment {
     /// The pid of the process that counted this handle in the header's
     /// `handles` word (0: not counted); only it takes its count away.
     counted_by: u32,
+    backing: Backing,
 }
 
 /// A shared mapping, unmapped on drop.
@@ -180,6 +214,37 @@ struct Mapping {
 }
 
 impl Mapping {
+    /// Maps a validated, Ready segment open as `fd` into a handle,
+    /// re-checking `state` through the mapping (Acquire, paired with the
+    /// creator's Release of Ready).
+    fn ready_segment(
+        fd: OwnedFd,
+        info: HeaderInfo,
+        name: String,
+        backing: Backing,
+    ) -> Result<Segment, Error> {
+        let map = Mapping::new(fd.as_fd(), info.total_size as usize)?;
+        let mut seg = Segment {
+            map,
+            fd,
+            name,
+            info,
+            counted_by: 0,
+            backing,
+        };
+        let state = seg
+            .header()
+            .state
+            .load(std::sync::atomic::Ordering::Acquire);
+        if state != header::STATE_READY {
+            return Err(Error::Corrupted {
+                what: format!("state changed to {state} while attached"),
+            });
+        }
+        seg.count_opened();
+        Ok(seg)
+    }
+
     fn new(fd: BorrowedFd<'_>, len: usize) -> Result<Mapping, Error> {
         let ptr = sys::mman::mmap_shared(fd, len).map_err(|e| Error::io("mmap", e))?;
         Ok(Mapping { ptr, len })
@@ -234,7 +299,8 @@ impl Segment {
     /// [`Error::InvalidName`], [`Error::AlreadyExists`],
     /// [`Error::PermissionDenied`], [`Error::Unsupported`] for an impossible
     /// layout or a managed lock kind, [`Error::Io`] (e.g. `ENOSPC` from
-    /// `posix_fallocate`).
+    /// `posix_fallocate`, `EMFILE`); on any error nothing is left under the
+    /// name.
     pub fn create(
         name: &str,
         spec: &SegmentSpec,
@@ -281,6 +347,11 @@ impl Segment {
     /// The object's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Where the segment's bytes live.
+    pub fn backing(&self) -> Backing {
+        self.backing
     }
 
     /// The mapped length in bytes.

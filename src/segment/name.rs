@@ -38,6 +38,11 @@ pub(crate) fn validate(name: &str, max: usize) -> Result<CString, Error> {
     CString::new(name).or_else(|_| bad("must not contain a NUL byte"))
 }
 
+/// The directory glibc keeps shared-memory objects in.
+pub(crate) fn shm_dir() -> CString {
+    CString::new("/dev/shm").expect("no NUL")
+}
+
 /// The path under which glibc keeps a shared-memory object.
 pub(crate) fn shm_path(name: &str) -> CString {
     CString::new(format!("/dev/shm{name}")).expect("validated names hold no NUL")

@@ -15,6 +15,7 @@ pub(crate) mod oflag {
     #[allow(unused_imports)] // the set is the vocabulary, not every name is used yet
     pub(crate) use libc::{
         O_CREAT, O_DIRECTORY, O_EXCL, O_NOCTTY, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_RDWR,
+        O_TMPFILE, O_WRONLY,
     };
 }
 
@@ -91,6 +92,11 @@ impl FileStat {
     /// The device (`st_dev`).
     pub(crate) fn dev(&self) -> u64 {
         self.0.st_dev
+    }
+    /// The number of names the file has (`st_nlink`): 0 once unlinked.
+    #[allow(clippy::unnecessary_cast)] // nlink_t is u32 on some targets
+    pub(crate) fn nlink(&self) -> u64 {
+        self.0.st_nlink as u64
     }
     /// The inode number (`st_ino`).
     pub(crate) fn ino(&self) -> u64 {
@@ -201,6 +207,70 @@ pub(crate) fn open(path: &CStr, flags: libc::c_int, mode: u32) -> io::Result<Own
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// `open(dir, O_TMPFILE|O_RDWR|O_CLOEXEC, mode)`: a new regular file in the
+/// filesystem of `dir` that has no name yet (see [`link_fd`]; without
+/// `O_EXCL`, so that it can be linked).
+pub(crate) fn open_tmpfile(dir: &CStr, mode: u32) -> io::Result<OwnedFd> {
+    open(dir, libc::O_TMPFILE | libc::O_RDWR, mode)
+}
+
+/// `linkat("/proc/self/fd/N", AT_FDCWD, path, AT_SYMLINK_FOLLOW)`: gives the
+/// unnamed file `fd` (from [`open_tmpfile`]) the name `path`. Fails with
+/// `EEXIST` if the name is taken: it never replaces anything.
+pub(crate) fn link_fd(fd: BorrowedFd<'_>, path: &CStr) -> io::Result<()> {
+    let src = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .expect("no NUL in a number");
+    retry_eintr(|| {
+        // SAFETY: both paths are NUL-terminated; plain system call.
+        cvt(unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                src.as_ptr(),
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        })
+    })?;
+    Ok(())
+}
+
+/// `pwrite(2)` of the whole of `buf` at `offset`.
+pub(crate) fn pwrite_all(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let off = libc::off_t::try_from(offset + done as u64)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+        let rest = &buf[done..];
+        let n = retry_eintr(|| {
+            // SAFETY: `rest` is a valid readable buffer of `rest.len()` bytes.
+            cvt(
+                unsafe { libc::pwrite(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len(), off) }
+                    as i64,
+            )
+        })?;
+        if n == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+/// `fsync(2)`.
+pub(crate) fn fsync(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain fsync on a borrowed (open) descriptor.
+    retry_eintr(|| cvt(unsafe { libc::fsync(fd.as_raw_fd()) }))?;
+    Ok(())
+}
+
+/// `unlink(2)`.
+pub(crate) fn unlink(path: &CStr) -> io::Result<()> {
+    // SAFETY: `path` is NUL-terminated.
+    cvt(unsafe { libc::unlink(path.as_ptr()) })?;
+    Ok(())
+}
+
 /// `stat(2)` (follows symbolic links, as `open` does).
 pub(crate) fn stat(path: &CStr) -> io::Result<FileStat> {
     let mut st = MaybeUninit::<libc::stat>::uninit();
@@ -217,6 +287,14 @@ pub(crate) fn reopen(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let path = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
         .expect("no NUL in a number");
     open(&path, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY, 0)
+}
+
+/// Like [`reopen`], read-write (`O_RDWR`): a description of its own that
+/// can be mapped writable.
+pub(crate) fn reopen_rdwr(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .expect("no NUL in a number");
+    open(&path, libc::O_RDWR | libc::O_NOCTTY, 0)
 }
 
 /// `fstatfs(2)`: the magic number (`f_type`) of the filesystem `fd` lives

@@ -35,3 +35,18 @@ pub(crate) unsafe fn munmap(ptr: NonNull<u8>, len: usize) -> io::Result<()> {
     super::cvt(unsafe { libc::munmap(ptr.as_ptr().cast(), len) })?;
     Ok(())
 }
+
+/// `msync(ptr, len, MS_SYNC)`: writes the mapping's dirty pages back to
+/// the file and waits for the writes.
+///
+/// # Safety
+///
+/// `ptr..ptr+len` is a live mapping made by [`mmap_shared`].
+pub(crate) unsafe fn msync(ptr: NonNull<u8>, len: usize) -> io::Result<()> {
+    super::retry_eintr(|| {
+        // SAFETY: guaranteed by the caller; msync does not change the
+        // memory.
+        super::cvt(unsafe { libc::msync(ptr.as_ptr().cast(), len, libc::MS_SYNC) })
+    })?;
+    Ok(())
+}

@@ -1,7 +1,8 @@
 //! The only code that calls `libc`: one small function per OS call, each
 //! returning `io::Result`, grouped by OS family (one file each): `fd`
 //! (open, stat, chmod, fallocate, pread), `fd_lock` (flock and OFD byte
-//! locks), `shm`, `mman`, `sem`, `pthread`, `futex`, `time`, `fork` (the
+//! locks), `shm`, `memfd` (memfd_create, seals), `scm` (descriptors over
+//! Unix sockets), `mman`, `sem`, `pthread`, `futex`, `time`, `fork` (the
 //! atfork handler and the descriptors a child must not keep), `proc`
 //! (process identity and liveness) over `procfs` (every `/proc` parser),
 //! `errno` (error numbers by name), and for `testing` `spawn`.
@@ -16,10 +17,12 @@ pub(crate) mod fd;
 pub(crate) mod fd_lock;
 pub(crate) mod fork;
 pub(crate) mod futex;
+pub(crate) mod memfd;
 pub(crate) mod mman;
 pub(crate) mod proc;
 pub(crate) mod procfs;
 pub(crate) mod pthread;
+pub(crate) mod scm;
 pub(crate) mod sem;
 pub(crate) mod shm;
 #[cfg(feature = "testing")]

@@ -1,10 +1,31 @@
 //! Reads of `/proc`, each parsed in one place: `/proc/PID/stat` (state and
 //! start time), `/proc/PID/task/*/stat`, `/proc/TID/status` (which process
 //! a thread belongs to, and whether it still runs) and `/proc/PID/fdinfo`
-//! (whether a process holds a `flock` on a file). Nothing here is on a
-//! lock's fast path.
+//! (whether a process holds a `flock` on a file), and
+//! `/proc/sys/kernel/random/boot_id` (which boot this is). Nothing here is
+//! on a lock's fast path.
 
 use std::io;
+
+/// This boot's id, `/proc/sys/kernel/random/boot_id` (a UUID, random at
+/// each boot), as its 16 bytes.
+pub(crate) fn boot_id() -> io::Result<[u8; 16]> {
+    parse_uuid(&std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed boot_id"))
+}
+
+/// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (surrounding space allowed).
+fn parse_uuid(text: &str) -> Option<[u8; 16]> {
+    let hex: Vec<u8> = text.trim().bytes().filter(|&b| b != b'-').collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
 
 /// The state letter and start time (clock ticks since boot) of `pid`, read
 /// from `/proc/PID/stat`. `Ok(None)` when the process does not exist.
@@ -142,6 +163,22 @@ fn is_flock_on(line: &str, file: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn boot_id_is_a_uuid() {
+        assert_eq!(
+            parse_uuid("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0\n"),
+            Some([
+                0x0f, 0x1e, 0x2d, 0x3c, 0x4b, 0x5a, 0x69, 0x78, 0x87, 0x96, 0xa5, 0xb4, 0xc3, 0xd2,
+                0xe1, 0xf0
+            ])
+        );
+        assert_eq!(parse_uuid("0f1e2d3c"), None);
+        assert_eq!(parse_uuid("zz1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"), None);
+        let a = boot_id().unwrap();
+        assert_ne!(a, [0; 16]);
+        assert_eq!(boot_id().unwrap(), a);
+    }
 
     #[test]
     fn fdinfo_flock_lines() {

@@ -24,6 +24,16 @@ extern "C" {
     ) -> libc::c_int;
 }
 
+/// `sizeof(sem_t)`: the size glibc maps (and so the least a semaphore's
+/// file must have: a shorter one raises `SIGBUS` on the first access).
+pub(crate) const SEM_SIZE: usize = std::mem::size_of::<libc::sem_t>();
+
+/// Bytes of `sem_t` glibc's own state (`struct new_sem`) occupies; the
+/// rest of the `sem_t` is padding that glibc zeroes when it creates a
+/// semaphore and never reads or writes afterwards. (`struct new_sem` is a
+/// 64-bit word and two ints on 64-bit targets, four ints on 32-bit ones.)
+pub(crate) const SEM_STATE_SIZE: usize = 16;
+
 /// An open named semaphore: the mapping `sem_open` returned. Closed
 /// (`sem_close`) on drop; never unlinks the name.
 #[derive(Debug)]

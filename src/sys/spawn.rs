@@ -121,21 +121,29 @@ pub(crate) fn poll_readable(
 /// for reading: how a child recognises the descriptors its parent handed
 /// down before adopting them.
 pub(crate) fn is_pipe_end(fd: RawFd, write: bool) -> bool {
+    pipe_end_inode(fd, write).is_some()
+}
+
+/// The inode number of the pipe whose write end (`write`) or read end is
+/// open as `fd`; `None` when `fd` is no such pipe end. A pipe's inode
+/// number is unique among the pipes alive on the system, so it tells a
+/// pipe handed down on purpose from whatever else a number may hold.
+pub(crate) fn pipe_end_inode(fd: RawFd, write: bool) -> Option<u64> {
     // SAFETY: an all-zero `stat` is valid storage for fstat to fill.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: fstat on a number only writes to `st`; a closed fd is EBADF.
     if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFIFO {
-        return false;
+        return None;
     }
     // SAFETY: fcntl on a number never touches memory.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     if flags < 0 {
-        return false;
+        return None;
     }
     let want = if write {
         libc::O_WRONLY
     } else {
         libc::O_RDONLY
     };
-    flags & libc::O_ACCMODE == want
+    (flags & libc::O_ACCMODE == want).then_some(st.st_ino)
 }

@@ -97,6 +97,7 @@ impl ChildSpec {
             stop: None,
             bound: super::default_bound(),
             sink: None,
+            wrapper: None,
         }
     }
 
@@ -135,6 +136,7 @@ pub struct Spawn {
     stop: Option<(String, u32)>,
     bound: Duration,
     sink: Option<Sink>,
+    wrapper: Option<(String, Vec<String>)>,
 }
 
 /// Where a sweep learns what one run of its child did.
@@ -188,6 +190,22 @@ impl Spawn {
         self
     }
 
+    /// Starts the child as `program args… TEST-BINARY …`: through a
+    /// command that runs its last arguments, for example
+    /// `unshare --pid --fork --kill-child` to run it in a new pid
+    /// namespace. The wrapper must keep the inherited descriptors and the
+    /// environment, stay in the child's process group, and end when its
+    /// command ends.
+    pub fn wrapper<I, S>(mut self, program: &str, args: I) -> Spawn
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let args = args.into_iter().map(|a| a.as_ref().to_string()).collect();
+        self.wrapper = Some((program.to_string(), args));
+        self
+    }
+
     pub(crate) fn sink(mut self, sink: Sink) -> Spawn {
         self.sink = Some(sink);
         self
@@ -228,7 +246,11 @@ impl Spawn {
             sys::spawn::set_nonblocking(fd.as_fd()).map_err(spawn_err)?;
         }
         let mut cmd = Command::new("/proc/self/exe");
-        if let Ok(exe) = std::env::current_exe() {
+        if let Some((program, args)) = &self.wrapper {
+            cmd = Command::new(program);
+            cmd.args(args)
+                .arg(std::env::current_exe().map_err(spawn_err)?);
+        } else if let Ok(exe) = std::env::current_exe() {
             cmd.arg0(exe);
         }
         cmd.args(LIBTEST_ARGS).arg(&test);
@@ -238,7 +260,15 @@ impl Spawn {
         );
         let (rw, cr) = (report_w.as_raw_fd(), command_r.as_raw_fd());
         let parent = sys::proc::getpid();
-        cmd.env(points::ENV_FDS, format!("{rw},{cr},{parent}"));
+        // The pipes' inode numbers let the child tell them from whatever
+        // a grandchild inheriting these variables finds under the numbers
+        // (a pid would not do: a wrapper such as `unshare --pid` is the
+        // child's parent, and pids differ across namespaces).
+        let ino = |fd, write| sys::spawn::pipe_end_inode(fd, write).unwrap_or(0);
+        cmd.env(
+            points::ENV_FDS,
+            format!("{rw},{cr},{},{}", ino(rw, true), ino(cr, false)),
+        );
         let args: Vec<String> = self.args.iter().map(|a| hex(a)).collect();
         cmd.env(points::ENV_ARGS, args.join(","));
         match &self.stop {

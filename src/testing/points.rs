@@ -118,8 +118,9 @@ const ALL_VARS: [&str; 4] = [ENV_ROLE, ENV_FDS, ENV_STOP, ENV_ARGS];
 
 /// Reads the protocol's variables and removes them from the environment,
 /// so that no program this process starts (a grandchild: a helper
-/// program, the test binary again) sees them. Only a process whose parent
-/// is the one named in [`ENV_FDS`] adopts the descriptors: variables
+/// program, the test binary again) sees them. Only a process that finds
+/// under the numbers in [`ENV_FDS`] the very pipe ends the parent made
+/// (same inode numbers) adopts the descriptors: variables
 /// inherited from further up (a grandchild started before the removal, or
 /// by a program that copied its environment) are dropped, never obeyed —
 /// their descriptor numbers mean nothing, or something else, here.
@@ -136,11 +137,20 @@ fn read_env() -> Option<ChildEnv> {
     }
     let [role, fds, stop, args]: [Option<OsString>; 4] = vars.try_into().ok()?;
     let fds = fds.and_then(utf8);
-    let handed_to_us = fds
+    // Adopted only if both numbers hold the very pipe ends the parent made
+    // (their inode numbers match): a grandchild inheriting the variables
+    // finds nothing, or something else, under the numbers.
+    let nums: Vec<u64> = fds
         .as_deref()
-        .and_then(|f| f.rsplit_once(','))
-        .and_then(|(_, p)| p.parse::<u32>().ok())
-        .is_some_and(|p| p == sys::spawn::getppid());
+        .map(|f| f.split(',').filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_default();
+    let handed_to_us = match nums.as_slice() {
+        &[report, command, report_ino, command_ino] => {
+            sys::spawn::pipe_end_inode(report as RawFd, true) == Some(report_ino)
+                && sys::spawn::pipe_end_inode(command as RawFd, false) == Some(command_ino)
+        }
+        _ => false,
+    };
     if !handed_to_us {
         return None;
     }
@@ -155,7 +165,7 @@ fn read_env() -> Option<ChildEnv> {
         .unwrap_or_else(|| bad(ENV_ROLE));
     let fds = fds.unwrap_or_else(|| bad(ENV_FDS));
     let nums: Vec<RawFd> = fds.split(',').filter_map(|f| f.parse().ok()).collect();
-    let &[report, command, _] = nums.as_slice() else {
+    let &[report, command, _, _] = nums.as_slice() else {
         bad(ENV_FDS)
     };
     // Check that they are what the parent made: the write end and the

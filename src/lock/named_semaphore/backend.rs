@@ -4,15 +4,18 @@
 //! state on [`SemLockState`].
 
 use std::io;
+use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-use super::identity::{decode_identity, holder_alive, own_identity, own_tid};
+use super::identity::{own_pid, own_thread};
 use super::{create_exclusive, NamedSemaphore, MAX_SEM_NAME, SLICE, SPINS};
 use crate::error::{Error, RawLockError};
 use crate::lock::describe::{LockArea, LockInfo};
+use crate::lock::per_process::PerProcess;
 use crate::lock::sealed::Backend;
 use crate::lock::{Acquire, Acquired, LockBackend};
+use crate::segment::liveness::{self, LivenessToken};
 use crate::segment::{LockKind, Segment};
 use crate::sys;
 use crate::sys::errno;
@@ -28,13 +31,17 @@ const NOT_RECOVERABLE: u32 = 2;
 ///
 /// | word | values |
 /// |---|---|
-/// | `holder` (u64) | `0` free; else the holder's identity: pid in the low 22 bits (Linux's `PID_MAX_LIMIT` is 2^22), process start time (clock ticks since boot, `/proc/PID/stat` field 22) above |
+/// | `holder` (u64) | `0` free; else the holder handle's liveness token (see [`liveness`]): the kernel says whether it is still held, whatever the pid and time namespaces, pid reuse or zombies |
+/// | `holder_thread` (u64) | identity of the holding thread (for `Deadlock`; never reused, unlike thread ids), `0` while free or not yet written |
 /// | `state` (u32) | `0` consistent; `1` owner died (the holder took the lock from a dead one and has not made it consistent); `2` not recoverable (final) |
 /// | `waiters` (u32) | threads sleeping on the semaphore |
-/// | `holder_tid` (u32) | thread id of the holder (for `Deadlock`), `0` while free or not yet written |
+/// | `holder_pid` (u32) | pid of the holder, in its own pid namespace (diagnostic only) |
+/// | `holder_tid` (u32) | thread id of the holder, in its own pid namespace (diagnostic only) |
 ///
-/// Only the holder writes `state` and `holder_tid`. `holder` moves
-/// `0 → me` (acquire), `dead → me` (take-over), `me → 0` (release).
+/// Only the holder writes `state`, `holder_thread`, `holder_pid` and
+/// `holder_tid`. `holder` moves `0 → me` (acquire), `dead → me`
+/// (take-over, once the kernel says the token is not held), `me → 0`
+/// (release).
 /// The releaser's SeqCst store of `holder` followed by a SeqCst load of
 /// `waiters`, against the waiter's SeqCst increment of `waiters` followed
 /// by a SeqCst load of `holder`, guarantees that a release is never missed
@@ -44,10 +51,11 @@ const NOT_RECOVERABLE: u32 = 2;
 #[derive(Debug)]
 pub struct SemLockState {
     holder: AtomicU64,
+    holder_thread: AtomicU64,
     state: AtomicU32,
     waiters: AtomicU32,
+    holder_pid: AtomicU32,
     holder_tid: AtomicU32,
-    _reserved: u32,
 }
 
 /// Where [`SemLockState`]'s words lie, for the inspector
@@ -56,8 +64,12 @@ pub struct SemLockState {
 pub(crate) mod layout {
     use super::SemLockState;
 
-    /// Offset of the `holder` identity word (u64).
+    /// Offset of the `holder` token word (u64).
     pub(crate) const HOLDER: usize = std::mem::offset_of!(SemLockState, holder);
+    /// Offset of the `holder_thread` word (u64).
+    pub(crate) const HOLDER_THREAD: usize = std::mem::offset_of!(SemLockState, holder_thread);
+    /// Offset of the `holder_pid` word (u32).
+    pub(crate) const HOLDER_PID: usize = std::mem::offset_of!(SemLockState, holder_pid);
     /// Offset of the `state` word (u32).
     pub(crate) const STATE: usize = std::mem::offset_of!(SemLockState, state);
     /// Offset of the `waiters` word (u32).
@@ -72,20 +84,54 @@ pub(crate) mod layout {
     pub(crate) const NOT_RECOVERABLE: u32 = super::NOT_RECOVERABLE;
 }
 
-/// The per-handle state: the open semaphore waiters sleep on.
-#[derive(Debug)]
+/// The per-handle state: the open semaphore waiters sleep on, and this
+/// process's liveness token (a forked child claims its own on first use).
 pub struct SemLocal {
     sem: SemHandle,
+    /// Dropped with the handle, unless `keep_token` (a forgotten guard
+    /// holds the lock: the token, which proves the holder alive, then lives
+    /// as long as the process).
+    token: ManuallyDrop<PerProcess<LivenessToken>>,
+    keep_token: AtomicBool,
+}
+
+impl Drop for SemLocal {
+    fn drop(&mut self) {
+        if !self.keep_token.load(Ordering::Relaxed) {
+            // SAFETY: dropped once, here; never used after.
+            unsafe { ManuallyDrop::drop(&mut self.token) }
+        }
+    }
+}
+
+impl std::fmt::Debug for SemLocal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SemLocal")
+            .field("sem", &self.sem)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SemLocal {
+    /// This process's token for this handle: one relaxed load and a compare
+    /// on the fast path; claimed anew in a forked child (the inherited
+    /// description was detached there by the fork handler).
+    #[inline]
+    fn token(&self, seg: &Segment) -> io::Result<u64> {
+        self.token
+            .get(|_| LivenessToken::claim(seg.fd()), |_| {})
+            .map(LivenessToken::token)
+    }
 }
 
 impl SemLockState {
     /// The lock is ours (holder word set): finish according to `state`.
     #[inline]
-    fn won(&self, sem: &SemHandle, took_over: bool) -> Result<Acquired, RawLockError> {
+    fn won(&self, sem: &SemHandle, me: u64, took_over: bool) -> Result<Acquired, RawLockError> {
         let acquired = match self.state.load(Ordering::Acquire) {
             NOT_RECOVERABLE => {
                 // Never hold a not-recoverable lock: give it back.
-                self.give_back(sem, false);
+                self.give_back(sem, me, false);
                 return Err(RawLockError::NotRecoverable);
             }
             OWNER_DIED => Acquired::OwnerDied,
@@ -95,21 +141,26 @@ impl SemLockState {
             }
             _ => Acquired::Clean,
         };
-        self.holder_tid.store(own_tid(), Ordering::Relaxed);
+        let me = own_thread();
+        self.holder_thread.store(me.id, Ordering::Relaxed);
+        self.holder_tid.store(me.tid, Ordering::Relaxed);
+        self.holder_pid.store(own_pid(), Ordering::Relaxed);
         Ok(acquired)
     }
 
     /// Clears the holder word and wakes a sleeper if there is one (all of
     /// them when the lock just became not recoverable).
     #[inline]
-    fn give_back(&self, sem: &SemHandle, all: bool) {
+    fn give_back(&self, sem: &SemHandle, me: u64, all: bool) {
+        self.holder_thread.store(0, Ordering::Relaxed);
         self.holder_tid.store(0, Ordering::Relaxed);
+        self.holder_pid.store(0, Ordering::Relaxed);
         // Only our own record is cleared: if another process took the lock
-        // over (it judged us dead), its lock is not ours to free.
+        // over (it found our token dropped: a handle dropped under a
+        // forgotten guard), its lock is not ours to free.
         // SeqCst exchange, then SeqCst load of `waiters`: paired with the
         // waiter's SeqCst increment and re-load of `holder`, at least one
         // of the two sees the other (no lost wake-up).
-        let me = own_identity();
         if self
             .holder
             .compare_exchange(me, 0, Ordering::SeqCst, Ordering::SeqCst)
@@ -127,6 +178,7 @@ impl SemLockState {
     fn acquire_slow(
         &self,
         local: &SemLocal,
+        seg: &Segment,
         me: u64,
         how: Acquire,
     ) -> Result<Acquired, RawLockError> {
@@ -142,28 +194,33 @@ impl SemLockState {
                     .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
                 {
-                    return self.won(&local.sem, false);
+                    return self.won(&local.sem, me, false);
                 }
                 continue;
             }
-            if cur == me {
-                if self.holder_tid.load(Ordering::Relaxed) == own_tid() {
-                    return Err(RawLockError::Deadlock);
-                }
-                // Another thread of this process: alive by definition.
-            } else {
+            // Only this thread ever writes its identity there, and it
+            // clears it before it releases: equal means this very thread
+            // holds the lock (through this handle or another one).
+            if self.holder_thread.load(Ordering::Relaxed) == own_thread().id {
+                return Err(RawLockError::Deadlock);
+            }
+            if cur != me {
+                // (cur == me: another thread of this process through this
+                // handle, alive by definition.)
                 if spins < SPINS && !matches!(how, Acquire::Try) {
                     spins += 1;
                     std::hint::spin_loop();
                     continue;
                 }
-                if !holder_alive(cur) {
+                // The kernel's answer: the token's lock goes with the
+                // holder's last descriptor of it, when it dies or execs.
+                if !liveness::is_held(seg.fd(), cur).map_err(RawLockError::Os)? {
                     if self
                         .holder
                         .compare_exchange(cur, me, Ordering::Acquire, Ordering::Relaxed)
                         .is_ok()
                     {
-                        return self.won(&local.sem, true);
+                        return self.won(&local.sem, me, true);
                     }
                     continue;
                 }
@@ -222,8 +279,9 @@ pub(crate) fn unlink_cell_semaphore(name: &str) -> Result<(), Error> {
 #[allow(private_interfaces)] // sealed trait, see lock/mod.rs
 impl Backend for NamedSemaphore {
     const KIND: LockKind = LockKind::NamedSemaphore;
-    // The holder record names the process, not a mapping: unmapping a
-    // forgotten guard's view changes nothing for other processes.
+    // The holder record names a token, not a mapping: unmapping a
+    // forgotten guard's view changes nothing for other processes (the
+    // token itself is kept: `keep_alive_while_held`).
     const KEEP_MAPPING_WHILE_HELD: bool = false;
     const MAX_NAME: usize = MAX_SEM_NAME;
     type Shared = SemLockState;
@@ -235,74 +293,100 @@ impl Backend for NamedSemaphore {
         let name = seg.name();
         let cname =
             NamedSemaphore::validate(name).map_err(|_| errno::error(errno::ENAMETOOLONG))?;
-        // The segment was created exclusively (or taken over with nobody
-        // attached): a semaphore of that name is a stale leftover.
-        match sys::sem::sem_unlink(&cname) {
-            Err(e) if e.raw_os_error() != Some(errno::ENOENT) => return Err(e),
-            _ => {}
+        let st = sys::fd::fstat(seg.fd())?;
+        // A semaphore of that name is removed only if it is provably what a
+        // creator of *this* segment (a dead one: we hold the exclusive lock
+        // of a segment that is not Ready) left: marked with this segment's
+        // inode. Anything else (a standalone semaphore in use, another
+        // user's) stays, and the create fails with EEXIST (AlreadyExists).
+        if super::is_companion_of(name, st.ino()) {
+            match sys::sem::sem_unlink(&cname) {
+                Err(e) if e.raw_os_error() != Some(errno::ENOENT) => return Err(e),
+                _ => {}
+            }
         }
-        let mode = sys::fd::fstat(seg.fd())?.mode() & 0o777;
         // Created and closed: each handle opens its own in `attach`.
-        create_exclusive(&cname, name, 0, mode).map(drop)
+        match create_exclusive(&cname, name, 0, st.mode() & 0o777) {
+            Ok(sem) => drop(sem),
+            Err(e) if e.raw_os_error() == Some(errno::EEXIST) => {
+                return Err(io::Error::other(Error::AlreadyExists {
+                    name: format!("/sem.{}", &name[1..]),
+                }))
+            }
+            Err(e) => return Err(e),
+        }
+        if let Err(e) = super::mark_companion(name, st.ino()) {
+            let _ = sys::sem::sem_unlink(&cname);
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn attach(seg: &Segment) -> Result<SemLocal, Error> {
-        let ours = sys::proc::pid_namespace();
-        let theirs = seg.info().pid_namespace;
-        if ours != 0 && theirs != 0 && ours != theirs {
-            return Err(Error::Unsupported {
-                what: "a semaphore-locked cell made in another pid namespace \
-                       (holder pids would not be comparable)"
-                    .into(),
-            });
-        }
+        // Liveness is proven by a kernel lock, not by pids or start times:
+        // processes in other pid and time namespaces are fine.
         sys::fork::register_fork_handler();
+        let token = LivenessToken::claim(seg.fd())
+            .map_err(|e| Error::io("liveness token (fcntl(F_OFD_SETLK))", e))?;
         let name = seg.name();
-        let cname = NamedSemaphore::validate(name)?;
         // Never O_CREAT: the header (checked already) says the creator made
-        // the semaphore before publishing Ready.
-        let sem = sys::sem::sem_open_existing(&cname).map_err(|e| match e.raw_os_error() {
+        // the semaphore before publishing Ready. The file is checked before glibc maps it (size, type) and must
+        // belong to the segment's owner (a planted one is refused).
+        let owner = sys::fd::fstat(seg.fd())
+            .map_err(|e| Error::io("fstat", e))?
+            .uid();
+        let sem = super::open_checked(name, Some(owner)).map_err(|e| match e {
             // The segment exists and is Ready, so its semaphore was made:
             // someone removed it. That is damage, not a missing cell.
-            Some(errno::ENOENT) => Error::Corrupted {
+            Error::NotFound { .. } => Error::Corrupted {
                 what: format!("the cell's semaphore sem.{} is missing", &name[1..]),
             },
-            _ => Error::from_io("sem_open", name, e),
+            e => e,
         })?;
-        Ok(SemLocal { sem })
+        Ok(SemLocal {
+            sem,
+            token: ManuallyDrop::new(PerProcess::new(token)),
+            keep_token: AtomicBool::new(false),
+        })
     }
 
     #[inline]
     fn acquire(
         shared: &SemLockState,
         local: &SemLocal,
-        _: &Segment,
+        seg: &Segment,
         how: Acquire,
     ) -> Result<Acquired, RawLockError> {
-        let me = own_identity();
+        let me = local.token(seg).map_err(RawLockError::Os)?;
         if shared
             .holder
             .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
         {
-            return shared.won(&local.sem, false);
+            return shared.won(&local.sem, me, false);
         }
-        shared.acquire_slow(local, me, how)
+        shared.acquire_slow(local, seg, me, how)
     }
 
     #[inline]
-    unsafe fn release(shared: &SemLockState, local: &SemLocal, _: &Segment, consistent: bool) {
+    unsafe fn release(shared: &SemLockState, local: &SemLocal, seg: &Segment, consistent: bool) {
         let nr = !consistent;
         if nr {
             // An owner death nobody repaired: the value cannot be trusted
             // again, by anyone.
             shared.state.store(NOT_RECOVERABLE, Ordering::Relaxed);
         }
-        shared.give_back(&local.sem, nr);
+        // The token acquire used (same process: no claim, no failure).
+        let Ok(me) = local.token(seg) else { return };
+        shared.give_back(&local.sem, me, nr);
     }
 
     unsafe fn make_consistent(shared: &SemLockState, _: &SemLocal, _: &Segment) {
         shared.state.store(CONSISTENT, Ordering::Relaxed);
+    }
+
+    fn keep_alive_while_held(local: &SemLocal) {
+        local.keep_token.store(true, Ordering::Relaxed);
     }
 
     fn describe(area: &LockArea<'_>) -> LockInfo {
@@ -320,10 +404,13 @@ impl SemLockState {
     /// The pid of the process holding the lock now, if any (a snapshot,
     /// read without locking; the holder may be dead and not yet taken
     /// over).
+    ///
+    /// The pid is numbered in the holder's pid namespace, and is written
+    /// right after the lock is taken (`None` for that moment too).
     pub(crate) fn holder_pid(&self) -> Option<u32> {
         match self.holder.load(Ordering::Relaxed) {
             0 => None,
-            word => Some(decode_identity(word).0),
+            _ => Some(self.holder_pid.load(Ordering::Relaxed)).filter(|&p| p != 0),
         }
     }
 
@@ -338,8 +425,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn state_is_24_bytes_aligned_8() {
-        assert_eq!(std::mem::size_of::<SemLockState>(), 24);
+    fn state_is_32_bytes_aligned_8() {
+        assert_eq!(std::mem::size_of::<SemLockState>(), 32);
         assert_eq!(std::mem::align_of::<SemLockState>(), 8);
     }
 }

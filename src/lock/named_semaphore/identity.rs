@@ -1,82 +1,112 @@
-//! The identity a holder records: pid + process start time, so that a
-//! reused pid is not mistaken for the holder; cached per process (and per
-//! fork generation: a forked child recomputes its own) and per thread.
+//! Who holds the semaphore backend's lock, as the holder records it.
+//!
+//! Liveness is *not* judged from these: the holder word is a
+//! [`LivenessToken`](crate::segment::liveness::LivenessToken) and the
+//! kernel says whether it is still held. What is here:
+//!
+//! * [`own_thread`]: an identity of the calling thread that no other thread
+//!   ever has — not a later thread of this process (a counter, never
+//!   reused, unlike kernel thread ids, which are recycled as soon as a
+//!   thread exits), not a thread of another process or of a forked child (a
+//!   random per-process nonce, drawn again in each fork generation). It
+//!   makes `Deadlock` mean "this very thread holds the lock".
+//! * [`own_pid`] and the kernel tid in [`own_thread`]: diagnostics only
+//!   (`holder_pid()`, `inspect`), numbered in the holder's pid namespace.
 
 use std::cell::Cell;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::sys;
 
-const PID_BITS: u32 = 22;
-const PID_MASK: u64 = (1 << PID_BITS) - 1;
+/// This process's pid and the fork generation + 1 it was read in.
+static OWN_PID: AtomicU64 = AtomicU64::new(0);
 
-/// A holder word: `pid` (< 2^22, Linux's `PID_MAX_LIMIT`) in the low 22
-/// bits, the start time (clock ticks since boot; 2^42 ticks are over a
-/// thousand years) in the others. Never 0: pids are positive.
-pub(crate) fn encode_identity(pid: u32, start: u64) -> u64 {
-    (start << PID_BITS) | (pid as u64 & PID_MASK)
-}
-
-/// The `(pid, start time)` of a holder word.
-pub(crate) fn decode_identity(word: u64) -> (u32, u64) {
-    ((word & PID_MASK) as u32, word >> PID_BITS)
-}
-
-/// Whether the process a holder word names still runs: not gone, not a
-/// zombie, and its pid not reused by a process with another start time.
-/// If `/proc` cannot be read it counts as alive.
-pub(crate) fn holder_alive(word: u64) -> bool {
-    let (pid, start) = decode_identity(word);
-    sys::proc::is_alive(pid, start)
-}
-
-static OWN_ID: AtomicU64 = AtomicU64::new(0);
-/// The fork generation + 1 `OWN_ID` was computed in (0: never).
-static OWN_ID_GEN: AtomicU32 = AtomicU32::new(0);
-
-/// This process's identity, computed once per process (per fork
-/// generation: a forked child recomputes its own).
+/// This process's pid (`getpid` is a system call: cached per fork
+/// generation, one relaxed load on the fast path).
 #[inline]
-pub(crate) fn own_identity() -> u64 {
+pub(crate) fn own_pid() -> u32 {
     let gen = sys::fork::fork_generation().wrapping_add(1);
-    if OWN_ID_GEN.load(Ordering::Acquire) == gen {
-        return OWN_ID.load(Ordering::Relaxed);
+    let v = OWN_PID.load(Ordering::Relaxed);
+    if (v >> 32) as u32 == gen {
+        return v as u32;
     }
-    own_identity_slow(gen)
+    own_pid_slow(gen)
 }
 
 #[cold]
-fn own_identity_slow(gen: u32) -> u64 {
+fn own_pid_slow(gen: u32) -> u32 {
     let pid = sys::proc::getpid();
-    let start = sys::proc::stat_state_and_start(pid)
-        .ok()
-        .flatten()
-        .map_or(0, |(_, start)| start);
-    let id = encode_identity(pid, start);
-    OWN_ID.store(id, Ordering::Relaxed);
-    OWN_ID_GEN.store(gen, Ordering::Release);
-    id
+    OWN_PID.store(((gen as u64) << 32) | pid as u64, Ordering::Relaxed);
+    pid
+}
+
+/// The random part of this process's thread identities, with the fork
+/// generation + 1 it was drawn in (a forked child draws its own).
+static NONCE: AtomicU64 = AtomicU64::new(0);
+static NONCE_GEN: AtomicU32 = AtomicU32::new(0);
+/// Threads of this process given an identity so far.
+static THREADS: AtomicU64 = AtomicU64::new(0);
+
+/// The calling thread: `id` unique among all threads of all processes
+/// (never 0), `tid` its kernel thread id (diagnostic).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ThreadIdentity {
+    pub(crate) id: u64,
+    pub(crate) tid: u32,
 }
 
 thread_local! {
-    /// `(fork generation + 1, gettid())` of this thread.
-    static OWN_TID: Cell<(u32, u32)> = const { Cell::new((0, 0)) };
+    /// `(fork generation + 1, identity)` of this thread.
+    static OWN_THREAD: Cell<(u32, ThreadIdentity)> =
+        const { Cell::new((0, ThreadIdentity { id: 0, tid: 0 })) };
 }
 
-/// This thread's id, cached per thread and fork generation.
+/// This thread's identity, made once per thread and fork generation.
 #[inline]
-pub(crate) fn own_tid() -> u32 {
+pub(crate) fn own_thread() -> ThreadIdentity {
     let gen = sys::fork::fork_generation().wrapping_add(1);
-    OWN_TID.with(|c| {
-        let (g, tid) = c.get();
+    OWN_THREAD.with(|c| {
+        let (g, me) = c.get();
         if g == gen {
-            tid
-        } else {
-            let tid = sys::proc::gettid();
-            c.set((gen, tid));
-            tid
+            return me;
         }
+        let me = new_thread_identity(gen);
+        c.set((gen, me));
+        me
     })
+}
+
+#[cold]
+fn new_thread_identity(gen: u32) -> ThreadIdentity {
+    let nonce = process_nonce(gen);
+    let n = THREADS.fetch_add(1, Ordering::Relaxed);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(nonce);
+    h.write_u64(n);
+    ThreadIdentity {
+        id: h.finish().max(1),
+        tid: sys::proc::gettid(),
+    }
+}
+
+/// A random number per process and fork generation. Two threads of a
+/// freshly forked child may race to draw it: the first store wins and both
+/// read it back.
+fn process_nonce(gen: u32) -> u64 {
+    if NONCE_GEN.load(Ordering::Acquire) != gen {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(sys::proc::getpid());
+        h.write_u32(gen);
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        NONCE.store(h.finish(), Ordering::Relaxed);
+        NONCE_GEN.store(gen, Ordering::Release);
+    }
+    NONCE.load(Ordering::Relaxed)
 }
 
 #[cfg(test)]
@@ -84,50 +114,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn identity_round_trips() {
-        for (pid, start) in [
-            (1, 0),
-            (4_194_303, 0),
-            (12345, 987_654_321),
-            (2, (1 << 42) - 1),
-        ] {
-            let w = encode_identity(pid, start);
-            assert_ne!(w, 0);
-            assert_eq!(decode_identity(w), (pid, start));
+    fn own_pid_is_getpid() {
+        assert_eq!(own_pid(), std::process::id());
+        assert_eq!(own_pid(), std::process::id(), "cached");
+    }
+
+    #[test]
+    fn thread_identities_are_never_reused() {
+        let me = own_thread();
+        assert_ne!(me.id, 0);
+        assert_eq!(own_thread(), me, "cached");
+        assert_eq!(me.tid, sys::proc::gettid());
+        // Threads run one after the other: the kernel may give them the
+        // same tid, never the same identity.
+        let mut ids = vec![me.id];
+        for _ in 0..20 {
+            ids.push(std::thread::spawn(|| own_thread().id).join().unwrap());
         }
-    }
-
-    #[test]
-    fn own_identity_is_alive_and_matches_proc() {
-        let me = own_identity();
-        let (pid, start) = decode_identity(me);
-        assert_eq!(pid, std::process::id());
-        assert_ne!(start, 0, "this process's start time is readable");
-        assert!(holder_alive(me));
-        assert_eq!(own_identity(), me, "cached");
-    }
-
-    #[test]
-    fn reused_pid_is_detected_by_start_time() {
-        let (pid, start) = decode_identity(own_identity());
-        // Same pid, another start time: a different process that got our pid.
-        assert!(!holder_alive(encode_identity(pid, start + 1)));
-        assert!(!holder_alive(encode_identity(pid, start - 1)));
-        // Start time unknown (0): the pid alone decides.
-        assert!(holder_alive(encode_identity(pid, 0)));
-    }
-
-    #[test]
-    fn vanished_pid_is_dead() {
-        // A child that exited and was reaped: its pid names nobody (or, if
-        // reused already, a process with another start time).
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let pid = child.id();
-        let start = sys::proc::stat_state_and_start(pid)
-            .ok()
-            .flatten()
-            .map_or(1, |(_, s)| s);
-        child.wait().unwrap();
-        assert!(!holder_alive(encode_identity(pid, start)));
+        let n = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), n, "identities repeat: {ids:?}");
     }
 }

@@ -1,28 +1,35 @@
 //! The semaphore backend read from outside: its holder record and state
-//! word with `pread`.
+//! word with `pread`, the holder's liveness from the kernel.
 
 use super::backend::layout as sem;
-use super::identity::decode_identity;
 use crate::lock::describe::{u32_at, Holder, LockArea, LockInfo, LockState, LockWord};
+use crate::segment::liveness;
 use crate::segment::LockKind;
-use crate::sys;
 
 /// Reads the semaphore backend's holder record (the holder word *is* the
-/// lock: pid and process start time) and its state word.
+/// lock: the holder's liveness token) and its state word, and asks the
+/// kernel whether the token is still held (`F_OFD_GETLK`): the answer holds
+/// whatever the pid and time namespaces of the holder and of this reader.
 pub(crate) fn describe(area: &LockArea<'_>) -> LockInfo {
-    let foreign_ns = area.foreign_ns;
     let mut out = LockInfo::unknown(Some(LockKind::NamedSemaphore));
     let Some(b) = area.bytes::<{ sem::SIZE }>() else {
         return out;
     };
-    let identity = u64::from_ne_bytes(b[sem::HOLDER..sem::HOLDER + 8].try_into().expect("8"));
+    let u64_at = |off: usize| u64::from_ne_bytes(b[off..off + 8].try_into().expect("8 bytes"));
+    let token = u64_at(sem::HOLDER);
     let state = u32_at(&b, sem::STATE);
     let tid = u32_at(&b, sem::HOLDER_TID);
+    let pid = u32_at(&b, sem::HOLDER_PID);
     out.words = vec![
         LockWord {
             name: "sem_holder",
-            value: identity,
-            meaning: "holder identity: pid (low 22 bits) | process start time << 22; 0 free",
+            value: token,
+            meaning: "holder's liveness token (a kernel lock on byte 2^62 + token of the segment); 0 free",
+        },
+        LockWord {
+            name: "sem_holder_thread",
+            value: u64_at(sem::HOLDER_THREAD),
+            meaning: "identity of the holding thread (never reused; for Deadlock)",
         },
         LockWord {
             name: "sem_state",
@@ -35,22 +42,20 @@ pub(crate) fn describe(area: &LockArea<'_>) -> LockInfo {
             meaning: "threads sleeping on the semaphore sem.NAME",
         },
         LockWord {
+            name: "sem_holder_pid",
+            value: pid.into(),
+            meaning: "pid of the holder in its pid namespace (0: free or not yet written)",
+        },
+        LockWord {
             name: "sem_holder_tid",
             value: tid.into(),
-            meaning: "thread of the holder (0: free or not yet written)",
+            meaning: "thread of the holder in its pid namespace (0: free or not yet written)",
         },
     ];
-    let holder = (identity != 0).then(|| {
-        let (pid, start) = decode_identity(identity);
-        Holder {
-            tid: (tid != 0).then_some(tid),
-            pid: Some(pid),
-            alive: if foreign_ns {
-                None
-            } else {
-                process_alive(pid, start)
-            },
-        }
+    let holder = (token != 0).then(|| Holder {
+        tid: (tid != 0 && !area.foreign_ns).then_some(tid),
+        pid: (pid != 0 && !area.foreign_ns).then_some(pid),
+        alive: liveness::is_held(area.fd, token).ok(),
     });
     out.state = match (state, holder.and_then(|h| h.alive)) {
         (sem::NOT_RECOVERABLE, _) => LockState::NotRecoverable,
@@ -62,14 +67,4 @@ pub(crate) fn describe(area: &LockArea<'_>) -> LockInfo {
     };
     out.holder = holder;
     out
-}
-
-/// Whether the process `pid` that started at `start` (clock ticks, 0 =
-/// unknown) still runs: `None` when `/proc` cannot be read.
-///
-/// The same judgement as the lock backends' (`sys::proc::is_alive`): a
-/// zombie leader with live threads is alive, and a process `/proc` hides
-/// (`hidepid`) is judged by `kill(pid, 0)`.
-fn process_alive(pid: u32, start: u64) -> Option<bool> {
-    Some(sys::proc::is_alive(pid, start))
 }

@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::segment::{name, DEFAULT_MODE};
 use crate::sys;
 use crate::sys::errno;
+use crate::sys::fd::{oflag, FileKind, FileStat};
 use crate::sys::sem::SemHandle;
 use crate::sys::time::Monotonic;
 
@@ -26,8 +27,8 @@ pub const MAX_SEM_NAME: usize = 251;
 /// the bound on how long a holder's death goes unnoticed by a sleeper.
 pub(crate) const SLICE: Duration = Duration::from_millis(20);
 
-/// How often a contended acquire re-reads the holder word before it reads
-/// `/proc` and sleeps (short critical sections end within it).
+/// How often a contended acquire re-reads the holder word before it asks
+/// the kernel whether the holder lives, and sleeps (short critical sections end within it).
 const SPINS: u32 = 100;
 
 /// Why a semaphore operation failed.
@@ -118,17 +119,20 @@ impl SemaphoreOptions {
 /// with the semaphore at all:
 ///
 /// * **Acquire** is a compare-and-swap of a holder word in the segment from
-///   0 to this process's identity (pid + process start time, against pid
-///   reuse). A holder that is dead — its `/proc/PID/stat` is gone, it is a
-///   zombie (killed, not yet reaped), or its pid now names a process with
-///   another start time — is taken over with a compare-and-swap from the
-///   dead identity, so of several waiters exactly one wins; it gets
-///   [`LockError::OwnerDied`](crate::LockError::OwnerDied). If `/proc`
-///   cannot be read (`hidepid`), a holder counts as alive.
+///   0 to the handle's *liveness token*: a random number whose byte
+///   (2^62 + token) of the segment's file the handle keeps read-locked
+///   (an open-file-description lock, through a description of its own).
+///   The kernel drops that lock when the holder dies or `exec`s, so
+///   "is the holder alive?" is asked of the kernel (`F_OFD_GETLK`), not
+///   of pids and `/proc` start times — which differ between pid
+///   namespaces, are shifted by time namespaces, and are reused. A dead
+///   holder is taken over with a compare-and-swap from its token, so of
+///   several waiters exactly one wins; it gets
+///   [`LockError::OwnerDied`](crate::LockError::OwnerDied).
 /// * **Every acquire path that finds the lock taken** — `try_lock`
-///   included — checks the holder's liveness before answering
-///   `WouldBlock` or `TimedOut`. That check reads `/proc/PID/stat`
-///   (about 10 µs).
+///   included — asks the kernel about the holder before answering
+///   `WouldBlock` or `TimedOut` (one system call). An uncontended acquire
+///   is one compare-and-swap, with no system call.
 /// * **The semaphore `sem.NAME` is only where waiters sleep.** A waiter
 ///   counts itself in the segment, sleeps with
 ///   `sem_clockwait(CLOCK_MONOTONIC)` for at most 20 ms, and checks the
@@ -143,22 +147,25 @@ impl SemaphoreOptions {
 ///   [`NotRecoverable`](crate::LockError::NotRecoverable) for every
 ///   process; a taker that dies before `make_consistent` hands `OwnerDied`
 ///   on to the next.
-/// * Locking again from the thread that holds the lock is
-///   [`Deadlock`](crate::LockError::Deadlock); another thread of the same
-///   process waits.
+/// * Locking again from the thread that holds the lock (through any handle)
+///   is [`Deadlock`](crate::LockError::Deadlock); another thread of the
+///   same process waits — also a new thread that the kernel gave the id of
+///   an exited holder thread (the holder records an identity of its thread
+///   that is never reused, not the thread id).
+/// * Processes in different pid and time namespaces (containers sharing
+///   `/dev/shm`) may share a cell: nothing is judged from pids or clocks.
 ///
 /// Limits, by design:
 ///
 /// * A foreign program doing a bare `sem_wait` on `sem.NAME` is **not**
 ///   excluded by the cell's lock — it only takes a wake-up token. Use the
 ///   standalone `NamedSemaphore` to interoperate with such programs.
-/// * The holder is a *process*: a thread that exits holding the lock while
-///   its process lives on, or a process that `exec`s while holding it (same
-///   pid, same start time), is not seen as dead (the robust mutex detects
-///   both).
-/// * Pids are compared, so every process using a cell must be in the same
-///   pid namespace: a handle refuses a segment created in another one
-///   ([`Error::Unsupported`]).
+/// * The holder is a *handle in a process*: a thread that exits holding
+///   the lock while its process (and handle) lives on is not seen as dead
+///   (the robust mutex detects it). A process that `exec`s while holding
+///   it is (the token's descriptor is close-on-exec).
+/// * Each handle holds one more descriptor (its token's) and one
+///   byte-range lock.
 /// * Cell names are limited to 251 bytes after the `/` (checked before
 ///   anything is created).
 /// * A waiter killed while asleep leaves the waiter count one too high for
@@ -243,14 +250,19 @@ impl NamedSemaphore {
 
     /// Opens the existing semaphore `name` (`sem_open` without `O_CREAT`).
     ///
+    /// glibc maps `/dev/shm/sem.NAME` without looking at its size, so a
+    /// short file (empty, truncated, or planted by another user) would
+    /// raise `SIGBUS` at the first `post`. The file is checked first: opened
+    /// with `O_NONBLOCK|O_NOFOLLOW`, it must be a regular file of at least
+    /// `sizeof(sem_t)` bytes.
+    ///
     /// # Errors
     ///
     /// [`Error::InvalidName`], [`Error::NotFound`],
-    /// [`Error::PermissionDenied`], [`Error::Io`].
+    /// [`Error::PermissionDenied`], [`Error::Incompatible`] (`file type`:
+    /// not a regular file), [`Error::TooSmall`], [`Error::Io`].
     pub fn open(name: &str) -> Result<Self, Error> {
-        let cname = Self::validate(name)?;
-        let sem =
-            sys::sem::sem_open_existing(&cname).map_err(|e| Error::from_io("sem_open", name, e))?;
+        let sem = open_checked(name, None)?;
         Ok(NamedSemaphore {
             sem,
             name: name.into(),
@@ -385,6 +397,101 @@ impl Drop for NamedSemaphore {
         }
         // `self.sem` closes itself.
     }
+}
+
+/// The file `/dev/shm/sem.NAME` of the semaphore `name`, opened with
+/// `O_NONBLOCK|O_NOFOLLOW` (a FIFO does not make us wait, a link is not
+/// followed) and checked by `fstat`: a regular file of at least
+/// `sizeof(sem_t)` bytes (and owned by `owner` when given).
+pub(crate) fn check_file(
+    name: &str,
+    owner: Option<u32>,
+) -> Result<(std::os::fd::OwnedFd, FileStat), Error> {
+    let path = sem_path(name);
+    let flags = oflag::O_RDONLY | oflag::O_NONBLOCK | oflag::O_NOFOLLOW | oflag::O_NOCTTY;
+    let fd = sys::fd::open(&path, flags, 0).map_err(|e| match e.raw_os_error() {
+        Some(errno::ELOOP) => Error::Incompatible {
+            field: "file type",
+            expected: "regular file".into(),
+            found: "symbolic link".into(),
+        },
+        _ => Error::from_io("open(sem.NAME)", name, e),
+    })?;
+    let st = sys::fd::fstat(std::os::fd::AsFd::as_fd(&fd)).map_err(|e| Error::io("fstat", e))?;
+    if st.kind() != FileKind::Regular {
+        return Err(Error::Incompatible {
+            field: "file type",
+            expected: "regular file".into(),
+            found: st.kind().name().into(),
+        });
+    }
+    if st.size() < sys::sem::SEM_SIZE as u64 {
+        return Err(Error::TooSmall {
+            size: st.size(),
+            needed: sys::sem::SEM_SIZE as u64,
+        });
+    }
+    if let Some(uid) = owner {
+        if st.uid() != uid {
+            return Err(Error::ForeignOwner {
+                name: format!("/sem.{}", &name[1..]),
+                uid: st.uid(),
+            });
+        }
+    }
+    Ok((fd, st))
+}
+
+/// `sem_open` of the existing semaphore `name` once its file passed
+/// [`check_file`]. (The name could be replaced between the check and
+/// `sem_open` only by the file's owner or root: `/dev/shm` is sticky.)
+pub(crate) fn open_checked(name: &str, owner: Option<u32>) -> Result<SemHandle, Error> {
+    let cname = NamedSemaphore::validate(name)?;
+    check_file(name, owner)?;
+    sys::sem::sem_open_existing(&cname).map_err(|e| Error::from_io("sem_open", name, e))
+}
+
+/// The mark a cell writes into the padding of its semaphore's `sem_t`
+/// (bytes [`SEM_STATE_SIZE`](sys::sem::SEM_STATE_SIZE)`..+8`), followed by
+/// the inode number of the cell's segment: glibc never reads or writes
+/// there, and a semaphore made by anyone else has zeros.
+const COMPANION_MARK: [u8; 8] = *b"shmsyncS";
+
+/// Marks the semaphore file of the cell whose segment has inode `ino`
+/// (64-bit targets only, where `sem_t` has 16 bytes of padding).
+pub(crate) fn mark_companion(name: &str, ino: u64) -> io::Result<()> {
+    let Some(at) = mark_offset() else {
+        return Ok(());
+    };
+    let flags = oflag::O_RDWR | oflag::O_NONBLOCK | oflag::O_NOFOLLOW | oflag::O_NOCTTY;
+    let fd = sys::fd::open(&sem_path(name), flags, 0)?;
+    let mut mark = [0u8; 16];
+    mark[..8].copy_from_slice(&COMPANION_MARK);
+    mark[8..].copy_from_slice(&ino.to_le_bytes());
+    sys::fd::pwrite_all(std::os::fd::AsFd::as_fd(&fd), &mark, at)
+}
+
+/// Whether `sem.NAME` is provably what a cell whose segment has inode `ino`
+/// left behind: a regular file of this user, of a semaphore's size,
+/// carrying the cell's mark with that inode number. (A live inode number
+/// is unique on its filesystem, and the segment stays alive while anyone
+/// uses its cell.) Anything else is somebody's semaphore, never removed.
+pub(crate) fn is_companion_of(name: &str, ino: u64) -> bool {
+    let Some(at) = mark_offset() else {
+        return false;
+    };
+    let Ok((fd, _)) = check_file(name, Some(sys::proc::geteuid())) else {
+        return false;
+    };
+    let mut mark = [0u8; 16];
+    match sys::fd::pread_full(std::os::fd::AsFd::as_fd(&fd), &mut mark, at) {
+        Ok(16) => mark[..8] == COMPANION_MARK && mark[8..] == ino.to_le_bytes(),
+        _ => false,
+    }
+}
+
+fn mark_offset() -> Option<u64> {
+    (sys::sem::SEM_SIZE >= sys::sem::SEM_STATE_SIZE + 16).then_some(sys::sem::SEM_STATE_SIZE as u64)
 }
 
 /// `sem_open(O_CREAT|O_EXCL)` with `value`, then the exact `mode`. On a

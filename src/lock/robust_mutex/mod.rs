@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 pub(crate) mod backend;
-mod inspect;
+pub(crate) mod inspect;
 
 use super::{Acquire, Acquired};
 use crate::error::{LockError, RawLockError};
@@ -77,6 +77,17 @@ pub(crate) mod word {
 /// is for structures of your own in a mapping you manage: initialise it in
 /// place once with [`RobustMutex::init`], then every process that maps the
 /// memory may lock it through a `&RobustMutex`.
+///
+/// # Pid namespaces
+///
+/// The futex word holds the holder's thread id as *its* pid namespace
+/// numbers it, so processes of different pid namespaces (containers
+/// sharing `/dev/shm`) must never share one: their threads can have the
+/// same id (`Deadlock` answers, two holders after a waiter's death). A
+/// `ShmCell<T, RobustMutex>` refuses such sharing at `open`
+/// ([`Error::ForeignPidNamespace`](crate::Error::ForeignPidNamespace));
+/// in a mapping of your own, keeping to one pid namespace is yours to
+/// ensure (or use the semaphore or `flock` backend).
 ///
 /// # Invariants
 ///
@@ -192,6 +203,16 @@ impl RobustMutex {
         futex.load(Ordering::Relaxed) & word::TID_MASK
     }
 
+    /// Whether the kernel marked the holder dead and nobody has locked it
+    /// since (`FUTEX_OWNER_DIED` with no tid in the lock word). A diagnostic
+    /// snapshot, read without taking the lock.
+    pub(crate) fn owner_died_unclaimed(&self) -> bool {
+        // SAFETY: as in `owner_tid`.
+        let futex = unsafe { &*(self.raw() as *const AtomicU32) };
+        let w = futex.load(Ordering::SeqCst);
+        w & word::TID_MASK == 0 && w & word::OWNER_DIED != 0
+    }
+
     /// Locks, waiting as long as it takes.
     ///
     /// # Errors
@@ -293,3 +314,10 @@ impl std::fmt::Debug for RobustMutexGuard<'_> {
             .finish()
     }
 }
+
+impl crate::error::sealed::GiveUp for RobustMutexGuard<'_> {
+    /// A standalone mutex has nowhere to record suspicion: dropped, which
+    /// makes an unrepaired owner-died mutex not recoverable.
+    fn give_up(self) {}
+}
+impl crate::error::LockGuard for RobustMutexGuard<'_> {}

@@ -1,0 +1,10 @@
+use shmsync::ShmSafe;
+
+#[derive(Clone, Copy, ShmSafe)]
+#[repr(C)]
+enum State {
+    Idle,
+    Busy,
+}
+
+fn main() {}

@@ -1,0 +1,9 @@
+use shmsync::ShmSafe;
+
+#[derive(Clone, Copy, ShmSafe)]
+#[repr(C)]
+struct Named {
+    name: &'static str,
+}
+
+fn main() {}
