@@ -453,6 +453,7 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         if let Some(kind) = kind {
             crate::lock::unlink_companions(kind, name)?;
         }
+        crate::steps::step("unlink:companions-removed");
         Segment::unlink(name)
     }
 
@@ -564,8 +565,10 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         // Cleared before the release: after it, another thread of this
         // process may take the lock through this handle and set it again.
         self.set_held(false);
+        crate::steps::step("unlock:begin");
         // SAFETY: forwarded from the caller.
-        unsafe { L::release(self.shared(), &self.local, &self.seg, consistent) }
+        unsafe { L::release(self.shared(), &self.local, &self.seg, consistent) };
+        crate::steps::step("unlock:released");
     }
 
     /// Whether the header's `suspect` word is set: the value may be
@@ -585,10 +588,12 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
             // Written under the lock: the holder is the only writer.
             self.seg.header().suspect.store(0, Ordering::Release);
         }
+        crate::steps::step("consistent:begin");
         // SAFETY: forwarded from the caller. On a lock acquired cleanly
         // (only `suspect` was set) every backend's `make_consistent` is
         // harmless (the robust mutex ignores `EINVAL`).
-        unsafe { L::make_consistent(self.shared(), &self.local, &self.seg) }
+        unsafe { L::make_consistent(self.shared(), &self.local, &self.seg) };
+        crate::steps::step("consistent:done");
     }
 }
 

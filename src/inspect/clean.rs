@@ -179,6 +179,7 @@ pub fn clean_one(name: &str, dry_run: bool) -> Result<CleanOutcome, Error> {
         return skipped(keep_reason(&locked), Some(locked));
     }
     clean_hook(name);
+    crate::steps::step("clean:judged");
     let st = sys::fd::fstat(fd.as_fd()).map_err(|e| Error::io("fstat", e))?;
     let path = name::shm_path(name);
     match sys::fd::lstat(&path) {
@@ -208,6 +209,7 @@ pub fn clean_one(name: &str, dry_run: bool) -> Result<CleanOutcome, Error> {
     if let Some(kind) = locked.lock.kind {
         crate::lock::unlink_companions(kind, name)?;
     }
+    crate::steps::step("clean:companions-removed");
     match sys::shm::shm_unlink(&cname) {
         Ok(()) => {}
         Err(e) if matches!(e.raw_os_error(), Some(errno::EPERM) | Some(errno::EACCES)) => {

@@ -128,6 +128,7 @@ impl SemLockState {
     /// The lock is ours (holder word set): finish according to `state`.
     #[inline]
     fn won(&self, sem: &SemHandle, me: u64, took_over: bool) -> Result<Acquired, RawLockError> {
+        crate::steps::step("sem:holder-set");
         let acquired = match self.state.load(Ordering::Acquire) {
             NOT_RECOVERABLE => {
                 // Never hold a not-recoverable lock: give it back.
@@ -137,6 +138,7 @@ impl SemLockState {
             OWNER_DIED => Acquired::OwnerDied,
             _ if took_over => {
                 self.state.store(OWNER_DIED, Ordering::Relaxed);
+                crate::steps::step("sem:owner-died-recorded");
                 Acquired::OwnerDied
             }
             _ => Acquired::Clean,
@@ -145,6 +147,7 @@ impl SemLockState {
         self.holder_thread.store(me.id, Ordering::Relaxed);
         self.holder_tid.store(me.tid, Ordering::Relaxed);
         self.holder_pid.store(own_pid(), Ordering::Relaxed);
+        crate::steps::step("sem:holder-recorded");
         Ok(acquired)
     }
 
@@ -155,6 +158,7 @@ impl SemLockState {
         self.holder_thread.store(0, Ordering::Relaxed);
         self.holder_tid.store(0, Ordering::Relaxed);
         self.holder_pid.store(0, Ordering::Relaxed);
+        crate::steps::step("sem:record-cleared");
         // Only our own record is cleared: if another process took the lock
         // over (it found our token dropped: a handle dropped under a
         // forgotten guard), its lock is not ours to free.
@@ -168,6 +172,7 @@ impl SemLockState {
         {
             return;
         }
+        crate::steps::step("sem:holder-cleared");
         let waiters = self.waiters.load(Ordering::SeqCst);
         if waiters > 0 {
             wake(sem, if all { waiters.min(1024) } else { 1 });
