@@ -33,13 +33,37 @@ pub(crate) fn step(name: &'static str) {
     let _ = name;
 }
 
-/// Marks an initialisation step (`init:…`).
+/// Marks an initialisation step (kill point `init:…`, and the hook of
+/// [`segment::set_init_hook`](crate::segment::set_init_hook)).
 #[inline(always)]
-pub(crate) fn init(name: &'static str) {
+pub(crate) fn init(step: crate::segment::InitStep) {
     #[cfg(feature = "testing")]
-    reached(INIT, name);
+    init_reached(step);
     #[cfg(not(feature = "testing"))]
-    let _ = name;
+    let _ = step;
+}
+
+#[cfg(feature = "testing")]
+static INIT_HOOK: std::sync::atomic::AtomicPtr<()> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// Installs (or removes) the function called at each initialisation step.
+#[cfg(feature = "testing")]
+pub(crate) fn set_init_hook(hook: Option<fn(crate::segment::InitStep)>) {
+    let p = hook.map_or(std::ptr::null_mut(), |f| f as *mut ());
+    INIT_HOOK.store(p, std::sync::atomic::Ordering::SeqCst);
+}
+
+#[cfg(feature = "testing")]
+fn init_reached(step: crate::segment::InitStep) {
+    let p = INIT_HOOK.load(std::sync::atomic::Ordering::SeqCst);
+    if !p.is_null() {
+        // SAFETY: the only non-null values stored are `fn(InitStep)`
+        // pointers (see `set_init_hook`).
+        let f = unsafe { std::mem::transmute::<*mut (), fn(crate::segment::InitStep)>(p) };
+        f(step);
+    }
+    reached(INIT, step.point());
 }
 
 #[cfg(feature = "testing")]

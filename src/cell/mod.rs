@@ -291,7 +291,7 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     /// resize or rewrite it); [`Error::AlreadyExists`] only for an object
     /// the lock needs besides the segment (`/sem.NAME` of a
     /// [`NamedSemaphore`](crate::NamedSemaphore) cell, when it is not
-    /// provably this cell's leftover).
+    /// provably a cell's leftover: marked by a cell of this user).
     pub fn open_or_create(name: &str, value: T) -> Result<Self, Error> {
         Self::open_or_create_with(name, value, &CreateOptions::default())
     }

@@ -143,11 +143,19 @@ impl InitStep {
     }
 }
 
+/// Installs `hook`, called at each [`InitStep`] of every creation in this
+/// process (tests use it to act at a precise step; feature `testing`).
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub fn set_init_hook(hook: Option<fn(InitStep)>) {
+    crate::steps::set_init_hook(hook);
+}
+
 /// Marks `step` of a creation (a kill point for crash tests, see
 /// [`crate::steps`]).
 #[inline(always)]
 fn init_step(step: InitStep) {
-    crate::steps::init(step.point());
+    crate::steps::init(step);
 }
 
 /// Options that only make sense when creating.

@@ -270,6 +270,49 @@ fn wake(sem: &SemHandle, n: u32) {
     }
 }
 
+/// Makes the semaphore of the Ready cell `name` (segment `seg_st`) again
+/// when it is missing, and opens it. It carries only wake-ups (the lock
+/// state is in the segment), so a new one loses nothing: without this, a
+/// process killed in `unlink` or `clean` after removing the semaphore and
+/// before removing the name would leave a cell that no process can open
+/// (and `open_or_create` refuses) until someone unlinks it by hand.
+///
+/// Only the segment's owner remakes it, and only while the name still
+/// refers to this segment: a cell whose name is gone was being removed, and
+/// a semaphore made for it would be an orphan (`NotFound`, as for an open
+/// that lost the race with `unlink`).
+fn remake_missing(name: &str, seg_st: &sys::fd::FileStat) -> Result<SemHandle, Error> {
+    let missing = || Error::Corrupted {
+        what: format!("the cell's semaphore sem.{} is missing", &name[1..]),
+    };
+    if sys::proc::geteuid() != seg_st.uid() {
+        return Err(missing());
+    }
+    match sys::fd::lstat(&crate::segment::name::shm_path(name)) {
+        Ok(p) if p.same_file(seg_st) => {}
+        Ok(_) => return Err(Error::NotFound { name: name.into() }),
+        Err(e) if e.raw_os_error() == Some(errno::ENOENT) => {
+            return Err(Error::NotFound { name: name.into() })
+        }
+        Err(e) => return Err(Error::io("lstat", e)),
+    }
+    let cname = NamedSemaphore::validate(name)?;
+    match create_exclusive(&cname, name, 0, seg_st.mode() & 0o777) {
+        Ok(sem) => {
+            drop(sem);
+            super::mark_companion(name, seg_st.ino())
+                .map_err(|e| Error::from_io("mark sem.NAME", name, e))?;
+        }
+        // Another opener made it first.
+        Err(e) if e.raw_os_error() == Some(errno::EEXIST) => {}
+        Err(e) => return Err(Error::from_io("sem_open", name, e)),
+    }
+    super::open_checked(name, Some(seg_st.uid())).map_err(|e| match e {
+        Error::NotFound { .. } => missing(),
+        e => e,
+    })
+}
+
 /// Removes the semaphore of the cell `name` (`sem_unlink`); an absent one
 /// is fine.
 pub(crate) fn unlink_cell_semaphore(name: &str) -> Result<(), Error> {
@@ -299,12 +342,18 @@ impl Backend for NamedSemaphore {
         let cname =
             NamedSemaphore::validate(name).map_err(|_| errno::error(errno::ENAMETOOLONG))?;
         let st = sys::fd::fstat(seg.fd())?;
-        // A semaphore of that name is removed only if it is provably what a
-        // creator of *this* segment (a dead one: we hold the exclusive lock
-        // of a segment that is not Ready) left: marked with this segment's
-        // inode. Anything else (a standalone semaphore in use, another
-        // user's) stays, and the create fails with EEXIST (AlreadyExists).
-        if super::is_companion_of(name, st.ino()) {
+        // A semaphore of that name is removed only if it is provably a
+        // cell's leftover: marked by a cell of this user. The name refers
+        // to this segment (we hold its exclusive lock, it is not Ready), so
+        // a mark with this segment's inode is a dead creator's, and one
+        // with another inode an orphan whose segment's name is gone (a
+        // `Segment::unlink`, or an opener that made the semaphore again
+        // while an unlinker removed the name): nobody can reach it by
+        // name any more, and the processes still attached to that old cell
+        // keep their open semaphore. Anything else (a standalone semaphore
+        // in use, another user's) stays, and the create fails with EEXIST
+        // (AlreadyExists).
+        if super::companion_of(name).is_some() {
             match sys::sem::sem_unlink(&cname) {
                 Err(e) if e.raw_os_error() != Some(errno::ENOENT) => return Err(e),
                 _ => {}
@@ -337,17 +386,14 @@ impl Backend for NamedSemaphore {
         // Never O_CREAT: the header (checked already) says the creator made
         // the semaphore before publishing Ready. The file is checked before glibc maps it (size, type) and must
         // belong to the segment's owner (a planted one is refused).
-        let owner = sys::fd::fstat(seg.fd())
-            .map_err(|e| Error::io("fstat", e))?
-            .uid();
-        let sem = super::open_checked(name, Some(owner)).map_err(|e| match e {
-            // The segment exists and is Ready, so its semaphore was made:
-            // someone removed it. That is damage, not a missing cell.
-            Error::NotFound { .. } => Error::Corrupted {
-                what: format!("the cell's semaphore sem.{} is missing", &name[1..]),
-            },
-            e => e,
-        })?;
+        let st = sys::fd::fstat(seg.fd()).map_err(|e| Error::io("fstat", e))?;
+        let sem = match super::open_checked(name, Some(st.uid())) {
+            // The segment is Ready, so its semaphore was made: a process
+            // died in `unlink` or `clean` between removing it and removing
+            // the name (or someone removed it).
+            Err(Error::NotFound { .. }) => remake_missing(name, &st)?,
+            other => other?,
+        };
         Ok(SemLocal {
             sem,
             token: ManuallyDrop::new(PerProcess::new(token)),

@@ -471,22 +471,19 @@ pub(crate) fn mark_companion(name: &str, ino: u64) -> io::Result<()> {
     sys::fd::pwrite_all(std::os::fd::AsFd::as_fd(&fd), &mark, at)
 }
 
-/// Whether `sem.NAME` is provably what a cell whose segment has inode `ino`
-/// left behind: a regular file of this user, of a semaphore's size,
-/// carrying the cell's mark with that inode number. (A live inode number
-/// is unique on its filesystem, and the segment stays alive while anyone
-/// uses its cell.) Anything else is somebody's semaphore, never removed.
-pub(crate) fn is_companion_of(name: &str, ino: u64) -> bool {
-    let Some(at) = mark_offset() else {
-        return false;
-    };
-    let Ok((fd, _)) = check_file(name, Some(sys::proc::geteuid())) else {
-        return false;
-    };
+/// If `sem.NAME` is provably a cell's semaphore — a regular file of this
+/// user, of a semaphore's size, carrying the cell's mark — the inode
+/// number of the segment it was made for. Anything else (`None`) is
+/// somebody's semaphore, never removed.
+pub(crate) fn companion_of(name: &str) -> Option<u64> {
+    let at = mark_offset()?;
+    let (fd, _) = check_file(name, Some(sys::proc::geteuid())).ok()?;
     let mut mark = [0u8; 16];
     match sys::fd::pread_full(std::os::fd::AsFd::as_fd(&fd), &mut mark, at) {
-        Ok(16) => mark[..8] == COMPANION_MARK && mark[8..] == ino.to_le_bytes(),
-        _ => false,
+        Ok(16) if mark[..8] == COMPANION_MARK => {
+            Some(u64::from_le_bytes(mark[8..].try_into().expect("8 bytes")))
+        }
+        _ => None,
     }
 }
 
