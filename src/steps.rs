@@ -96,6 +96,10 @@ pub(crate) fn enable(group: u8) {
 #[cfg(feature = "testing")]
 pub(crate) const STEPS: &[(&str, &str)] = &[
     (
+        "sem:companion-written",
+        "NamedSemaphore create (initialisation, or an open remaking a missing one): the marked semaphore written into an unnamed file, not yet linked as `sem.NAME`",
+    ),
+    (
         "mutex:locked",
         "RobustMutex: `pthread_mutex_*lock` returned (clean or `EOWNERDEAD`); no guard exists yet",
     ),

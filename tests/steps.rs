@@ -434,7 +434,11 @@ fn every_documented_step_is_swept() {
         .chain(MUTEX_STEPS)
         .chain(FLOCK_STEPS)
         .chain(SEM_STEPS)
-        .chain(&["clean:judged", "clean:companions-removed"])
+        .chain(&[
+            "clean:judged",
+            "clean:companions-removed",
+            "sem:companion-written",
+        ])
         .copied()
         .filter(|p| !p.starts_with("ledger:"))
         .collect();
@@ -468,4 +472,79 @@ fn an_orphan_cell_semaphore_does_not_block_recreation() {
     drop((old, new));
     ShmCell::<Ledger, NamedSemaphore>::unlink(&name).unwrap();
     assert!(leftovers(&name).is_empty());
+}
+
+/// The creator of the init sweep: passes every initialisation step (and,
+/// for a semaphore cell, the semaphore's creation) once.
+fn create_walk<L: LockBackend>(ctx: &ChildCtx) {
+    testing::points_at_init_steps();
+    testing::points_at_crate_steps();
+    ShmCell::<Ledger, L>::create(
+        ctx.arg(0),
+        Ledger {
+            n: 5,
+            ..Ledger::default()
+        },
+    )
+    .unwrap();
+}
+
+/// One init run: after a creator's death at any step, `open_or_create`
+/// works — it opens the published cell, or takes the abandoned one over
+/// (its companion included) — and removing it leaves nothing.
+fn create_run<L: LockBackend>(run: &testing::SweepRun) -> Result<Ledger, String> {
+    let name = TestName::new("steps-init");
+    let ended = run.child().arg(&name).run().map_err(|e| format!("{e:?}"))?;
+    let published = !ended.killed || run.point() == Some(testing::InitStep::Published.point());
+    let cell = ShmCell::<Ledger, L>::open_or_create(
+        &name,
+        Ledger {
+            n: 6,
+            ..Ledger::default()
+        },
+    )
+    .map_err(|e| format!("open_or_create after the kill: {e}"))?;
+    let seen = testing::recover(&cell, repair).map_err(|e| format!("{e:?}"))?;
+    let want = Ledger {
+        n: if published { 5 } else { 6 },
+        ..Ledger::default()
+    };
+    if seen != Seen::Clean(want) {
+        return Err(format!("expected Clean({want:?}), saw {seen:?}"));
+    }
+    drop(cell);
+    ShmCell::<Ledger, L>::unlink(&name).map_err(|e| format!("unlink: {e}"))?;
+    let left = leftovers(&name);
+    if !left.is_empty() {
+        return Err(format!("left in /dev/shm: {left:?}"));
+    }
+    Ok(want)
+}
+
+fn sweep_init<L: LockBackend>(label: &str, creator: ChildSpec, extra: &[&str]) {
+    let report = creator.sweep().run(create_run::<L>);
+    report.assert_ok();
+    let mut want: Vec<&str> = testing::InitStep::ALL.iter().map(|s| s.point()).collect();
+    want.extend(extra);
+    let swept: BTreeSet<&str> = report.points().into_iter().collect();
+    assert_eq!(swept, want.into_iter().collect::<BTreeSet<_>>(), "{label}");
+    println!("{label}: {} creation points swept", swept.len());
+}
+
+#[test]
+fn every_creation_step_robust_mutex() {
+    let creator = testing::child!("creator", create_walk::<RobustMutex>);
+    sweep_init::<RobustMutex>("RobustMutex", creator, &[]);
+}
+
+#[test]
+fn every_creation_step_file_lock() {
+    let creator = testing::child!("creator", create_walk::<FileLock>);
+    sweep_init::<FileLock>("FileLock", creator, &[]);
+}
+
+#[test]
+fn every_creation_step_named_semaphore() {
+    let creator = testing::child!("creator", create_walk::<NamedSemaphore>);
+    sweep_init::<NamedSemaphore>("NamedSemaphore", creator, &["sem:companion-written"]);
 }

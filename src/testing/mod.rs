@@ -237,6 +237,7 @@
 //!
 //! | step | a process that dies there has … |
 //! |---|---|
+//! | `sem:companion-written` | NamedSemaphore create (initialisation): written the marked semaphore into an unnamed file, not linked it as `sem.NAME` |
 //! | `mutex:locked` | RobustMutex: returned from `pthread_mutex_*lock` (clean or `EOWNERDEAD`); no guard yet |
 //! | `flock:locked` | FileLock: taken `flock(LOCK_EX)`, not read the held marker |
 //! | `flock:holder-recorded` | FileLock: written `holder_pid`, not set the marker to held |

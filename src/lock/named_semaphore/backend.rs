@@ -9,7 +9,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use super::identity::{own_pid, own_thread};
-use super::{create_exclusive, NamedSemaphore, MAX_SEM_NAME, SLICE, SPINS};
+use super::{create_companion, NamedSemaphore, MAX_SEM_NAME, SLICE, SPINS};
 use crate::error::{Error, RawLockError};
 use crate::lock::describe::{LockArea, LockInfo};
 use crate::lock::per_process::PerProcess;
@@ -296,16 +296,12 @@ fn remake_missing(name: &str, seg_st: &sys::fd::FileStat) -> Result<SemHandle, E
         }
         Err(e) => return Err(Error::io("lstat", e)),
     }
-    let cname = NamedSemaphore::validate(name)?;
-    match create_exclusive(&cname, name, 0, seg_st.mode() & 0o777) {
-        Ok(sem) => {
-            drop(sem);
-            super::mark_companion(name, seg_st.ino())
-                .map_err(|e| Error::from_io("mark sem.NAME", name, e))?;
-        }
+    NamedSemaphore::validate(name)?;
+    match create_companion(name, seg_st.ino(), seg_st.mode() & 0o777) {
+        Ok(()) => {}
         // Another opener made it first.
         Err(e) if e.raw_os_error() == Some(errno::EEXIST) => {}
-        Err(e) => return Err(Error::from_io("sem_open", name, e)),
+        Err(e) => return Err(Error::from_io("create sem.NAME", name, e)),
     }
     super::open_checked(name, Some(seg_st.uid())).map_err(|e| match e {
         Error::NotFound { .. } => missing(),
@@ -359,19 +355,16 @@ impl Backend for NamedSemaphore {
                 _ => {}
             }
         }
-        // Created and closed: each handle opens its own in `attach`.
-        match create_exclusive(&cname, name, 0, st.mode() & 0o777) {
-            Ok(sem) => drop(sem),
+        // Made whole and marked, then linked (see `create_companion`);
+        // each handle opens its own in `attach`.
+        match create_companion(name, st.ino(), st.mode() & 0o777) {
+            Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(errno::EEXIST) => {
                 return Err(io::Error::other(Error::AlreadyExists {
                     name: format!("/sem.{}", &name[1..]),
                 }))
             }
             Err(e) => return Err(e),
-        }
-        if let Err(e) = super::mark_companion(name, st.ino()) {
-            let _ = sys::sem::sem_unlink(&cname);
-            return Err(e);
         }
         Ok(())
     }
@@ -474,6 +467,23 @@ impl SemLockState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The image `create_companion` writes is byte for byte what
+    /// `sem_open(O_CREAT)` writes into a new semaphore file.
+    #[test]
+    fn shared_image_is_what_sem_open_writes() {
+        for value in [0, 3] {
+            let name = format!("/shmsync-unit-image-{}-{value}", sys::proc::getpid());
+            let cname = NamedSemaphore::validate(&name).unwrap();
+            let sem = sys::sem::sem_create_excl(&cname, 0o600, value).unwrap();
+            let path = format!("/dev/shm/sem.{}", &name[1..]);
+            let bytes = std::fs::read(&path).unwrap();
+            sys::sem::sem_unlink(&cname).unwrap();
+            drop(sem);
+            let image = sys::sem::shared_image(value).unwrap();
+            assert_eq!(&bytes[..], &image[..], "value {value}");
+        }
+    }
 
     #[test]
     fn state_is_32_bytes_aligned_8() {
