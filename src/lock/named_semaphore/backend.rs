@@ -376,8 +376,10 @@ impl Backend for NamedSemaphore {
         let token = LivenessToken::claim(seg.fd())
             .map_err(|e| Error::io("liveness token (fcntl(F_OFD_SETLK))", e))?;
         let name = seg.name();
-        // Never O_CREAT: the header (checked already) says the creator made
-        // the semaphore before publishing Ready. The file is checked before glibc maps it (size, type) and must
+        // The header (checked already) says the creator made the semaphore
+        // before publishing Ready: it is opened, never created by name
+        // (a missing one is remade whole and linked, see `remake_missing`).
+        // The file is checked before glibc maps it (size, type) and must
         // belong to the segment's owner (a planted one is refused).
         let st = sys::fd::fstat(seg.fd()).map_err(|e| Error::io("fstat", e))?;
         let sem = match super::open_checked(name, Some(st.uid())) {
