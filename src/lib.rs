@@ -130,6 +130,7 @@ pub mod inspect;
 pub mod lock;
 pub mod segment;
 mod shm_safe;
+mod steps;
 mod sys;
 #[cfg(feature = "testing")]
 pub mod testing;

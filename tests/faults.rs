@@ -4,7 +4,6 @@
 //! (root needed: CI runs as root; elsewhere the test says it skipped).
 
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use shmsync::segment::InitStep;
@@ -297,25 +296,32 @@ fn a_stopped_holder_is_waited_for_and_shown() {
 
 // ------------------------------------ published Ready, then attach failed
 
-static CELL_NAME: OnceLock<String> = OnceLock::new();
+static OLD_NOFILE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static FILL: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
 
-/// A creator whose own attach fails after it published Ready (here its
-/// semaphore is removed at that moment, so the attach reports it missing):
-/// the create fails, and leaves nothing that makes a retry fail. On the old
-/// code the Ready segment stayed: `create` answered `AlreadyExists` and
-/// `open_or_create` failed forever on the missing semaphore.
+/// A creator whose own attach fails after it published Ready (here no
+/// descriptor can be opened from that moment, so the attach cannot claim
+/// its liveness token — `EMFILE`): the create fails, and leaves nothing
+/// that makes a retry fail. On the old code the Ready segment stayed:
+/// `create` answered `AlreadyExists` and `open_or_create` failed forever.
+/// (This test used to remove the semaphore at Published; a missing
+/// semaphore is now made again by the attach — see tests/steps.rs.)
 #[test]
 fn a_create_failing_after_ready_leaves_nothing() {
     let child = testing::child!("creator", |ctx| {
         let name = ctx.arg(0);
-        CELL_NAME.set(name.to_string()).unwrap();
         shmsync::segment::set_init_hook(Some(|step| {
             if step == InitStep::Published {
-                NamedSemaphore::unlink(CELL_NAME.get().unwrap()).unwrap();
+                let mut fill = FILL.lock().unwrap();
+                OLD_NOFILE.store(nofile(), std::sync::atomic::Ordering::SeqCst);
+                set_nofile(fd_floor(&mut fill));
             }
         }));
-        match ShmCell::<u64, NamedSemaphore>::create(name, 1) {
-            Err(Error::Corrupted { .. }) => {}
+        let created = ShmCell::<u64, NamedSemaphore>::create(name, 1);
+        set_nofile(OLD_NOFILE.load(std::sync::atomic::Ordering::SeqCst));
+        FILL.lock().unwrap().clear();
+        match created {
+            Err(Error::Io { .. }) => {}
             other => panic!("expected the attach to fail: {:?}", other.map(|_| ())),
         }
         shmsync::segment::set_init_hook(None);

@@ -299,7 +299,7 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     /// resize or rewrite it); [`Error::AlreadyExists`] only for an object
     /// the lock needs besides the segment (`/sem.NAME` of a
     /// [`NamedSemaphore`](crate::NamedSemaphore) cell, when it is not
-    /// provably this cell's leftover).
+    /// provably a cell's leftover: marked by a cell of this user).
     pub fn open_or_create(name: &str, value: T) -> Result<Self, Error> {
         Self::open_or_create_with(name, value, &CreateOptions::default())
     }
@@ -461,6 +461,7 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         if let Some(kind) = kind {
             crate::lock::unlink_companions(kind, name)?;
         }
+        crate::steps::step("unlink:companions-removed");
         Segment::unlink(name)
     }
 
@@ -683,14 +684,17 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         // Cleared before the release: after it, another thread of this
         // process may take the lock through this handle and set it again.
         self.set_held(false);
+        crate::steps::step("unlock:begin");
         // SAFETY: forwarded from the caller.
-        unsafe { L::release(self.shared(), &self.local, &self.seg, consistent) }
+        unsafe { L::release(self.shared(), &self.local, &self.seg, consistent) };
+        crate::steps::step("unlock:released");
     }
 
     /// # Safety
     ///
     /// The calling thread holds the lock, acquired with owner death.
     pub(crate) unsafe fn make_consistent_raw(&self, backend_died: bool) {
+        crate::steps::step("consistent:begin");
         if backend_died {
             // SAFETY: forwarded from the caller.
             unsafe { L::make_consistent(self.shared(), &self.local, &self.seg) }
@@ -699,6 +703,7 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
             .header()
             .suspect
             .store(header::SUSPECT_NONE, Ordering::Relaxed);
+        crate::steps::step("consistent:done");
     }
 
     /// Marks the value suspect, makes the lock consistent (if the backend

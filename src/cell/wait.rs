@@ -212,13 +212,17 @@ impl<'a, T: ShmSafe, L: LockBackend> ShmGuard<'a, T, L> {
         };
         let header = cell.seg.header();
         header.notify_waiters.fetch_add(1, Ordering::SeqCst);
+        crate::steps::step("wait:registered");
         let seen = header.notify_seq.load(Ordering::SeqCst);
         // SAFETY: `disarm` said this process holds the lock, and the guard
         // was this thread's (`ShmGuard` is `!Send`); its `Drop` will not
         // run, so the lock is released exactly once.
         unsafe { cell.release(consistent) };
+        crate::steps::step("wait:released");
         let slept = sys::futex::wait(&header.notify_seq, seen, timeout);
+        crate::steps::step("wait:woken");
         header.notify_waiters.fetch_sub(1, Ordering::SeqCst);
+        crate::steps::step("wait:relock");
         slept.map_err(LockError::Os)?;
         cell.acquire(Acquire::Block)
     }
@@ -260,9 +264,11 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         let header = self.seg.header();
         header.notify_seq.fetch_add(1, Ordering::SeqCst);
         if header.notify_waiters.load(Ordering::SeqCst) != 0 {
+            crate::steps::step("notify:bumped");
             // Cannot fail: the word is mapped, aligned and shared.
             let woke = sys::futex::wake(&header.notify_seq, n);
             debug_assert!(woke.is_ok(), "FUTEX_WAKE failed: {woke:?}");
+            crate::steps::step("notify:woken");
         }
     }
 }

@@ -230,6 +230,7 @@ pub fn clean_one(name: &str, options: &CleanOptions) -> Result<CleanOutcome, Err
         return skipped(keep_reason(&locked), Some(locked));
     }
     clean_hook(name);
+    crate::steps::step("clean:judged");
     let st = sys::fd::fstat(fd.as_fd()).map_err(|e| Error::io("fstat", e))?;
     let path = name::shm_path(name);
     match sys::fd::lstat(&path) {
@@ -259,6 +260,7 @@ pub fn clean_one(name: &str, options: &CleanOptions) -> Result<CleanOutcome, Err
     if let Some(kind) = locked.lock.kind {
         crate::lock::unlink_companions(kind, name)?;
     }
+    crate::steps::step("clean:companions-removed");
     match sys::shm::shm_unlink(&cname) {
         Ok(()) => {}
         Err(e) if matches!(e.raw_os_error(), Some(errno::EPERM) | Some(errno::EACCES)) => {

@@ -80,8 +80,9 @@ pub enum Backing {
 /// Default permission bits of a new object.
 pub const DEFAULT_MODE: u32 = 0o600;
 
-/// Steps of initialisation, reported to the test hook that crash tests use
-/// to kill a creator half-way.
+/// Steps of initialisation, where crash tests kill a creator half-way
+/// (feature `testing`: `testing::points_at_init_steps`; without it the
+/// steps compile to nothing).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum InitStep {
@@ -127,27 +128,35 @@ impl InitStep {
             InitStep::Published => "published",
         }
     }
-}
 
-static INIT_HOOK: std::sync::atomic::AtomicPtr<()> =
-    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+    /// The name of the step's kill point: `"init:"` + [`name`](Self::name)
+    /// (`testing::points_at_init_steps` makes it a kill point).
+    pub fn point(self) -> &'static str {
+        match self {
+            InitStep::Opened => "init:opened",
+            InitStep::Created => "init:created",
+            InitStep::Sized => "init:sized",
+            InitStep::HeaderWritten => "init:header-written",
+            InitStep::LockInitialised => "init:lock-initialised",
+            InitStep::ValueWritten => "init:value-written",
+            InitStep::Published => "init:published",
+        }
+    }
+}
 
 /// Installs `hook`, called at each [`InitStep`] of every creation in this
-/// process (tests use it to kill a creator mid-initialisation).
+/// process (tests use it to act at a precise step; feature `testing`).
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub fn set_init_hook(hook: Option<fn(InitStep)>) {
-    let p = hook.map_or(std::ptr::null_mut(), |f| f as *mut ());
-    INIT_HOOK.store(p, std::sync::atomic::Ordering::SeqCst);
+    crate::steps::set_init_hook(hook);
 }
 
+/// Marks `step` of a creation (a kill point for crash tests, see
+/// [`crate::steps`]).
+#[inline(always)]
 fn init_step(step: InitStep) {
-    let p = INIT_HOOK.load(std::sync::atomic::Ordering::Relaxed);
-    if !p.is_null() {
-        // SAFETY: the only non-null values stored are `fn(InitStep)`
-        // pointers (see `set_init_hook`).
-        let f: fn(InitStep) = unsafe { std::mem::transmute::<*mut (), fn(InitStep)>(p) };
-        f(step);
-    }
+    crate::steps::init(step);
 }
 
 /// Options that only make sense when creating.

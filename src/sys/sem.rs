@@ -34,6 +34,21 @@ pub(crate) const SEM_SIZE: usize = std::mem::size_of::<libc::sem_t>();
 /// 64-bit word and two ints on 64-bit targets, four ints on 32-bit ones.)
 pub(crate) const SEM_STATE_SIZE: usize = 16;
 
+/// The bytes of a new process-shared semaphore of value `value`, as
+/// `sem_init(pshared = 1)` makes it in zeroed memory: the same image
+/// `sem_open(O_CREAT)` writes into a new semaphore file (glibc builds both
+/// with the value and `FUTEX_SHARED`, and zeroes the rest), so a file
+/// holding it is a semaphore `sem_open` can open.
+pub(crate) fn shared_image(value: u32) -> io::Result<[u8; SEM_SIZE]> {
+    let mut sem = std::mem::MaybeUninit::<libc::sem_t>::zeroed();
+    // SAFETY: `sem` is valid, aligned, writable memory for a `sem_t`.
+    cvt(unsafe { libc::sem_init(sem.as_mut_ptr(), 1, value) })?;
+    // SAFETY: `sem_t` is plain bytes (zeroed, then written by sem_init),
+    // and the array has its size; a process-shared semaphore holds no
+    // address, so its bytes mean the same anywhere.
+    Ok(unsafe { std::mem::transmute_copy::<libc::sem_t, [u8; SEM_SIZE]>(sem.assume_init_ref()) })
+}
+
 /// An open named semaphore: the mapping `sem_open` returned. Closed
 /// (`sem_close`) on drop; never unlinks the name.
 #[derive(Debug)]

@@ -16,6 +16,7 @@
 //! | die at a random moment (soak) | [`Spawn::kill_within`] in a loop |
 //! | die at every point, one run each | [`ChildSpec::sweep`] |
 //! | die half-way through creating a segment | [`points_at_init_steps`] |
+//! | die at each step of shmsync's lock, unlock, wait, notify, unlink, clean | [`points_at_crate_steps`] |
 //! | what the survivor saw | [`recover`] → [`Seen`] |
 //! | why a child failed (panic, exit status, hang) | [`ChildError`] |
 //! | bound the test's own waits (a `lock()` a child must release) | [`Watchdog`] |
@@ -148,7 +149,7 @@
 //! a child (unless the child's code starts children of its own). So:
 //!
 //! * Changing process-wide state (the umask, signal handlers, timers,
-//!   resource limits, [`segment::set_init_hook`](crate::segment::set_init_hook))
+//!   resource limits, [`points_at_crate_steps`])
 //!   is fine there — and only there: in the test itself it would reach
 //!   every test running in parallel. A process-directed signal may be
 //!   delivered to libtest's main thread; aim a timer at the child's
@@ -223,6 +224,42 @@
 //! [`points_at_init_steps`] turns each [`InitStep`] of creating a segment
 //! into a point named by [`init_point`], so a creator can be killed
 //! half-way through initialisation.
+//!
+//! ## Points inside shmsync
+//!
+//! [`points_at_crate_steps`] does the same for every step of the crate's
+//! own paths beyond initialisation, so a sweep can kill a process at each
+//! of them (`tests/steps.rs` sweeps all of them for every backend). The
+//! steps are compiled only with feature `testing`; without it they are
+//! empty inline functions. The list is [`CRATE_STEPS`]:
+//!
+//! | step | a process that dies there has … |
+//! |---|---|
+//! | `sem:companion-written` | NamedSemaphore create (initialisation): written the marked semaphore into an unnamed file, not linked it as `sem.NAME` |
+//! | `mutex:locked` | RobustMutex: returned from `pthread_mutex_*lock` (clean or `EOWNERDEAD`); no guard yet |
+//! | `flock:locked` | FileLock: taken `flock(LOCK_EX)`, not read the held marker |
+//! | `flock:holder-recorded` | FileLock: written `holder_pid`, not set the marker to held |
+//! | `flock:marked` | FileLock: set the marker to held (held-inconsistent after an owner death) |
+//! | `sem:holder-set` | NamedSemaphore: won the holder word (its token), not read `state` |
+//! | `sem:owner-died-recorded` | NamedSemaphore: taken over a dead holder and set `state` to owner-died |
+//! | `sem:holder-recorded` | NamedSemaphore: written holder thread, tid and pid: the acquire is complete |
+//! | `consistent:begin` | `make_consistent`: cleared the header's `suspect` word, not told the backend |
+//! | `consistent:done` | `make_consistent`: made the backend consistent (still holding the lock) |
+//! | `unlock:begin` | unlock: stopped counting itself as holder, not started the backend release |
+//! | `flock:marker-cleared` | FileLock unlock: set the marker to free (or not recoverable), still holding `flock` |
+//! | `flock:unlocked` | FileLock unlock: done `LOCK_UN`, still holding the process-local lock |
+//! | `sem:record-cleared` | NamedSemaphore unlock: cleared holder thread, tid and pid, not the holder word |
+//! | `sem:holder-cleared` | NamedSemaphore unlock: cleared the holder word, not posted a sleeper |
+//! | `unlock:released` | unlock: released the lock through the backend |
+//! | `wait:registered` | wait: counted itself in `notify_waiters`, still holding the lock |
+//! | `wait:released` | wait: released the lock, not yet asleep |
+//! | `wait:woken` | wait: returned from `FUTEX_WAIT`, still counted as a waiter |
+//! | `wait:relock` | wait: stopped counting itself, not re-acquired the lock |
+//! | `notify:bumped` | notify: bumped the sequence word and seen waiters, not called `FUTEX_WAKE` |
+//! | `notify:woken` | notify: returned from `FUTEX_WAKE` |
+//! | `unlink:companions-removed` | `ShmCell::unlink`: removed the companion objects (`sem.NAME`), not the name |
+//! | `clean:judged` | `inspect::clean`: judged the object stale under its exclusive attach lock, removed nothing |
+//! | `clean:companions-removed` | `inspect::clean`: removed the companion objects, not the name |
 //!
 //! # Watchdog
 //!
@@ -347,7 +384,7 @@ pub fn default_bound() -> Duration {
 /// The name of the kill point of an initialisation step:
 /// `"init:"` + [`InitStep::name`] (`"init:created"`, `"init:sized"`, …).
 pub fn init_point(step: InitStep) -> String {
-    format!("init:{}", step.name())
+    step.point().to_string()
 }
 
 /// In a child: from now on, every [`InitStep`] of every segment this
@@ -375,10 +412,45 @@ pub fn init_point(step: InitStep) -> String {
 /// ```
 pub fn points_at_init_steps() {
     if points::child_env().is_some() {
-        crate::segment::set_init_hook(Some(init_hook));
+        crate::steps::enable(crate::steps::INIT);
     }
 }
 
-fn init_hook(step: InitStep) {
-    point(&init_point(step));
+/// In a child: from now on, every step of shmsync's own lock, unlock,
+/// `make_consistent`, wait, notify, unlink and clean paths that this
+/// process passes is a kill point, named as in
+/// [points inside shmsync](self#points-inside-shmsync) ([`CRATE_STEPS`]).
+/// Elsewhere it does nothing. Initialisation steps stay off (see
+/// [`points_at_init_steps`]).
+///
+/// ```no_run
+/// use shmsync::testing::{self, Seen, TestName};
+/// use shmsync::{FileLock, ShmCell};
+///
+/// #[test]
+/// fn holder_killed_between_flock_and_marker() {
+///     let bump = testing::child!(|ctx| {
+///         testing::points_at_crate_steps();
+///         let cell = ShmCell::<u64, FileLock>::open(ctx.arg(0)).unwrap();
+///         *cell.lock().unwrap() += 1;
+///     });
+///     let name = TestName::new("steps");
+///     let cell = ShmCell::<u64, FileLock>::create(&name, 1).unwrap();
+///     bump.arg(&name).kill_at("flock:locked").unwrap();
+///     // The marker was never set: the death left nothing to repair.
+///     assert_eq!(testing::recover(&cell, |_| {}).unwrap(), Seen::Clean(1));
+/// }
+/// # fn main() {}
+/// ```
+pub fn points_at_crate_steps() {
+    if points::child_env().is_some() {
+        crate::steps::enable(crate::steps::CRATE);
+    }
 }
+
+/// The name of every step [`points_at_crate_steps`] turns into a kill
+/// point, with what has happened when a process dies there (the table of
+/// [points inside shmsync](self#points-inside-shmsync)). A backend passes
+/// only its own steps (`mutex:`, `flock:`, `sem:`) besides the common
+/// ones.
+pub const CRATE_STEPS: &[(&str, &str)] = crate::steps::STEPS;

@@ -182,6 +182,7 @@ impl FlockLocal {
 /// caller releases the `flock`.
 #[inline]
 fn take_marker(shared: &FlockShared, pid: u32) -> Result<Acquired, RawLockError> {
+    crate::steps::step("flock:locked");
     let found = shared.state.load(Ordering::Acquire);
     let acquired = match found {
         FREE => Acquired::Clean,
@@ -191,6 +192,7 @@ fn take_marker(shared: &FlockShared, pid: u32) -> Result<Acquired, RawLockError>
         _ => Acquired::OwnerDied,
     };
     shared.holder_pid.store(pid, Ordering::Relaxed);
+    crate::steps::step("flock:holder-recorded");
     shared.holder_thread.store(thread_key(), Ordering::Relaxed);
     shared.state.store(
         match acquired {
@@ -199,6 +201,7 @@ fn take_marker(shared: &FlockShared, pid: u32) -> Result<Acquired, RawLockError>
         },
         Ordering::Release,
     );
+    crate::steps::step("flock:marked");
     Ok(acquired)
 }
 
@@ -302,10 +305,12 @@ impl Backend for FileLock {
     unsafe fn release(shared: &FlockShared, local: &FlockLocal, seg: &Segment, consistent: bool) {
         let state = if consistent { FREE } else { NOT_RECOVERABLE };
         shared.state.store(state, Ordering::Release);
+        crate::steps::step("flock:marker-cleared");
         // The caller holds the lock through this process's handle, so the
         // handle exists (no rebinding can happen here).
         if let Ok(h) = local.handle(seg) {
             unlock_fd(h.fd(seg));
+            crate::steps::step("flock:unlocked");
             h.local.unlock();
         }
     }

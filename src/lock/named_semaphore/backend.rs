@@ -9,7 +9,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use super::identity::{own_pid, own_thread};
-use super::{create_exclusive, NamedSemaphore, MAX_SEM_NAME, SLICE, SPINS};
+use super::{create_companion, NamedSemaphore, MAX_SEM_NAME, SLICE, SPINS};
 use crate::error::{Error, RawLockError};
 use crate::lock::describe::{LockArea, LockInfo};
 use crate::lock::per_process::PerProcess;
@@ -128,6 +128,7 @@ impl SemLockState {
     /// The lock is ours (holder word set): finish according to `state`.
     #[inline]
     fn won(&self, sem: &SemHandle, me: u64, took_over: bool) -> Result<Acquired, RawLockError> {
+        crate::steps::step("sem:holder-set");
         let acquired = match self.state.load(Ordering::Acquire) {
             NOT_RECOVERABLE => {
                 // Never hold a not-recoverable lock: give it back.
@@ -137,6 +138,7 @@ impl SemLockState {
             OWNER_DIED => Acquired::OwnerDied,
             _ if took_over => {
                 self.state.store(OWNER_DIED, Ordering::Relaxed);
+                crate::steps::step("sem:owner-died-recorded");
                 Acquired::OwnerDied
             }
             _ => Acquired::Clean,
@@ -145,6 +147,7 @@ impl SemLockState {
         self.holder_thread.store(me.id, Ordering::Relaxed);
         self.holder_tid.store(me.tid, Ordering::Relaxed);
         self.holder_pid.store(own_pid(), Ordering::Relaxed);
+        crate::steps::step("sem:holder-recorded");
         Ok(acquired)
     }
 
@@ -155,6 +158,7 @@ impl SemLockState {
         self.holder_thread.store(0, Ordering::Relaxed);
         self.holder_tid.store(0, Ordering::Relaxed);
         self.holder_pid.store(0, Ordering::Relaxed);
+        crate::steps::step("sem:record-cleared");
         // Only our own record is cleared: if another process took the lock
         // over (it found our token dropped: a handle dropped under a
         // forgotten guard), its lock is not ours to free.
@@ -168,6 +172,7 @@ impl SemLockState {
         {
             return;
         }
+        crate::steps::step("sem:holder-cleared");
         let waiters = self.waiters.load(Ordering::SeqCst);
         if waiters > 0 {
             wake(sem, if all { waiters.min(1024) } else { 1 });
@@ -265,6 +270,45 @@ fn wake(sem: &SemHandle, n: u32) {
     }
 }
 
+/// Makes the semaphore of the Ready cell `name` (segment `seg_st`) again
+/// when it is missing, and opens it. It carries only wake-ups (the lock
+/// state is in the segment), so a new one loses nothing: without this, a
+/// process killed in `unlink` or `clean` after removing the semaphore and
+/// before removing the name would leave a cell that no process can open
+/// (and `open_or_create` refuses) until someone unlinks it by hand.
+///
+/// Only the segment's owner remakes it, and only while the name still
+/// refers to this segment: a cell whose name is gone was being removed, and
+/// a semaphore made for it would be an orphan (`NotFound`, as for an open
+/// that lost the race with `unlink`).
+fn remake_missing(name: &str, seg_st: &sys::fd::FileStat) -> Result<SemHandle, Error> {
+    let missing = || Error::Corrupted {
+        what: format!("the cell's semaphore sem.{} is missing", &name[1..]),
+    };
+    if sys::proc::geteuid() != seg_st.uid() {
+        return Err(missing());
+    }
+    match sys::fd::lstat(&crate::segment::name::shm_path(name)) {
+        Ok(p) if p.same_file(seg_st) => {}
+        Ok(_) => return Err(Error::NotFound { name: name.into() }),
+        Err(e) if e.raw_os_error() == Some(errno::ENOENT) => {
+            return Err(Error::NotFound { name: name.into() })
+        }
+        Err(e) => return Err(Error::io("lstat", e)),
+    }
+    NamedSemaphore::validate(name)?;
+    match create_companion(name, seg_st.ino(), seg_st.mode() & 0o777) {
+        Ok(()) => {}
+        // Another opener made it first.
+        Err(e) if e.raw_os_error() == Some(errno::EEXIST) => {}
+        Err(e) => return Err(Error::from_io("create sem.NAME", name, e)),
+    }
+    super::open_checked(name, Some(seg_st.uid())).map_err(|e| match e {
+        Error::NotFound { .. } => missing(),
+        e => e,
+    })
+}
+
 /// Removes the semaphore of the cell `name` (`sem_unlink`); an absent one
 /// is fine.
 pub(crate) fn unlink_cell_semaphore(name: &str) -> Result<(), Error> {
@@ -294,30 +338,33 @@ impl Backend for NamedSemaphore {
         let cname =
             NamedSemaphore::validate(name).map_err(|_| errno::error(errno::ENAMETOOLONG))?;
         let st = sys::fd::fstat(seg.fd())?;
-        // A semaphore of that name is removed only if it is provably what a
-        // creator of *this* segment (a dead one: we hold the exclusive lock
-        // of a segment that is not Ready) left: marked with this segment's
-        // inode. Anything else (a standalone semaphore in use, another
-        // user's) stays, and the create fails with EEXIST (AlreadyExists).
-        if super::is_companion_of(name, st.ino()) {
+        // A semaphore of that name is removed only if it is provably a
+        // cell's leftover: marked by a cell of this user. The name refers
+        // to this segment (we hold its exclusive lock, it is not Ready), so
+        // a mark with this segment's inode is a dead creator's, and one
+        // with another inode an orphan whose segment's name is gone (a
+        // `Segment::unlink`, or an opener that made the semaphore again
+        // while an unlinker removed the name): nobody can reach it by
+        // name any more, and the processes still attached to that old cell
+        // keep their open semaphore. Anything else (a standalone semaphore
+        // in use, another user's) stays, and the create fails with EEXIST
+        // (AlreadyExists).
+        if super::companion_of(name).is_some() {
             match sys::sem::sem_unlink(&cname) {
                 Err(e) if e.raw_os_error() != Some(errno::ENOENT) => return Err(e),
                 _ => {}
             }
         }
-        // Created and closed: each handle opens its own in `attach`.
-        match create_exclusive(&cname, name, 0, st.mode() & 0o777) {
-            Ok(sem) => drop(sem),
+        // Made whole and marked, then linked (see `create_companion`);
+        // each handle opens its own in `attach`.
+        match create_companion(name, st.ino(), st.mode() & 0o777) {
+            Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(errno::EEXIST) => {
                 return Err(io::Error::other(Error::AlreadyExists {
                     name: format!("/sem.{}", &name[1..]),
                 }))
             }
             Err(e) => return Err(e),
-        }
-        if let Err(e) = super::mark_companion(name, st.ino()) {
-            let _ = sys::sem::sem_unlink(&cname);
-            return Err(e);
         }
         Ok(())
     }
@@ -329,20 +376,19 @@ impl Backend for NamedSemaphore {
         let token = LivenessToken::claim(seg.fd())
             .map_err(|e| Error::io("liveness token (fcntl(F_OFD_SETLK))", e))?;
         let name = seg.name();
-        // Never O_CREAT: the header (checked already) says the creator made
-        // the semaphore before publishing Ready. The file is checked before glibc maps it (size, type) and must
+        // The header (checked already) says the creator made the semaphore
+        // before publishing Ready: it is opened, never created by name
+        // (a missing one is remade whole and linked, see `remake_missing`).
+        // The file is checked before glibc maps it (size, type) and must
         // belong to the segment's owner (a planted one is refused).
-        let owner = sys::fd::fstat(seg.fd())
-            .map_err(|e| Error::io("fstat", e))?
-            .uid();
-        let sem = super::open_checked(name, Some(owner)).map_err(|e| match e {
-            // The segment exists and is Ready, so its semaphore was made:
-            // someone removed it. That is damage, not a missing cell.
-            Error::NotFound { .. } => Error::Corrupted {
-                what: format!("the cell's semaphore sem.{} is missing", &name[1..]),
-            },
-            e => e,
-        })?;
+        let st = sys::fd::fstat(seg.fd()).map_err(|e| Error::io("fstat", e))?;
+        let sem = match super::open_checked(name, Some(st.uid())) {
+            // The segment is Ready, so its semaphore was made: a process
+            // died in `unlink` or `clean` between removing it and removing
+            // the name (or someone removed it).
+            Err(Error::NotFound { .. }) => remake_missing(name, &st)?,
+            other => other?,
+        };
         Ok(SemLocal {
             sem,
             token: ManuallyDrop::new(PerProcess::new(token)),
@@ -423,6 +469,23 @@ impl SemLockState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The image `create_companion` writes is byte for byte what
+    /// `sem_open(O_CREAT)` writes into a new semaphore file.
+    #[test]
+    fn shared_image_is_what_sem_open_writes() {
+        for value in [0, 3] {
+            let name = format!("/shmsync-unit-image-{}-{value}", sys::proc::getpid());
+            let cname = NamedSemaphore::validate(&name).unwrap();
+            let sem = sys::sem::sem_create_excl(&cname, 0o600, value).unwrap();
+            let path = format!("/dev/shm/sem.{}", &name[1..]);
+            let bytes = std::fs::read(&path).unwrap();
+            sys::sem::sem_unlink(&cname).unwrap();
+            drop(sem);
+            let image = sys::sem::shared_image(value).unwrap();
+            assert_eq!(&bytes[..], &image[..], "value {value}");
+        }
+    }
 
     #[test]
     fn state_is_32_bytes_aligned_8() {

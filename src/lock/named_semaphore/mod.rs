@@ -457,36 +457,43 @@ pub(crate) fn open_checked(name: &str, owner: Option<u32>) -> Result<SemHandle, 
 /// there, and a semaphore made by anyone else has zeros.
 const COMPANION_MARK: [u8; 8] = *b"shmsyncS";
 
-/// Marks the semaphore file of the cell whose segment has inode `ino`
-/// (64-bit targets only, where `sem_t` has 16 bytes of padding).
-pub(crate) fn mark_companion(name: &str, ino: u64) -> io::Result<()> {
-    let Some(at) = mark_offset() else {
-        return Ok(());
-    };
-    let flags = oflag::O_RDWR | oflag::O_NONBLOCK | oflag::O_NOFOLLOW | oflag::O_NOCTTY;
-    let fd = sys::fd::open(&sem_path(name), flags, 0)?;
-    let mut mark = [0u8; 16];
-    mark[..8].copy_from_slice(&COMPANION_MARK);
-    mark[8..].copy_from_slice(&ino.to_le_bytes());
-    sys::fd::pwrite_all(std::os::fd::AsFd::as_fd(&fd), &mark, at)
+/// Makes `sem.NAME` for the cell whose segment has inode `ino`: a
+/// process-shared semaphore of value 0 and permission bits `mode`, carrying
+/// the cell's mark, written into an unnamed file (`O_TMPFILE`) that is then
+/// linked under its name (`EEXIST` if taken; never replaces anything).
+/// Other processes see no `sem.NAME` or a complete, marked one: a creator
+/// killed half-way leaves nothing. (With `sem_open` and a mark written
+/// afterwards, a creator killed in between left an unmarked semaphore that
+/// no takeover may remove: `open_or_create` failed with `AlreadyExists` for
+/// good.)
+pub(crate) fn create_companion(name: &str, ino: u64, mode: u32) -> io::Result<()> {
+    let mut image = sys::sem::shared_image(0)?;
+    if let Some(at) = mark_offset() {
+        let at = at as usize;
+        image[at..at + 8].copy_from_slice(&COMPANION_MARK);
+        image[at + 8..at + 16].copy_from_slice(&ino.to_le_bytes());
+    }
+    let fd = sys::fd::open_tmpfile(c"/dev/shm", 0o600)?;
+    let fd = std::os::fd::AsFd::as_fd(&fd);
+    sys::fd::fchmod(fd, mode)?;
+    sys::fd::pwrite_all(fd, &image, 0)?;
+    crate::steps::step("sem:companion-written");
+    sys::fd::link_fd(fd, &sem_path(name))
 }
 
-/// Whether `sem.NAME` is provably what a cell whose segment has inode `ino`
-/// left behind: a regular file of this user, of a semaphore's size,
-/// carrying the cell's mark with that inode number. (A live inode number
-/// is unique on its filesystem, and the segment stays alive while anyone
-/// uses its cell.) Anything else is somebody's semaphore, never removed.
-pub(crate) fn is_companion_of(name: &str, ino: u64) -> bool {
-    let Some(at) = mark_offset() else {
-        return false;
-    };
-    let Ok((fd, _)) = check_file(name, Some(sys::proc::geteuid())) else {
-        return false;
-    };
+/// If `sem.NAME` is provably a cell's semaphore — a regular file of this
+/// user, of a semaphore's size, carrying the cell's mark — the inode
+/// number of the segment it was made for. Anything else (`None`) is
+/// somebody's semaphore, never removed.
+pub(crate) fn companion_of(name: &str) -> Option<u64> {
+    let at = mark_offset()?;
+    let (fd, _) = check_file(name, Some(sys::proc::geteuid())).ok()?;
     let mut mark = [0u8; 16];
     match sys::fd::pread_full(std::os::fd::AsFd::as_fd(&fd), &mut mark, at) {
-        Ok(16) => mark[..8] == COMPANION_MARK && mark[8..] == ino.to_le_bytes(),
-        _ => false,
+        Ok(16) if mark[..8] == COMPANION_MARK => {
+            Some(u64::from_le_bytes(mark[8..].try_into().expect("8 bytes")))
+        }
+        _ => None,
     }
 }
 

@@ -33,7 +33,9 @@ impl Backend for RobustMutex {
         _: &Segment,
         how: Acquire,
     ) -> Result<Acquired, RawLockError> {
-        shared.acquire(how)
+        shared
+            .acquire(how)
+            .inspect(|_| crate::steps::step("mutex:locked"))
     }
 
     #[inline]
