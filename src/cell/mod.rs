@@ -5,6 +5,7 @@ mod anonymous;
 mod diagnostics;
 mod file;
 mod guard;
+mod snapshot;
 mod wait;
 
 use std::marker::PhantomData;
@@ -22,6 +23,8 @@ use crate::sys::time::Monotonic;
 
 pub use anonymous::inheritable_fd;
 pub use guard::ShmGuard;
+#[cfg(feature = "testing")]
+pub use snapshot::hook::set as set_snapshot_hook;
 pub use wait::WaitTimeoutResult;
 
 /// A value of type `T` in a named POSIX shared-memory object, guarded by a
@@ -203,6 +206,7 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         value: &mut dyn FnMut(NonNull<u8>),
     ) -> Result<Self, Error> {
         Self::check_name(name)?;
+        Self::check_snapshot_options(options)?;
         let mut lock = Self::lock_init();
         let seg = Segment::create_with(
             name,
@@ -222,6 +226,10 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     /// a retry does not find a Ready object it cannot use.
     fn from_new_segment(seg: Segment) -> Result<Self, Error> {
         sys::fork::register_fork_handler();
+        if let Err(e) = Self::check_snapshot_type(&seg) {
+            seg.discard_if_alone();
+            return Err(e);
+        }
         match L::attach(&seg) {
             Ok(local) => Ok(Self::with_local(seg, local)),
             Err(e) => {
@@ -350,6 +358,7 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         value: &mut dyn FnMut(NonNull<u8>),
     ) -> Result<Self, Error> {
         Self::check_name(name)?;
+        Self::check_snapshot_options(options)?;
         let spec = Self::spec();
         Self::open_or_create_loop(
             name,
@@ -458,6 +467,7 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
 
     fn from_segment(seg: Segment) -> Result<Self, Error> {
         sys::fork::register_fork_handler();
+        Self::check_snapshot_type(&seg)?;
         let local = L::attach(&seg)?;
         Ok(Self::with_local(seg, local))
     }
@@ -561,6 +571,12 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     /// The calling thread holds the lock through this handle.
     #[inline]
     pub(crate) unsafe fn release(&self, consistent: bool) {
+        // A consistent write is published for snapshots (a value a panic
+        // or a reboot left suspect is not).
+        if consistent && !self.suspect() {
+            // SAFETY: forwarded from the caller.
+            unsafe { self.publish_snapshot() };
+        }
         // Cleared before the release: after it, another thread of this
         // process may take the lock through this handle and set it again.
         self.set_held(false);
