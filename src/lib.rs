@@ -119,12 +119,12 @@ mod sys;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use cell::{inheritable_fd, ShmCell, ShmGuard, WaitTimeoutResult};
 /// Installs a hook called half-way through each snapshot publication in
 /// this process (crash tests point it at `testing::point`).
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub use cell::set_snapshot_hook;
+pub use cell::{inheritable_fd, ShmCell, ShmGuard, WaitTimeoutResult};
 pub use error::{Error, LockError, SnapshotError};
 pub use lock::{
     FileLock, FileLockGuard, FileLockOptions, FileLockSharedGuard, LockBackend, NamedSemaphore,
