@@ -571,11 +571,9 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     /// The calling thread holds the lock through this handle.
     #[inline]
     pub(crate) unsafe fn release(&self, consistent: bool) {
-        // A consistent write is published for snapshots (a value a panic
-        // or a reboot left suspect is not).
-        if consistent && !self.suspect() {
+        if self.has_snapshots() {
             // SAFETY: forwarded from the caller.
-            unsafe { self.publish_snapshot() };
+            unsafe { self.publish_snapshot(consistent) };
         }
         // Cleared before the release: after it, another thread of this
         // process may take the lock through this handle and set it again.
@@ -589,7 +587,7 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     /// held when the machine went down), so the next locker gets
     /// `OwnerDied`. Cleared by `make_consistent`.
     #[inline]
-    fn suspect(&self) -> bool {
+    pub(super) fn suspect(&self) -> bool {
         self.seg.header().suspect.load(Ordering::Acquire) != 0
     }
 

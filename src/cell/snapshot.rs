@@ -42,7 +42,7 @@ use std::sync::atomic::{fence, AtomicU64, Ordering};
 use super::ShmCell;
 use crate::error::{Error, SnapshotError};
 use crate::lock::LockBackend;
-use crate::segment::header::{snapshot_copy_size, SNAPSHOT_ALIGN};
+use crate::segment::header::SNAPSHOT_ALIGN;
 use crate::shm_safe::ShmSafe;
 
 /// Attempts of [`ShmCell::snapshot`] before it answers
@@ -68,11 +68,14 @@ impl Area {
     ///
     /// `base` is the snapshot area of a validated, mapped segment whose
     /// value is `size` bytes, and stays mapped while the `Area` is used.
+    #[inline]
     unsafe fn new(base: NonNull<u8>, size: usize) -> Area {
-        let copy = snapshot_copy_size(size as u64).expect("validated layout") as usize;
+        // As `snapshot_copy_size`, which the validated layout used.
+        let copy = size.div_ceil(8) * 8;
         Area { base, size, copy }
     }
 
+    #[inline]
     fn seq(&self) -> &AtomicU64 {
         // SAFETY: the area starts with the 8-byte-aligned (SNAPSHOT_ALIGN)
         // sequence word, mapped for the life of the area (`new`).
@@ -80,6 +83,7 @@ impl Area {
     }
 
     /// The words of copy `which` (0 or 1).
+    #[inline]
     fn words(&self, which: u64) -> &[AtomicU64] {
         let offset = SNAPSHOT_ALIGN as usize + which as usize * self.copy;
         // SAFETY: the layout reserves two copies of `copy` bytes (a
@@ -101,6 +105,7 @@ impl Area {
     /// The caller holds the cell's lock (so it is the only writer of the
     /// area and of the value), and the `size` bytes at `value` are
     /// initialised (a `T` without padding).
+    #[inline]
     unsafe fn publish(&self, value: *const u8) {
         let seq = self.seq();
         // Relaxed: the lock orders us after the previous writer's stores.
@@ -113,18 +118,30 @@ impl Area {
         fence(Ordering::Release);
         let words = self.words((odd / 2 + 1) % 2);
         let full = self.size / 8;
-        for (i, word) in words.iter().enumerate() {
-            let mut bytes = [0u8; 8];
-            let n = if i < full { 8 } else { self.size - full * 8 };
-            // SAFETY: bytes `8 i .. 8 i + n` lie within the `size`
+        for (i, word) in words[..full].iter().enumerate() {
+            // SAFETY: bytes `8 i .. 8 i + 8` lie within the `size`
             // initialised bytes at `value` (caller), which nobody else
-            // writes while we hold the lock; an untyped copy.
-            unsafe { std::ptr::copy_nonoverlapping(value.add(i * 8), bytes.as_mut_ptr(), n) };
-            word.store(u64::from_ne_bytes(bytes), Ordering::Relaxed);
+            // writes while we hold the lock.
+            let w = unsafe { value.add(i * 8).cast::<u64>().read_unaligned() };
+            word.store(w, Ordering::Relaxed);
             #[cfg(feature = "testing")]
-            if i == words.len() / 2 {
+            if i == full / 2 {
                 hook::call("shmsync: snapshot half-copied");
             }
+        }
+        if let Some(last) = words.get(full) {
+            // The tail of a size that is not a multiple of 8, completed with
+            // zero bytes of the copy's own rounding.
+            let mut bytes = [0u8; 8];
+            // SAFETY: as above, for the last `size - 8 full` bytes.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    value.add(full * 8),
+                    bytes.as_mut_ptr(),
+                    self.size - full * 8,
+                )
+            };
+            last.store(u64::from_ne_bytes(bytes), Ordering::Relaxed);
         }
         seq.store(odd + 1, Ordering::Release);
     }
@@ -136,17 +153,31 @@ impl Area {
     /// # Safety
     ///
     /// `out` is valid for writes of `size` bytes.
+    #[inline]
     unsafe fn try_read(&self, out: *mut u8) -> bool {
         let seq = self.seq();
         let s1 = seq.load(Ordering::Acquire);
         let words = self.words((s1 / 2) % 2);
         let full = self.size / 8;
-        for (i, word) in words.iter().enumerate() {
-            let bytes = word.load(Ordering::Relaxed).to_ne_bytes();
-            let n = if i < full { 8 } else { self.size - full * 8 };
-            // SAFETY: bytes `8 i .. 8 i + n` lie within the `size` bytes of
+        for (i, word) in words[..full].iter().enumerate() {
+            // SAFETY: bytes `8 i .. 8 i + 8` lie within the `size` bytes of
             // `out` (caller).
-            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), out.add(i * 8), n) };
+            unsafe {
+                out.add(i * 8)
+                    .cast::<u64>()
+                    .write_unaligned(word.load(Ordering::Relaxed))
+            };
+        }
+        if let Some(last) = words.get(full) {
+            let bytes = last.load(Ordering::Relaxed).to_ne_bytes();
+            // SAFETY: the last `size - 8 full` bytes of `out` (caller).
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    bytes.as_ptr(),
+                    out.add(full * 8),
+                    self.size - full * 8,
+                )
+            };
         }
         fence(Ordering::Acquire);
         let s2 = seq.load(Ordering::Relaxed);
@@ -155,6 +186,7 @@ impl Area {
 }
 
 impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
+    #[inline]
     fn snapshot_area(&self) -> Option<Area> {
         let base = self.seg.snapshot_ptr()?;
         // SAFETY: the segment's own (validated) snapshot area for a value of
@@ -165,6 +197,7 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
 
     /// Whether this cell keeps published copies of its value
     /// ([`CreateOptions::snapshots`](crate::CreateOptions::snapshots)).
+    #[inline]
     pub fn has_snapshots(&self) -> bool {
         self.seg.snapshot_ptr().is_some()
     }
@@ -235,14 +268,18 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         Err(SnapshotError::Contended { attempts: ATTEMPTS })
     }
 
-    /// Publishes the value for snapshots, if the cell keeps them: called
-    /// on every release of a consistent guard.
+    /// Publishes the value for snapshots, if the cell keeps them and the
+    /// guard being released is `consistent`: called on every release.
     ///
     /// # Safety
     ///
     /// The calling thread holds the lock through this handle.
     #[inline]
-    pub(super) unsafe fn publish_snapshot(&self) {
+    pub(super) unsafe fn publish_snapshot(&self, consistent: bool) {
+        // A value a panic or a reboot left suspect is not published either.
+        if !consistent || self.suspect() {
+            return;
+        }
         if let Some(area) = self.snapshot_area() {
             // SAFETY: we hold the lock (caller); the value is initialised
             // and has no padding (`check_snapshot_type` refused such a `T`

@@ -238,7 +238,7 @@ pub const SNAPSHOT_ALIGN: u64 = 64;
 
 /// Bytes of one published copy of a value of `value_size` bytes (whole
 /// 8-byte words: copies are made word by word).
-pub(crate) fn snapshot_copy_size(value_size: u64) -> Option<u64> {
+fn snapshot_copy_size(value_size: u64) -> Option<u64> {
     align_up(value_size, 8)
 }
 

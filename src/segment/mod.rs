@@ -425,6 +425,7 @@ impl Segment {
 
     /// The snapshot area (see [`header::SNAPSHOT_ALIGN`]), if the segment
     /// was created with [`CreateOptions::snapshots`].
+    #[inline]
     pub(crate) fn snapshot_ptr(&self) -> Option<NonNull<u8>> {
         // SAFETY: the header was validated: a non-zero snapshot_offset is
         // the start of a snapshot area that ends at total_size = len.
