@@ -225,12 +225,29 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     /// #[repr(C)]
     /// struct Config { limit: u64, generation: u64 }
     ///
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let options = CreateOptions::new().snapshots(true);
-    /// let cell = ShmCell::<Config>::open_or_create_with("/config", Config { limit: 10, generation: 0 }, &options)?;
-    /// let config = cell.snapshot()?; // no lock taken
-    /// # let _ = config; Ok(()) }
+    /// let initial = Config { limit: 10, generation: 0 };
+    /// let cell = ShmCell::<Config>::open_or_create_with("/config", initial, &options).unwrap();
+    /// let config = cell.snapshot().unwrap(); // no lock taken
+    /// # let _ = config;
     /// # }
+    /// ```
+    ///
+    /// A value type that may have padding is refused at compile time
+    /// (`cargo build`; `cargo check` does not evaluate the assertion):
+    ///
+    /// ```compile_fail
+    /// use shmsync::{ShmCell, ShmSafe};
+    ///
+    /// #[derive(Clone, Copy)]
+    /// #[repr(C)]
+    /// struct Padded { a: u8, b: u64 } // 7 bytes of padding after `a`
+    /// // SAFETY: integers, repr(C), every bit pattern valid.
+    /// unsafe impl ShmSafe for Padded {} // HAS_PADDING: true (the default)
+    ///
+    /// if let Ok(cell) = ShmCell::<Padded>::open("/padded") {
+    ///     let _ = cell.snapshot();
+    /// }
     /// ```
     ///
     /// # Errors
