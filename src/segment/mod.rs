@@ -187,7 +187,7 @@ impl CreateOptions {
     /// Only for value types without padding
     /// ([`ShmSafe::HAS_PADDING`](crate::ShmSafe::HAS_PADDING) `false`):
     /// creating such a cell for another type is
-    /// [`Error::SnapshotPadding`](crate::Error::SnapshotPadding). A
+    /// [`Error::SnapshotPadding`]. A
     /// standalone [`Segment::create`] ignores it.
     pub fn snapshots(mut self, on: bool) -> Self {
         self.snapshots = on;
