@@ -673,6 +673,26 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_area_follows_the_value_aligned_and_sized_for_two_copies() {
+        for size in [0u64, 1, 7, 8, 9, 64, 100, 4096] {
+            let plain = spec(size, 1).layout().unwrap();
+            let l = spec(size, 1).layout_with(true).unwrap();
+            assert_eq!(plain.snapshot_offset, 0);
+            assert_eq!(
+                (l.lock_offset, l.value_offset),
+                (plain.lock_offset, plain.value_offset)
+            );
+            assert_eq!(l.snapshot_offset % SNAPSHOT_ALIGN, 0);
+            assert!(l.snapshot_offset >= l.value_offset + size);
+            assert!(l.snapshot_offset < l.value_offset + size + SNAPSHOT_ALIGN);
+            let copy = size.div_ceil(8) * 8;
+            assert_eq!(l.total_size, l.snapshot_offset + SNAPSHOT_ALIGN + 2 * copy);
+            assert!(spec(size, 1).could_be_sized(l.total_size));
+            assert!(spec(size, 1).could_be_sized(plain.total_size));
+        }
+    }
+
+    #[test]
     fn layout_aligns_lock_and_value_after_the_header() {
         let l = spec(100, 64).layout().unwrap();
         assert_eq!(l.lock_offset, HEADER_SIZE as u64);
