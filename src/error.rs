@@ -152,6 +152,18 @@ pub enum Error {
         what: String,
     },
 
+    /// Snapshots ([`CreateOptions::snapshots`](crate::CreateOptions::snapshots))
+    /// were asked for, or a cell that keeps them was opened, with a value
+    /// type that may contain padding ([`ShmSafe::HAS_PADDING`](crate::ShmSafe::HAS_PADDING)):
+    /// publishing copies every byte of the value, and padding bytes are
+    /// uninitialised. Derive `ShmSafe` (which proves the absence of
+    /// padding) or write the padding as explicit fields.
+    #[error("snapshots need a value type without padding; {type_name} may have padding (ShmSafe::HAS_PADDING)")]
+    SnapshotPadding {
+        /// The value type.
+        type_name: &'static str,
+    },
+
     /// A descriptor given as a memfd cell (received over a socket,
     /// inherited) is not a memory file made by `memfd_create`: a regular
     /// file, a named shared-memory object, a socket, a pipe.
@@ -205,6 +217,27 @@ impl Error {
     pub(crate) fn io(op: &'static str, source: io::Error) -> Error {
         Error::Io { op, source }
     }
+}
+
+/// Why [`ShmCell::snapshot`](crate::ShmCell::snapshot) gave no value.
+/// Never a torn value: these are the only other answers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// The cell was created without
+    /// [`CreateOptions::snapshots`](crate::CreateOptions::snapshots): it
+    /// keeps no published copy of its value. Take the lock instead.
+    #[error("this cell was created without snapshots (CreateOptions::snapshots)")]
+    NotEnabled,
+    /// Writers rewrote the published copy during each of `attempts`
+    /// attempts (each attempt survives one whole publication; only a
+    /// writer that gets half-way through a second one spoils it). Try
+    /// again later, or take the lock.
+    #[error("no consistent snapshot in {attempts} attempts: writers kept republishing")]
+    Contended {
+        /// How many copies were tried.
+        attempts: u32,
+    },
 }
 
 /// Why a lock could not be acquired — or was acquired from a dead owner.

@@ -135,8 +135,13 @@ mod sys;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+/// Installs a hook called half-way through each snapshot publication in
+/// this process (crash tests point it at `testing::point`).
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub use cell::set_snapshot_hook;
 pub use cell::{inheritable_fd, ShmCell, ShmGuard, ShmReadGuard, WaitTimeoutResult};
-pub use error::{Error, LockError, LockGuard, ReadError};
+pub use error::{Error, LockError, LockGuard, ReadError, SnapshotError};
 pub use lock::{
     FileLock, FileLockGuard, FileLockOptions, FileLockSharedGuard, LockBackend, NamedSemaphore,
     RobustMutex, RobustMutexGuard, RobustRwLock, SemaphoreError, SemaphoreOptions,

@@ -89,6 +89,7 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         value: &mut dyn FnMut(NonNull<u8>),
     ) -> Result<Self, Error> {
         Self::check_backing(Backing::Memfd)?;
+        Self::check_snapshot_options(options)?;
         let mut lock = Self::lock_init();
         let seg = Segment::create_memfd(
             &Self::spec(),

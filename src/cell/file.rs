@@ -87,6 +87,7 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         value: &mut dyn FnMut(NonNull<u8>),
     ) -> Result<Self, Error> {
         Self::check_backing(Backing::File)?;
+        Self::check_snapshot_options(options)?;
         let mut lock = Self::lock_init();
         let seg = Segment::create_file(
             path,
@@ -169,6 +170,7 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         value: &mut dyn FnMut(NonNull<u8>),
     ) -> Result<Self, Error> {
         Self::check_backing(Backing::File)?;
+        Self::check_snapshot_options(options)?;
         let spec = Self::spec();
         let mut relock = Self::relock_after_boot();
         Self::open_or_create_loop(

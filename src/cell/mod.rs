@@ -6,6 +6,7 @@ mod diagnostics;
 mod file;
 mod guard;
 mod read;
+mod snapshot;
 mod wait;
 
 use std::marker::PhantomData;
@@ -24,6 +25,8 @@ use crate::sys::time::Monotonic;
 pub use anonymous::inheritable_fd;
 pub use guard::ShmGuard;
 pub use read::ShmReadGuard;
+#[cfg(feature = "testing")]
+pub use snapshot::hook::set as set_snapshot_hook;
 pub use wait::WaitTimeoutResult;
 
 /// A value of type `T` in a named POSIX shared-memory object, guarded by a
@@ -211,6 +214,7 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         value: &mut dyn FnMut(NonNull<u8>),
     ) -> Result<Self, Error> {
         Self::check_name(name)?;
+        Self::check_snapshot_options(options)?;
         let mut lock = Self::lock_init();
         let seg = Segment::create_with(
             name,
@@ -230,6 +234,10 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     /// a retry does not find a Ready object it cannot use.
     fn from_new_segment(seg: Segment) -> Result<Self, Error> {
         sys::fork::register_fork_handler();
+        if let Err(e) = Self::check_snapshot_type(&seg) {
+            seg.discard_if_alone();
+            return Err(e);
+        }
         match L::attach(&seg) {
             Ok(local) => Ok(Self::with_local(seg, local)),
             Err(e) => {
@@ -358,6 +366,7 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         value: &mut dyn FnMut(NonNull<u8>),
     ) -> Result<Self, Error> {
         Self::check_name(name)?;
+        Self::check_snapshot_options(options)?;
         let spec = Self::spec();
         Self::open_or_create_loop(
             name,
@@ -467,6 +476,7 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
 
     fn from_segment(seg: Segment) -> Result<Self, Error> {
         sys::fork::register_fork_handler();
+        Self::check_snapshot_type(&seg)?;
         let local = L::attach(&seg)?;
         Ok(Self::with_local(seg, local))
     }
@@ -681,6 +691,10 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     /// The calling thread holds the lock through this handle.
     #[inline]
     pub(crate) unsafe fn release(&self, consistent: bool) {
+        if self.has_snapshots() {
+            // SAFETY: forwarded from the caller.
+            unsafe { self.publish_snapshot(consistent) };
+        }
         // Cleared before the release: after it, another thread of this
         // process may take the lock through this handle and set it again.
         self.set_held(false);
@@ -688,6 +702,15 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         // SAFETY: forwarded from the caller.
         unsafe { L::release(self.shared(), &self.local, &self.seg, consistent) };
         crate::steps::step("unlock:released");
+    }
+
+    /// Whether the header's `suspect` word is set: the value may be
+    /// half-updated although the lock was released (a file cell's lock was
+    /// held when the machine went down), so the next locker gets
+    /// `OwnerDied`. Cleared by `make_consistent`.
+    #[inline]
+    pub(super) fn suspect(&self) -> bool {
+        self.seg.header().suspect.load(Ordering::Acquire) != 0
     }
 
     /// # Safety

@@ -203,7 +203,7 @@ impl Segment {
             unlink_if_same(keep.as_fd(), &cpath);
             return Err(Error::io("fchmod", e));
         }
-        let result = Self::initialise_file(fd, &name, spec, init, &boot).and_then(|seg| {
+        let result = Self::initialise_file(fd, &name, spec, options, init, &boot).and_then(|seg| {
             // The file and its directory entry reach the disk: a cell that
             // was created is still there after a power cut.
             sys::fd::fsync(seg.fd()).map_err(|e| Error::io("fsync", e))?;
@@ -222,6 +222,7 @@ impl Segment {
         fd: OwnedFd,
         name: &str,
         spec: &SegmentSpec,
+        options: &CreateOptions,
         init: Init<'_>,
         boot: &[u8; 16],
     ) -> Result<Segment, Error> {
@@ -235,6 +236,7 @@ impl Segment {
             c"",
             name,
             spec,
+            options,
             Init {
                 lock: &mut lock,
                 value,
@@ -374,7 +376,7 @@ impl Segment {
             return Ok(None);
         }
         let _ = sys::fd::fchmod(fd.as_fd(), options.mode);
-        let seg = Self::initialise_file(fd, &name, spec, init, &boot)?;
+        let seg = Self::initialise_file(fd, &name, spec, options, init, &boot)?;
         sys::fd::fsync(seg.fd()).map_err(|e| Error::io("fsync", e))?;
         Ok(Some(seg))
     }

@@ -77,7 +77,7 @@ impl Segment {
             Err(e) => return Err(sys_err("linkat(/proc/self/fd/N)", e)),
         }
         init_step(InitStep::Created);
-        Self::initialise(fd, &cname, name, spec, init, true)
+        Self::initialise(fd, &cname, name, spec, options, init, true)
     }
 
     /// Sizes, maps and initialises `fd`, whose write lock this process
@@ -90,6 +90,7 @@ impl Segment {
         cname: &CStr,
         name: &str,
         spec: &SegmentSpec,
+        options: &CreateOptions,
         init: Init<'_>,
         unlink_on_error: bool,
     ) -> Result<Segment, Error> {
@@ -99,7 +100,7 @@ impl Segment {
             }
             e
         };
-        let layout = spec.layout()?;
+        let layout = spec.layout_with(options.snapshots)?;
         // Truncating to zero first makes every byte zero again when an
         // abandoned attempt is taken over.
         let sized = sys::fd::ftruncate(fd.as_fd(), 0)
@@ -161,6 +162,16 @@ impl Segment {
         })?;
         init_step(InitStep::LockInitialised);
         (init.value)(seg.value_ptr());
+        if let Some(area) = seg.snapshot_ptr() {
+            // SAFETY: the layout places the snapshot area (sequence word 0,
+            // both copies zero) inside the mapping, which is still private
+            // to us; the value area is initialised.
+            unsafe { super::snapshot_init(area, seg.value_ptr(), seg.info.value_size as usize) };
+            seg.header().snapshot_offset.store(
+                seg.info.snapshot_offset,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         init_step(InitStep::ValueWritten);
         // Counted before Ready: a creator killed from here on leaves a
         // count that says so.
@@ -341,10 +352,8 @@ impl Segment {
         }
         let mut bytes = [0u8; HEADER_SIZE];
         let n = sys::fd::pread_full(fd, &mut bytes, 0).map_err(|e| Error::io("pread", e))?;
-        let our_size = expected
-            .and_then(|spec| spec.layout().ok())
-            .map(|l| l.total_size);
-        if n >= HEADER_SIZE && our_size == Some(size) && bytes.iter().all(|&b| b == 0) {
+        let sized_by_us = expected.is_some_and(|spec| spec.could_be_sized(size));
+        if n >= HEADER_SIZE && sized_by_us && bytes.iter().all(|&b| b == 0) {
             // Sized by a creator that died before writing the header (an
             // all-zero object of another size is foreign: Incompatible).
             return Ok(Attach::Abandoned(0));
@@ -420,7 +429,7 @@ impl Segment {
             });
         }
         set_mode(fd.as_fd(), options.mode)?;
-        Self::initialise(fd, &cname, name, spec, init, false).map(Some)
+        Self::initialise(fd, &cname, name, spec, options, init, false).map(Some)
     }
 
     /// Whether an object (whose exclusive lock we hold) is a half-built
@@ -445,7 +454,8 @@ impl Segment {
         let state = header::u32_at(&bytes, header::at!(state));
         let ours =
             bytes[..8] == header::MAGIC && (state == STATE_UNINIT || state == STATE_INITIALISING);
-        let zero_sized_by_us = size == spec.layout()?.total_size && bytes.iter().all(|&b| b == 0);
+        spec.layout()?;
+        let zero_sized_by_us = spec.could_be_sized(size) && bytes.iter().all(|&b| b == 0);
         Ok(ours || zero_sized_by_us)
     }
 }

@@ -28,10 +28,13 @@
 //! | 164 | reserved, zero | |
 //! | 168 | `attach_pid_ns` | pid namespace of the processes attached now (re-recorded when the first attaches to an unattached segment) |
 //! | 176 | `boot_id` | `/proc/sys/kernel/random/boot_id` of the boot the lock state belongs to (file-backed segments) |
-//! | 192..256 | reserved, zero | |
+//! | 192 | `snapshot_offset` | `0`: no snapshots; else the offset of the snapshot area after the value (sequence word, two published copies of the value; see [`SNAPSHOT_ALIGN`]). Written once before Ready; cross-checked with `total_size` |
+//! | 200..256 | reserved, zero | |
 //!
 //! Bytes 0..144 never change after initialisation and are covered by the
-//! checksum; bytes 144.. are live words changed by every process.
+//! checksum; bytes 144.. are live words changed by every process, except
+//! `snapshot_offset`, written once before Ready and validated against the
+//! checksummed `total_size` instead.
 //!
 //! # The `handles` word
 //!
@@ -144,7 +147,8 @@ pub struct RawHeader {
     pub(crate) reserved_word: u32,
     pub(crate) attach_pid_ns: AtomicU64,
     pub(crate) boot_id: [u8; 16],
-    pub(crate) reserved: [u8; 64],
+    pub(crate) snapshot_offset: AtomicU64,
+    pub(crate) reserved: [u8; 56],
 }
 
 /// `suspect`: nothing to report.
@@ -162,6 +166,7 @@ const _: () = assert!(std::mem::offset_of!(RawHeader, suspect) == 156);
 const _: () = assert!(std::mem::offset_of!(RawHeader, handles) == 160);
 const _: () = assert!(std::mem::offset_of!(RawHeader, attach_pid_ns) == 168);
 const _: () = assert!(std::mem::offset_of!(RawHeader, boot_id) == 176);
+const _: () = assert!(std::mem::offset_of!(RawHeader, snapshot_offset) == 192);
 
 /// The offset of a field of [`RawHeader`]: the one definition of the
 /// layout, used by `build`, `decode` and every reader of live words.
@@ -264,7 +269,42 @@ pub struct SegmentSpec {
 pub(crate) struct Layout {
     pub(crate) lock_offset: u64,
     pub(crate) value_offset: u64,
+    /// `0` without snapshots.
+    pub(crate) snapshot_offset: u64,
     pub(crate) total_size: u64,
+}
+
+/// Alignment of the snapshot area (a cache line: the sequence word and the
+/// copies do not share a line with the value, which the lock holder
+/// writes).
+///
+/// # Snapshot area
+///
+/// | offset in the area | what |
+/// |---|---|
+/// | 0 | sequence word (`u64`): the copy published last is copy `seq % 2` |
+/// | 64 | copy 0: `value_size` bytes, rounded up to 8 |
+/// | 64 + rounded size | copy 1 |
+pub const SNAPSHOT_ALIGN: u64 = 64;
+
+/// Bytes of one published copy of a value of `value_size` bytes (whole
+/// 8-byte words: copies are made word by word).
+fn snapshot_copy_size(value_size: u64) -> Option<u64> {
+    align_up(value_size, 8)
+}
+
+/// Bytes of the snapshot area for a value of `value_size` bytes.
+fn snapshot_area_size(value_size: u64) -> Option<u64> {
+    snapshot_copy_size(value_size)?
+        .checked_mul(2)?
+        .checked_add(SNAPSHOT_ALIGN)
+}
+
+/// Where the snapshot area of a value ending at `value_end` lies, and where
+/// the segment ends.
+fn snapshot_layout(value_end: u64, value_size: u64) -> Option<(u64, u64)> {
+    let offset = align_up(value_end, SNAPSHOT_ALIGN)?;
+    Some((offset, offset.checked_add(snapshot_area_size(value_size)?)?))
 }
 
 const PAGE: u64 = 4096;
@@ -274,7 +314,21 @@ fn align_up(x: u64, align: u64) -> Option<u64> {
 }
 
 impl SegmentSpec {
+    /// The layout without a snapshot area.
     pub(crate) fn layout(&self) -> Result<Layout, Error> {
+        self.layout_with(false)
+    }
+
+    /// Whether a creator of this spec gives its object `size` bytes (with or
+    /// without snapshots).
+    pub(crate) fn could_be_sized(&self, size: u64) -> bool {
+        [false, true]
+            .into_iter()
+            .any(|s| self.layout_with(s).is_ok_and(|l| l.total_size == size))
+    }
+
+    /// The layout, with a snapshot area after the value if `snapshots`.
+    pub(crate) fn layout_with(&self, snapshots: bool) -> Result<Layout, Error> {
         for (what, align) in [("value", self.value_align), ("lock", self.lock_align)] {
             if align == 0 || !align.is_power_of_two() || align > PAGE {
                 return Err(Error::Unsupported {
@@ -290,15 +344,21 @@ impl SegmentSpec {
             .checked_add(self.lock_size)
             .ok_or_else(too_big)?;
         let value_offset = align_up(lock_end, self.value_align).ok_or_else(too_big)?;
-        let total = value_offset
+        let value_end = value_offset
             .checked_add(self.value_size)
             .ok_or_else(too_big)?;
+        let (snapshot_offset, total) = if snapshots {
+            snapshot_layout(value_end, self.value_size).ok_or_else(too_big)?
+        } else {
+            (0, value_end)
+        };
         if total > isize::MAX as u64 {
             return Err(too_big());
         }
         Ok(Layout {
             lock_offset,
             value_offset,
+            snapshot_offset,
             total_size: total,
         })
     }
@@ -381,6 +441,7 @@ pub(crate) fn build(spec: &SegmentSpec, layout: &Layout, creator: Creator) -> [u
     put(at!(lock_size), &spec.lock_size.to_ne_bytes());
     put(at!(value_offset), &layout.value_offset.to_ne_bytes());
     put(at!(total_size), &layout.total_size.to_ne_bytes());
+    put(at!(snapshot_offset), &layout.snapshot_offset.to_ne_bytes());
     let sum = fnv1a(&b[..CHECKSUMMED]);
     b[at!(checksum)..at!(checksum) + 8].copy_from_slice(&sum.to_ne_bytes());
     b[at!(state)..at!(state) + 4].copy_from_slice(&STATE_INITIALISING.to_ne_bytes());
@@ -442,6 +503,9 @@ pub struct HeaderInfo {
     /// normally. Non-zero while nobody is attached means the last users
     /// crashed (see [the `handles` word](crate::segment::header#the-handles-word)).
     pub handles: u32,
+    /// Offset of the snapshot area, `0` if the cell was created without
+    /// snapshots ([`CreateOptions::snapshots`](crate::CreateOptions::snapshots)).
+    pub snapshot_offset: u64,
 }
 
 impl HeaderInfo {
@@ -487,6 +551,7 @@ pub fn decode(b: &[u8; HEADER_SIZE]) -> HeaderInfo {
         notify_seq: u32_at(b, at!(notify_seq)),
         notify_waiters: u32_at(b, at!(notify_waiters)),
         handles: u32_at(b, at!(handles)),
+        snapshot_offset: u64_at(b, at!(snapshot_offset)),
     }
 }
 
@@ -573,7 +638,15 @@ pub(crate) fn check_identity(h: &HeaderInfo, expected: Option<&SegmentSpec>) -> 
             .checked_add(h.lock_size)
             .is_some_and(|e| e <= h.value_offset)
         && h.value_offset % h.value_align == 0
-        && h.value_offset.checked_add(h.value_size) == Some(h.total_size)
+        && h.value_offset.checked_add(h.value_size).and_then(|end| {
+            if h.snapshot_offset == 0 {
+                Some(end)
+            } else {
+                snapshot_layout(end, h.value_size)
+                    .filter(|&(offset, _)| offset == h.snapshot_offset)
+                    .map(|(_, total)| total)
+            }
+        }) == Some(h.total_size)
         && own.value_size == h.value_size;
     if !sane {
         return Err(Error::Corrupted {
@@ -652,6 +725,26 @@ mod tests {
                 matches!(spec(size, align).layout(), Err(Error::Unsupported { .. })),
                 "size {size} align {align}"
             );
+        }
+    }
+
+    #[test]
+    fn snapshot_area_follows_the_value_aligned_and_sized_for_two_copies() {
+        for size in [0u64, 1, 7, 8, 9, 64, 100, 4096] {
+            let plain = spec(size, 1).layout().unwrap();
+            let l = spec(size, 1).layout_with(true).unwrap();
+            assert_eq!(plain.snapshot_offset, 0);
+            assert_eq!(
+                (l.lock_offset, l.value_offset),
+                (plain.lock_offset, plain.value_offset)
+            );
+            assert_eq!(l.snapshot_offset % SNAPSHOT_ALIGN, 0);
+            assert!(l.snapshot_offset >= l.value_offset + size);
+            assert!(l.snapshot_offset < l.value_offset + size + SNAPSHOT_ALIGN);
+            let copy = size.div_ceil(8) * 8;
+            assert_eq!(l.total_size, l.snapshot_offset + SNAPSHOT_ALIGN + 2 * copy);
+            assert!(spec(size, 1).could_be_sized(l.total_size));
+            assert!(spec(size, 1).could_be_sized(plain.total_size));
         }
     }
 

@@ -46,7 +46,7 @@ impl Segment {
         // The mode decides who may open a description of their own, which
         // every receiver does (`/proc/self/fd/N`).
         sys::fd::fchmod(fd.as_fd(), options.mode).map_err(|e| Error::io("fchmod", e))?;
-        let mut seg = Self::initialise(fd, c"", MEMFD_NAME, spec, init, false)?;
+        let mut seg = Self::initialise(fd, c"", MEMFD_NAME, spec, options, init, false)?;
         sys::memfd::add_seals(seg.fd(), SEALS).map_err(|e| Error::io("fcntl(F_ADD_SEALS)", e))?;
         seg.backing = Backing::Memfd;
         Ok(seg)

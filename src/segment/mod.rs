@@ -163,11 +163,15 @@ fn init_step(step: InitStep) {
 #[derive(Clone, Copy, Debug)]
 pub struct CreateOptions {
     mode: u32,
+    snapshots: bool,
 }
 
 impl Default for CreateOptions {
     fn default() -> Self {
-        CreateOptions { mode: DEFAULT_MODE }
+        CreateOptions {
+            mode: DEFAULT_MODE,
+            snapshots: false,
+        }
     }
 }
 
@@ -183,6 +187,47 @@ impl CreateOptions {
         self.mode = mode & 0o7777;
         self
     }
+
+    /// Whether the cell keeps published copies of its value for
+    /// [`ShmCell::snapshot`](crate::ShmCell::snapshot): a sequence word and
+    /// two copies of the value after it in the segment, which every
+    /// unlock after a consistent write refreshes. Default `false` (it
+    /// costs each write a copy of the value; see the README).
+    ///
+    /// Only for value types without padding
+    /// ([`ShmSafe::HAS_PADDING`](crate::ShmSafe::HAS_PADDING) `false`):
+    /// creating such a cell for another type is
+    /// [`Error::SnapshotPadding`]. A
+    /// standalone [`Segment::create`] ignores it.
+    pub fn snapshots(mut self, on: bool) -> Self {
+        self.snapshots = on;
+        self
+    }
+
+    /// Whether [`snapshots`](Self::snapshots) is on.
+    pub fn has_snapshots(&self) -> bool {
+        self.snapshots
+    }
+}
+
+/// Publishes the initial value of a new segment as copy 0 of its snapshot
+/// area (sequence word 0).
+///
+/// # Safety
+///
+/// `area` is a zeroed snapshot area laid out for `value_size` bytes and
+/// `value` an initialised value area of that size, both in a mapping no
+/// other process can reach yet.
+unsafe fn snapshot_init(area: NonNull<u8>, value: NonNull<u8>, value_size: usize) {
+    // SAFETY: forwarded from the caller; copy 0 starts SNAPSHOT_ALIGN bytes
+    // into the area and holds at least `value_size` bytes. An untyped copy.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            value.as_ptr(),
+            area.as_ptr().add(header::SNAPSHOT_ALIGN as usize),
+            value_size,
+        )
+    };
 }
 
 /// Writes the lock state and then the value of a new segment. Called with
@@ -326,7 +371,9 @@ impl Segment {
         Self::create_with(
             name,
             spec,
-            options,
+            // Nobody would publish into a snapshot area of a standalone
+            // segment.
+            &options.snapshots(false),
             Init {
                 lock: &mut |_, _| Ok(()),
                 value: &mut |_| {},
@@ -393,6 +440,16 @@ impl Segment {
     pub fn value_ptr(&self) -> NonNull<u8> {
         // SAFETY: the header was validated: value_offset + value_size ≤ len.
         unsafe { self.map.ptr.add(self.info.value_offset as usize) }
+    }
+
+    /// The snapshot area (see [`header::SNAPSHOT_ALIGN`]), if the segment
+    /// was created with [`CreateOptions::snapshots`].
+    #[inline]
+    pub(crate) fn snapshot_ptr(&self) -> Option<NonNull<u8>> {
+        // SAFETY: the header was validated: a non-zero snapshot_offset is
+        // the start of a snapshot area that ends at total_size = len.
+        (self.info.snapshot_offset != 0)
+            .then(|| unsafe { self.map.ptr.add(self.info.snapshot_offset as usize) })
     }
 
     /// The file descriptor (carries the attach lock; never close it).
