@@ -49,7 +49,7 @@ use std::time::Duration;
 
 pub(crate) mod backend;
 mod inspect;
-mod spin;
+pub(crate) mod spin;
 
 use super::{Acquire, Acquired};
 use crate::error::{LockError, RawLockError};

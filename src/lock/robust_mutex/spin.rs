@@ -1,5 +1,6 @@
-//! A bounded, adaptive spin on a held robust mutex's lock word, before
-//! `pthread_mutex_lock` (which may sleep).
+//! Bounded, adaptive, read-only spins: on a held robust mutex's lock word
+//! before `pthread_mutex_lock` ([`spin`]), and on a cell's notification
+//! sequence before `FUTEX_WAIT` ([`spin_until_changed`], `cell/wait.rs`).
 //!
 //! glibc's robust mutex never spins: a locker that finds it held sets
 //! `FUTEX_WAITERS` and calls `FUTEX_WAIT` at once, and an unlock that finds
@@ -7,26 +8,37 @@
 //! nanoseconds (a loop of short critical sections), the waiter's
 //! `FUTEX_WAIT` mostly returns at once (the word changed) and each
 //! `FUTEX_WAITERS` bit it sets costs the holder a `FUTEX_WAKE` system call
-//! (measured in `BENCHMARKS.md`: about 7 futex calls per 1000 locks with two
-//! processes, half as many with this spin).
+//! (`BENCHMARKS.md` counts them). A waiter for a notification sleeps even
+//! when the notifier, on another CPU, answers within a microsecond, and a
+//! cross-CPU wake-up costs tens of microseconds on a virtual machine.
 //!
-//! The spin only *reads* the word (relaxed loads, with a doubling number of
-//! `spin_loop` hints between reads so that the holder keeps its cache
+//! A spin only *reads* (relaxed loads, with a doubling number of
+//! `spin_loop` hints between reads so that the writer keeps its cache
 //! line), and ends as soon as:
 //!
-//! * the word is free (owner tid 0): `pthread_mutex_lock` takes it;
-//! * `FUTEX_OWNER_DIED` is set: `pthread_mutex_lock` reports `EOWNERDEAD`
-//!   at once (a spinner never delays the owner-death report: the kernel
-//!   sets the bit when the owner dies, and the next read sees it);
-//! * its budget ([`MAX_NS`], adapted per thread) is spent;
-//! * a `sched_yield` (one every [`YIELD_NS`] of spinning) gave the CPU to
-//!   another task: the CPUs are oversubscribed, so spinning would only
-//!   take time from the holder. The thread's budget is then quartered
-//!   (down to [`MIN_NS`]); a spin that sees the lock free doubles it again.
+//! * its condition holds: the lock word is free (owner tid 0) or has
+//!   `FUTEX_OWNER_DIED` (then `pthread_mutex_lock` takes the lock or
+//!   reports `EOWNERDEAD` at once: a spinner never delays the owner-death
+//!   report, the kernel sets the bit when the owner dies and the next read
+//!   sees it); or the sequence moved;
+//! * its budget is spent (at most [`MAX_NS`]; for a wait, at most the
+//!   caller's timeout);
+//! * a `sched_yield` (one every [`YIELD_NS`] of spinning) ran another task:
+//!   the CPUs are oversubscribed, and spinning would only take time from
+//!   the process it waits for.
+//!
+//! The budget adapts per thread and per kind of spin: doubled by a spin
+//! whose condition came true by itself, halved by one that was spent for
+//! nothing, quartered by one that had to yield the CPU. Below [`MIN_NS`]
+//! the thread stops spinning, but for one short spin every [`PROBE`] calls,
+//! to find out when spinning pays again. So with two processes on one CPU
+//! a waiter soon sleeps at once, as it did before (measured: hand-off
+//! round trip on one CPU unchanged, on two CPUs far below a semaphore
+//! pair's).
 //!
 //! Nothing here writes shared memory: the lock, its robust-list entry and
-//! the owner-death protocol all stay inside `pthread_mutex_lock`, so
-//! robustness is glibc's, unchanged.
+//! the owner-death protocol all stay inside `pthread_mutex_lock`, and the
+//! wait protocol is unchanged, so robustness is glibc's and `wait.rs`'s.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -36,18 +48,23 @@ use super::word;
 
 /// The longest spin, ns (about a futex sleep and wake-up on another CPU).
 pub(crate) const MAX_NS: u32 = 20_000;
-/// The shortest spin, ns, once oversubscription was seen.
+/// The shortest spin, ns: below it (oversubscribed) a thread does not spin,
+/// but for one [`MIN_NS`] spin every [`PROBE`] calls.
 pub(crate) const MIN_NS: u32 = 1_000;
+/// See [`MIN_NS`]. (While backed off, the budget cell counts calls.)
+const PROBE: u32 = 32;
 /// Spin time between two `sched_yield`s, ns.
 pub(crate) const YIELD_NS: u32 = 2_000;
 /// A `sched_yield` that took longer than this ran another task.
-const SWITCHED_NS: u32 = 20_000;
+const SWITCHED_NS: u32 = 1_500;
 /// The most `spin_loop` hints between two reads of the word.
 const MAX_PAUSE: u32 = 64;
 
 thread_local! {
-    /// This thread's spin budget, ns.
+    /// This thread's spin budget for a held lock, ns.
     static BUDGET: Cell<u32> = const { Cell::new(MAX_NS) };
+    /// This thread's spin budget for a notification (`wait_while`), ns.
+    static WAIT_BUDGET: Cell<u32> = const { Cell::new(MAX_NS) };
 }
 
 /// Whether a locker may take the lock now, or must hear now that its owner
@@ -60,7 +77,8 @@ fn go(w: u32) -> bool {
 /// How a spin ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Spun {
-    /// The word is free or tells of an owner death.
+    /// The word is free or tells of an owner death (or, for
+    /// [`spin_until_changed`], it changed).
     Go,
     /// The budget is spent.
     Spent,
@@ -72,26 +90,66 @@ pub(crate) enum Spun {
 #[cold]
 #[inline(never)]
 pub(crate) fn spin(futex: &AtomicU32) -> Spun {
-    let budget = BUDGET.with(Cell::get);
-    let how = spin_for(futex, budget);
+    adaptive(&BUDGET, None, || go(futex.load(Ordering::Relaxed)))
+}
+
+/// Spins while `seq` still reads `seen`, within this thread's budget and
+/// at most `limit`: before a `FUTEX_WAIT` on a notification sequence, so
+/// that a notification that comes within microseconds (a hand-off between
+/// two processes on two CPUs) costs no sleep and no cross-CPU wake-up.
+/// Read-only, like [`spin`].
+#[cold]
+#[inline(never)]
+pub(crate) fn spin_until_changed(seq: &AtomicU32, seen: u32, limit: Option<Duration>) -> Spun {
+    adaptive(&WAIT_BUDGET, limit, || seq.load(Ordering::Relaxed) != seen)
+}
+
+/// Spins until `done()`, within the thread's `budget` (at most `limit`),
+/// and adapts the budget to how the spin ended.
+fn adaptive(
+    budget: &'static std::thread::LocalKey<Cell<u32>>,
+    limit: Option<Duration>,
+    done: impl Fn() -> bool,
+) -> Spun {
+    let mut ns = budget.with(Cell::get);
+    if ns < MIN_NS {
+        // Backed off (oversubscribed): no spin, but every PROBE-th call a
+        // short one, to find out when spinning pays again.
+        budget.with(|b| b.set(ns + 1));
+        if ns + 1 < PROBE {
+            return Spun::Spent;
+        }
+        ns = MIN_NS;
+    }
+    let mut for_ns = Duration::from_nanos(u64::from(ns));
+    if let Some(l) = limit {
+        for_ns = for_ns.min(l);
+    }
+    let (how, switched) = spin_for(for_ns, done);
     let next = match how {
-        Spun::Go => budget.saturating_mul(2).min(MAX_NS),
-        Spun::Spent => budget,
-        Spun::Oversubscribed => (budget / 4).max(MIN_NS),
+        // Even when the wait was over after a yield that ran another task:
+        // that task did the work, the spin did not.
+        _ if switched && ns / 4 < MIN_NS => 0,
+        _ if switched => ns / 4,
+        Spun::Go => ns.saturating_mul(2).min(MAX_NS),
+        // Spent for nothing: halve (below MIN_NS, stop but probe).
+        Spun::Spent | Spun::Oversubscribed if ns / 2 < MIN_NS => 0,
+        Spun::Spent | Spun::Oversubscribed => ns / 2,
     };
-    BUDGET.with(|b| b.set(next));
+    budget.with(|b| b.set(next));
     how
 }
 
-fn spin_for(futex: &AtomicU32, budget_ns: u32) -> Spun {
+/// Spins until `done()` or `budget`; also says whether a `sched_yield`
+/// ran another task (then it stops: the CPUs are oversubscribed).
+fn spin_for(budget: Duration, done: impl Fn() -> bool) -> (Spun, bool) {
     let start = Instant::now();
-    let budget = Duration::from_nanos(u64::from(budget_ns));
     let every = Duration::from_nanos(u64::from(YIELD_NS));
     let mut next_yield = every;
     let mut pause = 1;
     loop {
-        if go(futex.load(Ordering::Relaxed)) {
-            return Spun::Go;
+        if done() {
+            return (Spun::Go, false);
         }
         for _ in 0..pause {
             std::hint::spin_loop();
@@ -102,17 +160,18 @@ fn spin_for(futex: &AtomicU32, budget_ns: u32) -> Spun {
         }
         let spent = start.elapsed();
         if spent >= budget {
-            return Spun::Spent;
+            return (Spun::Spent, false);
         }
         if spent >= next_yield {
             let t = Instant::now();
             std::thread::yield_now();
             if t.elapsed() > Duration::from_nanos(u64::from(SWITCHED_NS)) {
-                return if go(futex.load(Ordering::Relaxed)) {
+                let how = if done() {
                     Spun::Go
                 } else {
                     Spun::Oversubscribed
                 };
+                return (how, true);
             }
             next_yield = start.elapsed() + every;
         }
@@ -142,7 +201,10 @@ mod tests {
     fn owner_died_ends_the_spin_at_once() {
         let w = AtomicU32::new(word::OWNER_DIED | WAITERS);
         let t = Instant::now();
-        assert_eq!(spin_for(&w, u32::MAX), Spun::Go);
+        assert_eq!(
+            spin_for(Duration::MAX, || go(w.load(Ordering::Relaxed))).0,
+            Spun::Go
+        );
         assert!(t.elapsed() < Duration::from_secs(1));
     }
 
@@ -150,7 +212,9 @@ mod tests {
     fn a_live_holder_ends_the_spin_within_its_budget() {
         let w = AtomicU32::new(TID | WAITERS);
         let t = Instant::now();
-        let how = spin_for(&w, MAX_NS);
+        let (how, _) = spin_for(Duration::from_nanos(MAX_NS.into()), || {
+            go(w.load(Ordering::Relaxed))
+        });
         assert_ne!(how, Spun::Go);
         // The budget, plus one pause and one yield that may have run
         // another task on a loaded machine.
@@ -172,10 +236,22 @@ mod tests {
         let t = Instant::now();
         let mut how = Spun::Spent;
         while how != Spun::Go && t.elapsed() < Duration::from_secs(10) {
-            how = spin_for(&w, u32::MAX);
+            how = spin_for(Duration::MAX, || go(w.load(Ordering::Relaxed))).0;
         }
         setter.join().unwrap();
         assert_eq!(how, Spun::Go);
+    }
+
+    #[test]
+    fn backed_off_threads_probe_every_probe_th_call() {
+        let free = AtomicU32::new(0);
+        BUDGET.with(|b| b.set(0));
+        let first = (1..=PROBE * 2).find(|_| spin(&free) == Spun::Go);
+        assert_eq!(first, Some(PROBE), "one probe per {PROBE} calls");
+        assert!(
+            BUDGET.with(Cell::get) >= MIN_NS,
+            "a probe that went restores"
+        );
     }
 
     #[test]
@@ -192,8 +268,8 @@ mod tests {
         let how = spin(&held);
         let b = BUDGET.with(Cell::get);
         match how {
-            Spun::Spent => assert_eq!(b, MAX_NS),
-            Spun::Oversubscribed => assert_eq!(b, (MAX_NS / 4).max(MIN_NS)),
+            Spun::Spent => assert_eq!(b, MAX_NS / 2),
+            Spun::Oversubscribed => assert_eq!(b, MAX_NS / 4),
             Spun::Go => panic!("a held word never lets a spinner go"),
         }
     }
