@@ -4,9 +4,10 @@
 //! runs it twice per kind and takes the difference, which cancels start-up
 //! and teardown: instructions per call = (total(N2) − total(N1)) / (N2 − N1)).
 //!
-//! KIND is `cell` (`ShmCell<u64>`, the default robust mutex) or `raw` (a
+//! KIND is `cell` (`ShmCell<u64>`, the default robust mutex), `raw` (a
 //! bare robust process-shared `pthread_mutex_t` in a shared mapping, the
-//! same attributes). Without arguments (as `cargo bench` runs every bench)
+//! same attributes) or `plain` (the same without robust and error-checking:
+//! for comparison, not guarded). Without arguments (as `cargo bench` runs every bench)
 //! it does a few calls of each and prints nothing else.
 
 use std::hint::black_box;
@@ -38,7 +39,7 @@ fn cell(n: u64) -> u64 {
     v
 }
 
-fn raw(n: u64) -> u64 {
+fn raw(n: u64, kind: raw::MutexKind) -> u64 {
     let len = std::mem::size_of::<Beside>();
     // SAFETY: a fresh anonymous shared mapping; nothing else is touched.
     let p = unsafe {
@@ -56,7 +57,7 @@ fn raw(n: u64) -> u64 {
     // mutex storage) and lives until the munmap below.
     let a = unsafe { &*p.cast::<Beside>() };
     // SAFETY: fresh mapping, never moved, unused yet.
-    unsafe { a.lock.init(raw::MutexKind::Robust) };
+    unsafe { a.lock.init(kind) };
     for _ in 0..black_box(n) {
         assert_eq!(a.lock.lock(), 0, "pthread_mutex_lock");
         let c = &a.counter;
@@ -77,9 +78,10 @@ fn main() {
     let run = |kind: &str, n: u64| {
         let got = match kind {
             "cell" => cell(n),
-            "raw" => raw(n),
+            "raw" => raw(n, raw::MutexKind::Robust),
+            "plain" => raw(n, raw::MutexKind::Plain),
             k => {
-                eprintln!("unknown kind {k:?}: cell or raw");
+                eprintln!("unknown kind {k:?}: cell, raw or plain");
                 std::process::exit(2)
             }
         };
@@ -92,7 +94,7 @@ fn main() {
         }
         [kind, n] => run(kind, n.parse().expect("N: a count")),
         _ => {
-            eprintln!("usage: callgrind [cell|raw N]");
+            eprintln!("usage: callgrind [cell|raw|plain N]");
             std::process::exit(2)
         }
     }

@@ -144,7 +144,7 @@ where
         if std::env::var_os("SHMSYNC_BENCH_PROBE").is_some() {
             let ru1 = rusage();
             eprintln!(
-                "probe child {i}: hand {hand} user {} us sys {} us nvcsw {} nivcsw {} per {per}",
+                "probe child {i}: done {done} hand {hand} user {} us sys {} us nvcsw {} nivcsw {}",
                 tv_us(ru1.ru_utime) - tv_us(ru0.ru_utime),
                 tv_us(ru1.ru_stime) - tv_us(ru0.ru_stime),
                 ru1.ru_nvcsw - ru0.ru_nvcsw,

@@ -330,6 +330,7 @@ fn register<'a>(b: &mut Bench<'a>, big: &'a str) {
 
     // Latency of one process at 2 and 8 processes (the max rows report
     // the run of their p99 row, as the probe rows above).
+    let mut maxes = Vec::new();
     for procs in [2usize, 8] {
         let cpus = move |p: &Params| (0..procs).map(|i| Some(p.cpu(i))).collect::<Vec<_>>();
         let base = format!("{RAW_ROBUST} [in] x{procs}");
@@ -344,13 +345,16 @@ fn register<'a>(b: &mut Bench<'a>, big: &'a str) {
                 put.set(Some(r));
                 Ok(r.p99_us)
             });
-            b.row(&LAT_MAX, name, Some(&base), "yes", move |_| {
-                stash
-                    .get()
-                    .map(|r| r.max_us)
-                    .ok_or_else(|| "its p99 row has not run yet".to_string())
-            });
+            maxes.push((name, base.clone(), stash));
         }
+    }
+    for (name, base, stash) in maxes {
+        b.row(&LAT_MAX, name, Some(&base), "yes", move |_| {
+            stash
+                .get()
+                .map(|r| r.max_us)
+                .ok_or_else(|| "its p99 row has not run yet".to_string())
+        });
     }
 
     // Value size.
