@@ -89,7 +89,7 @@ fn roles(ctx: &ChildCtx) {
 fn holder_killed_while_another_process_spins_or_sleeps() {
     let child = testing::child!(roles);
     let mut seen = 0;
-    for _ in 0..10 {
+    for _ in 0..20 {
         let name = TestName::new("spin");
         let cell = ShmCell::<Pair>::create(name.as_str(), START).unwrap();
         let mut contender = child
@@ -131,7 +131,11 @@ fn holder_killed_while_another_process_spins_or_sleeps() {
         seen += deaths;
     }
     // The holder is half-way through its update nearly all of the time,
-    // so over ten random kills some must have been reported.
-    println!("owner deaths reported: {seen} in ten kills");
-    assert!(seen > 0, "no owner death reported in ten kills of a holder");
+    // so over twenty random kills some must have been reported (4–9 of
+    // ten were, in three runs of ten).
+    println!("owner deaths reported: {seen} in twenty kills");
+    assert!(
+        seen > 0,
+        "no owner death reported in twenty kills of a holder"
+    );
 }
