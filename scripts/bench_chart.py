@@ -99,7 +99,7 @@ def markdown(res):
                 ratio, base = "", ""
             out.append(f"| {name} | {r['robust']} | {fmt(r['median'])} | {fmt(lo)}..{fmt(hi)} | {ratio} | {base} |")
         out.append("")
-    out.append("**Targets (issue 5)**")
+    out.append("**Targets** (issue 5; `(15)`: issue 15)")
     out.append("")
     out.append("| target | measured | verdict |")
     out.append("|---|--:|---|")
@@ -230,7 +230,7 @@ def svg(res):
 
     # Targets as a list under the chart.
     y += 6
-    parts.append(f'<text x="10" y="{y + 12}" class="sec">Targets (issue 5)</text>')
+    parts.append(f'<text x="10" y="{y + 12}" class="sec">Targets (issue 5; (15): issue 15)</text>')
     y += 20
     for t in res["targets"]:
         if t["kind"] == "pending":

@@ -286,7 +286,7 @@ impl<'a> Bench<'a> {
                 format!("{}..{}", fmt_num(lo), fmt_num(hi)),
             );
         }
-        let _ = writeln!(out, "\n## Targets (issue 5)");
+        let _ = writeln!(out, "\n## Targets");
         for t in &self.targets {
             let (v, ok) = self.target_result(t);
             let verdict = match (ok, &t.check) {

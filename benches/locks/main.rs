@@ -19,15 +19,19 @@
 //! baseline, robust, closure)`, the closure usually one of the generic
 //! measuring functions below (`cell_lock::<L>`, `contended`, `handoff`).
 
+mod contend;
 mod harness;
 mod procs;
 mod raw;
 
+use std::cell::Cell;
 use std::ffi::CString;
 use std::hint::black_box;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
+use contend::Counter;
 use harness::{key, Bench, Better, Check, Params, Section};
 use procs::{fresh_name, Gate, SharedAnon};
 use raw::{MutexKind, PCond, PMutex, PSem};
@@ -43,9 +47,21 @@ static UNCONTENDED: Section = Section {
 };
 static CONTENDED: Section = Section {
     id: "contended",
-    title: "Two processes contending, pinned to two CPUs: each N x (lock, increment, unlock), counter checked = 2N",
+    title: "Two processes contending, pinned to two CPUs: each N x (lock, increment, unlock), counter checked = 2N; [in] = the counter shares the lock's cache line (in the cell for ShmCell), [out] = it lives in a mapping of its own",
     unit: "Mlock/s",
     better: Better::Higher,
+};
+static HANDOVERS: Section = Section {
+    id: "handovers",
+    title: "Contention probe, same runs as above: lock hand-overs between the two processes",
+    unit: "per 1000 locks",
+    better: Better::Lower,
+};
+static SLEEPS: Section = Section {
+    id: "sleeps",
+    title: "Contention probe, same runs as above: voluntary context switches (futex sleeps)",
+    unit: "per 1000 locks",
+    better: Better::Lower,
 };
 static HANDOFF_1CPU: Section = Section {
     id: "handoff-1cpu",
@@ -67,15 +83,21 @@ static ATTACH: Section = Section {
 };
 static SCALING: Section = Section {
     id: "scaling",
-    title: "Contended throughput by process count (pinned round-robin to the CPUs)",
+    title: "Contended throughput by process count (pinned round-robin to the two CPUs: 4 and 8 are oversubscribed)",
     unit: "Mlock/s",
     better: Better::Higher,
 };
-static READERS: Section = Section {
-    id: "readers",
-    title: "Two reader processes pinned to two CPUs: each N x (read, load the value, release)",
-    unit: "Mread/s",
-    better: Better::Higher,
+static LAT_P99: Section = Section {
+    id: "latency-p99",
+    title: "One process's lock + increment + unlock call while P processes contend [in], 99th percentile",
+    unit: "us",
+    better: Better::Lower,
+};
+static LAT_MAX: Section = Section {
+    id: "latency-max",
+    title: "The same runs, longest call",
+    unit: "us",
+    better: Better::Lower,
 };
 static VALUE_SIZE: Section = Section {
     id: "value-size",
@@ -104,14 +126,13 @@ const FUTEX: &str = "raw futex (FUTEX_WAIT/FUTEX_WAKE)";
 const CELL_OPEN: &str = "ShmCell<u64>::open";
 const CELL_OPEN_BIG: &str = "ShmCell<[u8; 64 MiB]>::open";
 const RAW_ATTACH: &str = "raw shm_open + fstat + mmap";
-const RW_READ: &str = "ShmCell<RobustRwLock>::read";
-const RW_LOCK: &str = "ShmCell<RobustRwLock>::lock";
-const MUTEX_AS_READ: &str = "ShmCell<RobustMutex>::lock, read only";
 const CELL_4K: &str = "ShmCell<[u8; 4 KiB]>::lock";
 const CELL_64M: &str = "ShmCell<[u8; 64 MiB]>::lock";
 
 /// Operations per contended measurement (split among the processes).
 const LOCK_OPS: u64 = 2_000_000;
+/// Operations per latency measurement (child 0 keeps every call's time).
+const LATENCY_OPS: u64 = 1_000_000;
 /// The same for `flock` (about 1 µs each when contended).
 const FLOCK_OPS: u64 = 100_000;
 /// The same for a semaphore used as a lock.
@@ -187,36 +208,46 @@ fn register<'a>(b: &mut Bench<'a>, big: &'a str) {
         cell_lock::<shmsync::NamedSemaphore>,
     );
 
-    b.row(&UNCONTENDED, RW_READ, Some(CELL_LOCK), "yes", rw_read);
-    b.row(
-        &UNCONTENDED,
-        RW_LOCK,
-        Some(CELL_LOCK),
-        "yes",
-        cell_lock::<shmsync::RobustRwLock>,
-    );
-
-    // Two processes contending.
+    // Two processes contending, the counter beside the lock and outside:
+    // each throughput row also stashes its run's hand-overs and sleeps,
+    // which the probe rows below report (a probe row that comes earlier in
+    // a rotated round reports the previous round's run of its row).
     let c2 = |p: &Params| [Some(p.cpu(0)), Some(p.cpu(1))];
-    b.row(&CONTENDED, CELL_LOCK, rb, "yes", move |p| {
-        cell_contended::<RobustMutex>(p, &c2(p), LOCK_OPS)
-    });
-    b.row(&CONTENDED, RAW_ROBUST, rb, "yes", move |p| {
-        raw_contended(p, &c2(p), LOCK_OPS, MutexKind::Robust)
-    });
-    b.row(&CONTENDED, RAW_PLAIN, rb, "no", move |p| {
-        raw_contended(p, &c2(p), LOCK_OPS, MutexKind::Plain)
-    });
-    b.row(&CONTENDED, RAW_SYNC, rb, "no", move |p| {
+    let mut probes = Vec::new();
+    for counter in [Counter::Beside, Counter::Outside] {
+        let tag = tag(counter);
+        let base = format!("{RAW_ROBUST} {tag}");
+        let lockers: [(String, &'static str, Locker); 3] = [
+            (format!("{CELL_LOCK} {tag}"), "yes", Locker::Cell),
+            (base.clone(), "yes", Locker::Raw(MutexKind::Robust)),
+            (
+                format!("{RAW_PLAIN} {tag}"),
+                "no",
+                Locker::Raw(MutexKind::Plain),
+            ),
+        ];
+        for (name, robust, locker) in lockers {
+            let stash = Rc::new(Cell::new(None::<contend::Run>));
+            let put = stash.clone();
+            b.row(&CONTENDED, name.clone(), Some(&base), robust, move |p| {
+                let r = locker.run(p, &c2(p), LOCK_OPS, counter, false)?;
+                put.set(Some(r));
+                Ok(r.mlps)
+            });
+            probes.push((name, robust, base.clone(), stash));
+        }
+    }
+    let raw_in_c = format!("{RAW_ROBUST} [in]");
+    b.row(&CONTENDED, RAW_SYNC, Some(&raw_in_c), "no", move |p| {
         raw_sync_contended(p, &c2(p), LOCK_OPS)
     });
-    b.row(&CONTENDED, PROCESS_SYNC, rb, "no", move |p| {
+    b.row(&CONTENDED, PROCESS_SYNC, Some(&raw_in_c), "no", move |p| {
         process_sync_contended(p, &c2(p), LOCK_OPS)
     });
-    b.row(&CONTENDED, RAW_FLOCK, rb, "freed", move |p| {
+    b.row(&CONTENDED, RAW_FLOCK, Some(&raw_in_c), "freed", move |p| {
         flock_contended(p, &c2(p), FLOCK_OPS)
     });
-    b.row(&CONTENDED, RAW_SEM, rb, "no", move |p| {
+    b.row(&CONTENDED, RAW_SEM, Some(&raw_in_c), "no", move |p| {
         sem_contended(p, &c2(p), SEM_OPS)
     });
     b.row(
@@ -233,6 +264,25 @@ fn register<'a>(b: &mut Bench<'a>, big: &'a str) {
         "yes",
         move |p| cell_contended::<shmsync::NamedSemaphore>(p, &c2(p), SEM_OPS),
     );
+
+    for (sec, pick) in [
+        (
+            &HANDOVERS,
+            (|r: &contend::Run| r.handoffs_per_k) as fn(&contend::Run) -> f64,
+        ),
+        (&SLEEPS, |r: &contend::Run| r.sleeps_per_k),
+    ] {
+        for (name, robust, base, stash) in &probes {
+            let get = stash.clone();
+            b.row(sec, name.clone(), Some(base), robust, move |_| {
+                // A probe of 0 (no sleep at all) is a valid figure; the
+                // harness wants positive values, so it is floored.
+                get.get()
+                    .map(|r| pick(&r).max(1e-3))
+                    .ok_or_else(|| "its throughput row has not run yet".to_string())
+            });
+        }
+    }
 
     // Hand-off round trips, on one CPU and on two.
     for (sec, two) in [(&HANDOFF_1CPU, false), (&HANDOFF_2CPU, true)] {
@@ -253,33 +303,59 @@ fn register<'a>(b: &mut Bench<'a>, big: &'a str) {
     });
     b.row(&ATTACH, RAW_ATTACH, Some(RAW_ATTACH), "n/a", raw_attach);
 
-    // Scaling with the number of processes.
+    // Scaling with the number of processes, counter beside and outside.
     for procs in [1usize, 2, 4, 8] {
         let cpus = move |p: &Params| (0..procs).map(|i| Some(p.cpu(i))).collect::<Vec<_>>();
-        let base = format!("{RAW_ROBUST} x{procs}");
-        b.row(
-            &SCALING,
-            format!("{CELL_LOCK} x{procs}"),
-            Some(&base),
-            "yes",
-            move |p| cell_contended::<RobustMutex>(p, &cpus(p), LOCK_OPS),
-        );
-        b.row(&SCALING, base.clone(), Some(&base), "yes", move |p| {
-            raw_contended(p, &cpus(p), LOCK_OPS, MutexKind::Robust)
-        });
+        for counter in [Counter::Beside, Counter::Outside] {
+            let tag = tag(counter);
+            let base = format!("{RAW_ROBUST} {tag} x{procs}");
+            b.row(
+                &SCALING,
+                format!("{CELL_LOCK} {tag} x{procs}"),
+                Some(&base),
+                "yes",
+                move |p| {
+                    Ok(Locker::Cell
+                        .run(p, &cpus(p), LOCK_OPS, counter, false)?
+                        .mlps)
+                },
+            );
+            b.row(&SCALING, base.clone(), Some(&base), "yes", move |p| {
+                Ok(Locker::Raw(MutexKind::Robust)
+                    .run(p, &cpus(p), LOCK_OPS, counter, false)?
+                    .mlps)
+            });
+        }
     }
 
-    // Readers.
-    b.row(&READERS, RW_READ, Some(MUTEX_AS_READ), "yes", move |p| {
-        rw_readers(p, &c2(p), LOCK_OPS)
-    });
-    b.row(
-        &READERS,
-        MUTEX_AS_READ,
-        Some(MUTEX_AS_READ),
-        "yes",
-        move |p| mutex_readers(p, &c2(p), LOCK_OPS),
-    );
+    // Latency of one process at 2 and 8 processes (the max rows report
+    // the run of their p99 row, as the probe rows above).
+    let mut maxes = Vec::new();
+    for procs in [2usize, 8] {
+        let cpus = move |p: &Params| (0..procs).map(|i| Some(p.cpu(i))).collect::<Vec<_>>();
+        let base = format!("{RAW_ROBUST} [in] x{procs}");
+        for (name, locker) in [
+            (format!("{CELL_LOCK} [in] x{procs}"), Locker::Cell),
+            (base.clone(), Locker::Raw(MutexKind::Robust)),
+        ] {
+            let stash = Rc::new(Cell::new(None::<contend::Run>));
+            let put = stash.clone();
+            b.row(&LAT_P99, name.clone(), Some(&base), "yes", move |p| {
+                let r = locker.run(p, &cpus(p), LATENCY_OPS, Counter::Beside, true)?;
+                put.set(Some(r));
+                Ok(r.p99_us)
+            });
+            maxes.push((name, base.clone(), stash));
+        }
+    }
+    for (name, base, stash) in maxes {
+        b.row(&LAT_MAX, name, Some(&base), "yes", move |_| {
+            stash
+                .get()
+                .map(|r| r.max_us)
+                .ok_or_else(|| "its p99 row has not run yet".to_string())
+        });
+    }
 
     // Value size.
     b.row(&VALUE_SIZE, CELL_4K, Some(CELL_4K), "yes", cell_4k_lock);
@@ -287,6 +363,8 @@ fn register<'a>(b: &mut Bench<'a>, big: &'a str) {
         big_lock(p, big)
     });
 
+    let cell_in = format!("{CELL_LOCK} [in]");
+    let raw_in = format!("{RAW_ROBUST} [in]");
     let ratio = |(sn, num): (&Section, &str), (sd, den): (&Section, &str), min, max| Check::Ratio {
         num: key(sn, num),
         den: key(sd, den),
@@ -314,8 +392,8 @@ fn register<'a>(b: &mut Bench<'a>, big: &'a str) {
     b.target(
         "contended throughput >= 0.95x raw robust pthread (2 processes)",
         ratio(
-            (&CONTENDED, CELL_LOCK),
-            (&CONTENDED, RAW_ROBUST),
+            (&CONTENDED, &cell_in),
+            (&CONTENDED, &raw_in),
             Some(0.95),
             None,
         ),
@@ -348,38 +426,11 @@ fn register<'a>(b: &mut Bench<'a>, big: &'a str) {
         ),
     );
     b.target(
-        "(context) wait/notify hand-off / semaphore pair on two CPUs",
-        ratio(
-            (&HANDOFF_2CPU, "ShmCell wait_while + notify"),
-            (&HANDOFF_2CPU, SEM_PAIR),
-            None,
-            None,
-        ),
-    );
-    b.target(
         "(context) mutex+condvar / semaphore pair on one CPU (issue: ~2x)",
         ratio(
             (&HANDOFF_1CPU, CONDVAR),
             (&HANDOFF_1CPU, SEM_PAIR),
             None,
-            None,
-        ),
-    );
-    b.target(
-        "uncontended RobustRwLock read+drop <= 1.3x RobustMutex lock+unlock",
-        ratio(
-            (&UNCONTENDED, RW_READ),
-            (&UNCONTENDED, CELL_LOCK),
-            None,
-            Some(1.3),
-        ),
-    );
-    b.target(
-        "two reader processes: RobustRwLock read >= 1.5x the robust mutex",
-        ratio(
-            (&READERS, RW_READ),
-            (&READERS, MUTEX_AS_READ),
-            Some(1.5),
             None,
         ),
     );
@@ -399,9 +450,90 @@ fn register<'a>(b: &mut Bench<'a>, big: &'a str) {
             Some(1.1),
         ),
     );
+    for counter in [Counter::Beside, Counter::Outside] {
+        let tag = tag(counter);
+        b.target(
+            leak(format!(
+                "(15) contended, 2 processes {tag}: ShmCell >= 1.3x raw robust pthread mutex"
+            )),
+            ratio(
+                (&CONTENDED, &format!("{CELL_LOCK} {tag}")),
+                (&CONTENDED, &format!("{RAW_ROBUST} {tag}")),
+                Some(1.3),
+                None,
+            ),
+        );
+        for procs in [4, 8] {
+            b.target(
+                leak(format!(
+                    "(15) contended, {procs} processes {tag}: ShmCell >= 1.0x raw robust"
+                )),
+                ratio(
+                    (&SCALING, &format!("{CELL_LOCK} {tag} x{procs}")),
+                    (&SCALING, &format!("{RAW_ROBUST} {tag} x{procs}")),
+                    Some(1.0),
+                    None,
+                ),
+            );
+        }
+    }
+    b.target(
+        "(context) contended, 2 processes [in]: not-robust / robust raw mutex",
+        ratio(
+            (&CONTENDED, &format!("{RAW_PLAIN} [in]")),
+            (&CONTENDED, &raw_in),
+            None,
+            None,
+        ),
+    );
+    b.target(
+        "(15) wait/notify hand-off <= 1.1x a semaphore pair on two CPUs",
+        ratio(
+            (&HANDOFF_2CPU, "ShmCell wait_while + notify"),
+            (&HANDOFF_2CPU, SEM_PAIR),
+            None,
+            Some(1.1),
+        ),
+    );
 }
 
 // ------------------------------------------------------------------ helpers
+
+/// The row-name tag of where the counter lives.
+fn tag(c: Counter) -> &'static str {
+    match c {
+        Counter::Beside => "[in]",
+        Counter::Outside => "[out]",
+    }
+}
+
+/// A target's text made at registration (the harness keeps `&'static str`).
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+/// The robust-mutex lockers of the contended, scaling and latency rows.
+#[derive(Clone, Copy)]
+enum Locker {
+    Cell,
+    Raw(MutexKind),
+}
+
+impl Locker {
+    fn run(
+        self,
+        p: &Params,
+        cpus: &[Option<usize>],
+        total: u64,
+        counter: Counter,
+        latency: bool,
+    ) -> Result<contend::Run, String> {
+        match self {
+            Locker::Cell => contend::cell(p, cpus, total, counter, latency),
+            Locker::Raw(kind) => contend::raw(p, cpus, total, kind, counter, latency),
+        }
+    }
+}
 
 fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
@@ -666,24 +798,6 @@ fn raw_sem_lock(p: &Params) -> Result<f64, String> {
     Ok(t.ns)
 }
 
-fn rw_read(p: &Params) -> Result<f64, String> {
-    let name = CellName::new();
-    let cell = ShmCell::<u64, shmsync::RobustRwLock>::create(&name.name, 7).map_err(err)?;
-    let n = p.iters(2_000_000);
-    let t = time_loop(n, || match cell.read() {
-        Ok(g) => {
-            black_box(*g);
-        }
-        Err(e) => fail("read", e),
-    });
-    // Every guard was given back: a writer gets in at once.
-    drop(
-        cell.try_lock()
-            .map_err(|e| format!("try_lock after reads: {e}"))?,
-    );
-    Ok(t.ns)
-}
-
 // --------------------------------------------------------------- contended
 
 /// Runs one child per entry of `cpus`, each doing `total / cpus.len()`
@@ -724,80 +838,6 @@ fn cell_contended<L: LockBackend>(
         Ok(())
     })?;
     expect_count(*cell.lock().map_err(err)?, per * cpus.len() as u64)?;
-    Ok(mlps)
-}
-
-/// Two processes that only read: through `read()` of the rwlock.
-fn rw_readers(p: &Params, cpus: &[Option<usize>], total: u64) -> Result<f64, String> {
-    type Rw = shmsync::RobustRwLock;
-    let name = CellName::new();
-    let cell = ShmCell::<u64, Rw>::create(&name.name, 7).map_err(err)?;
-    let per = per_child(p, cpus, total);
-    let mrps = contended(cpus, per, &mut |_, gate, n| {
-        let mine = ShmCell::<u64, Rw>::open(&name.name).map_err(err)?;
-        gate.start();
-        let mut sum = 0u64;
-        for _ in 0..n {
-            match mine.read() {
-                Ok(g) => sum += *g,
-                Err(e) => return Err(format!("read: {e}")),
-            }
-        }
-        if sum != 7 * n {
-            return Err(format!("read {sum}, expected {}", 7 * n));
-        }
-        Ok(())
-    })?;
-    drop(
-        cell.try_lock()
-            .map_err(|e| format!("try_lock after reads: {e}"))?,
-    );
-    Ok(mrps)
-}
-
-/// Two processes that only read, each read under the robust mutex.
-fn mutex_readers(p: &Params, cpus: &[Option<usize>], total: u64) -> Result<f64, String> {
-    let name = CellName::new();
-    let _cell = ShmCell::<u64>::create(&name.name, 7).map_err(err)?;
-    let per = per_child(p, cpus, total);
-    contended(cpus, per, &mut |_, gate, n| {
-        let mine = ShmCell::<u64>::open(&name.name).map_err(err)?;
-        gate.start();
-        let mut sum = 0u64;
-        for _ in 0..n {
-            match mine.lock() {
-                Ok(g) => sum += *g,
-                Err(e) => return Err(format!("lock: {e}")),
-            }
-        }
-        if sum != 7 * n {
-            return Err(format!("read {sum}, expected {}", 7 * n));
-        }
-        Ok(())
-    })
-}
-
-fn raw_contended(
-    p: &Params,
-    cpus: &[Option<usize>],
-    total: u64,
-    kind: MutexKind,
-) -> Result<f64, String> {
-    let a = raw_arena(kind);
-    let (m, c) = (&a.get().lock, &a.get().counter);
-    let per = per_child(p, cpus, total);
-    let mlps = contended(cpus, per, &mut |_, gate, n| {
-        gate.start();
-        for _ in 0..n {
-            if m.lock() != 0 {
-                return Err("pthread_mutex_lock failed".into());
-            }
-            bump(c);
-            m.unlock();
-        }
-        Ok(())
-    })?;
-    expect_count(c.load(Ordering::Relaxed), per * cpus.len() as u64)?;
     Ok(mlps)
 }
 

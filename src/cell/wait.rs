@@ -41,6 +41,7 @@ use std::time::Duration;
 
 use super::{ShmCell, ShmGuard};
 use crate::error::LockError;
+use crate::lock::robust_mutex::spin::{spin_until_changed, Spun};
 use crate::lock::{Acquire, LockBackend};
 use crate::shm_safe::ShmSafe;
 use crate::sys;
@@ -219,7 +220,11 @@ impl<'a, T: ShmSafe, L: LockBackend> ShmGuard<'a, T, L> {
         // run, so the lock is released exactly once.
         unsafe { cell.release(consistent) };
         crate::steps::step("wait:released");
-        let slept = sys::futex::wait(&header.notify_seq, seen, timeout);
+        // A notification within microseconds (another CPU) needs no sleep.
+        let slept = match spin_until_changed(&header.notify_seq, seen, timeout) {
+            Spun::Go => Ok(()),
+            _ => sys::futex::wait(&header.notify_seq, seen, timeout),
+        };
         crate::steps::step("wait:woken");
         header.notify_waiters.fetch_sub(1, Ordering::SeqCst);
         crate::steps::step("wait:relock");
