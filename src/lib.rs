@@ -125,7 +125,7 @@ pub use lock::{
     FileLock, FileLockGuard, FileLockOptions, FileLockSharedGuard, LockBackend, NamedSemaphore,
     RobustMutex, RobustMutexGuard, SemaphoreError, SemaphoreOptions,
 };
-pub use segment::{Backing, CreateOptions, Segment};
+pub use segment::{Backing, CreateOptions, Segment, SysvKey};
 pub use shm_safe::ShmSafe;
 /// Derives [`ShmSafe`](trait@ShmSafe) for a `#[repr(C)]` struct of
 /// `ShmSafe` fields, checked at compile time (feature `derive`; see the

@@ -5,6 +5,7 @@ mod anonymous;
 mod diagnostics;
 mod file;
 mod guard;
+mod sysv;
 mod wait;
 
 use std::marker::PhantomData;
