@@ -661,3 +661,114 @@ fn sysv_removed_key_leaves_nothing_and_ids_are_gone() {
     ShmCell::<Pair>::remove_sysv(key.0).unwrap();
     assert!(id_of(&key).is_none());
 }
+
+#[test]
+fn sysv_inspect_lists_and_cleans_only_crashed_unattached_cells() {
+    use shmsync::inspect::{self, CleanAction, State, SysvRef, SysvScope};
+    let holder = testing::child!(|ctx| {
+        let cell = ShmCell::<Pair>::open_sysv(key_arg(ctx.arg(0))).unwrap();
+        let _g = cell.lock().unwrap();
+        testing::point("holding");
+    });
+    let creator = testing::child!(|ctx| {
+        testing::points_at_init_steps();
+        let _ = ShmCell::<Pair>::create_sysv(key_arg(ctx.arg(0)), Pair { a: 1, b: 1 });
+    });
+    let _w = Watchdog::arm(BOUND);
+    let state_of = |k: &Key| inspect::inspect_sysv(SysvRef::Key(k.raw())).unwrap();
+
+    // A Ready cell nobody is attached to is kept: System V cells persist.
+    let ready = Key::new();
+    drop(ShmCell::<Pair>::create_sysv(ready.0, Pair { a: 0, b: 0 }).unwrap());
+    let i = state_of(&ready);
+    assert_eq!((i.state, i.stale), (State::Ready, false), "{i:?}");
+    assert_eq!(i.lock.kind, Some(shmsync::segment::LockKind::RobustMutex));
+    assert!(inspect::list_sysv()
+        .unwrap()
+        .iter()
+        .any(|l| l.key == ready.raw()));
+
+    // Its holder killed: owner-died, kept while we are attached, stale once
+    // nobody is.
+    let died = Key::new();
+    let cell = ShmCell::<Pair>::create_sysv(died.0, Pair { a: 0, b: 0 }).unwrap();
+    assert!(holder.arg(died.arg()).kill_at("holding").unwrap().killed);
+    let i = state_of(&died);
+    assert_eq!(i.state, State::OwnerDied, "{i:?}");
+    let out = inspect::clean_sysv(SysvScope::One(SysvRef::Key(died.raw())), false).unwrap();
+    assert_eq!(out[0].action, CleanAction::Skipped, "{out:?}");
+    drop(cell);
+    eventually("nobody attached", || state_of(&died).attached_count == 0);
+    assert!(state_of(&died).stale);
+
+    // A creator killed mid-initialisation: abandoned-init, stale.
+    let abandoned = Key::new();
+    let step = testing::init_point(shmsync::segment::InitStep::LockInitialised);
+    assert!(creator.arg(abandoned.arg()).kill_at(&step).unwrap().killed);
+    eventually("the creator detached", || {
+        state_of(&abandoned).attached_count == 0
+    });
+    let i = state_of(&abandoned);
+    assert_eq!((i.state, i.stale), (State::AbandonedInit, true), "{i:?}");
+
+    // Dry run, then the real thing, each scoped to one key.
+    for k in [&died, &abandoned] {
+        let scope = SysvScope::One(SysvRef::Key(k.raw()));
+        let dry = inspect::clean_sysv(scope, true).unwrap();
+        assert_eq!(dry[0].action, CleanAction::WouldRemove, "{dry:?}");
+        assert!(id_of(k).is_some());
+        let out = inspect::clean_sysv(scope, false).unwrap();
+        assert_eq!(out[0].action, CleanAction::Removed, "{out:?}");
+        assert!(id_of(k).is_none());
+    }
+    let out = inspect::clean_sysv(SysvScope::One(SysvRef::Key(ready.raw())), false).unwrap();
+    assert_eq!(out[0].action, CleanAction::Skipped, "{out:?}");
+    assert!(id_of(&ready).is_some());
+
+    // A foreign segment is listed as such and never removed.
+    let foreign = Key::new();
+    raw_segment(&foreign, 4096, b"not ours");
+    let i = state_of(&foreign);
+    assert_eq!((i.state, i.stale), (State::Foreign, false), "{i:?}");
+    let out = inspect::clean_sysv(SysvScope::One(SysvRef::Key(foreign.raw())), false).unwrap();
+    assert_eq!(out[0].action, CleanAction::Skipped);
+    assert!(id_of(&foreign).is_some());
+}
+
+#[cfg(feature = "cli")]
+#[test]
+fn sysv_command_lists_and_cleans_nothing_without_a_scope() {
+    let holder = testing::child!(|ctx| {
+        let cell = ShmCell::<Pair>::open_sysv(key_arg(ctx.arg(0))).unwrap();
+        let _g = cell.lock().unwrap();
+        testing::point("holding");
+    });
+    let _w = Watchdog::arm(BOUND);
+    let bin = env!("CARGO_BIN_EXE_shmsync");
+    let run = |args: &[&str]| std::process::Command::new(bin).args(args).output().unwrap();
+    let key = Key::new();
+    let hex = format!("{:#010x}", key.raw() as u32);
+    drop(ShmCell::<Pair>::create_sysv(key.0, Pair { a: 0, b: 0 }).unwrap());
+    assert!(holder.arg(key.arg()).kill_at("holding").unwrap().killed);
+    eventually("nobody attached", || {
+        ipc_stat(id_of(&key).unwrap()).unwrap().shm_nattch == 0
+    });
+    let out = run(&["sysv", "list", "--json"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    let row = rows
+        .iter()
+        .find(|r| r["key"] == hex.as_str())
+        .unwrap_or_else(|| panic!("{hex} not listed: {text}"));
+    assert_eq!(row["state"], "owner-died");
+    assert_eq!(row["stale"], true);
+    // No scope: nothing removed, exit status 2.
+    let out = run(&["sysv", "clean"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(id_of(&key).is_some());
+    let out = run(&["sysv", "clean", "--key", &hex]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed"));
+    assert!(id_of(&key).is_none());
+}

@@ -102,6 +102,7 @@
 mod clean;
 mod fields;
 mod read;
+mod sysv;
 
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -121,6 +122,9 @@ pub use clean::{
 };
 pub use fields::{describe_type, Field};
 use read::examine;
+pub use sysv::{
+    clean_sysv, inspect_sysv, list_sysv, SysvCleanOutcome, SysvInspection, SysvRef, SysvScope,
+};
 
 /// Where glibc keeps POSIX shared-memory objects.
 pub const SHM_DIR: &str = "/dev/shm";

@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 pub(crate) mod backend;
-mod inspect;
+pub(crate) mod inspect;
 
 use super::{Acquire, Acquired};
 use crate::error::{LockError, RawLockError};
