@@ -329,6 +329,7 @@ fn sysv_bad_inputs_are_refused_before_any_read_write_attach() {
     let id = raw_segment(&key, 64, &[]);
     let r = ShmCell::<Pair>::open_sysv(key.0);
     assert!(is_incompatible(&r, "magic"), "{r:?}");
+    assert_eq!(segment_bytes(id, 64), vec![0; 64]);
     // Short with our magic and format: too small for a header.
     let key = Key::new();
     let mut prefix = b"SHMSYNC\0".to_vec();
@@ -336,7 +337,6 @@ fn sysv_bad_inputs_are_refused_before_any_read_write_attach() {
     raw_segment(&key, 64, &prefix);
     let r = ShmCell::<Pair>::open_sysv(key.0);
     assert!(matches!(r, Err(Error::TooSmall { size: 64, .. })), "{r:?}");
-    drop(id);
 
     // Foreign content at exactly our size: refused, never attached
     // read-write (its bytes are unchanged and nobody is attached), and

@@ -47,6 +47,8 @@ pub(crate) struct ShmStat {
 }
 
 impl ShmStat {
+    // shmatt_t and size_t are u64 here, narrower elsewhere.
+    #[allow(clippy::unnecessary_cast)]
     fn from_raw(ds: &libc::shmid_ds) -> ShmStat {
         ShmStat {
             key: ds.shm_perm.__key,
