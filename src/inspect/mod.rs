@@ -83,6 +83,16 @@
 //! takes a name, not a descriptor. Companion objects of the cell (e.g. its
 //! semaphore) go with it.
 //!
+//! # System V segments
+//!
+//! [`list_sysv`] walks the kernel's table (`shmctl(SHM_INFO)`, then
+//! `SHM_STAT` of each index), [`inspect_sysv`] reads one by key or id, both
+//! with `shmctl(IPC_STAT)` and a *read-only* `shmat` (a System V segment
+//! cannot shrink: reading it cannot fault; it is never attached
+//! read-write here). Attachment is the kernel's `shm_nattch`.
+//! [`clean_sysv`] needs an explicit [`SysvScope`] and removes only what
+//! nobody is attached to *and* whose header says it crashed.
+//!
 //! # Example
 //!
 //! ```no_run

@@ -67,7 +67,7 @@ pub struct SysvInspection {
     pub state: State,
     /// Why it is in that state.
     pub reason: Option<String>,
-    /// Whether [`clean_sysv`] would remove it (see the [module docs](self)).
+    /// Whether [`clean_sysv`] would remove it.
     pub stale: bool,
     /// `shm_segsz`.
     pub size: u64,
@@ -159,9 +159,19 @@ pub struct SysvCleanOutcome {
     pub reason: String,
 }
 
-/// Removes the segments of `scope` that provably crashed (see the [module
-/// docs](self)); `dry_run` only reports. With [`SysvScope::All`], only this
-/// crate's segments are reported (foreign ones are not even mentioned).
+/// Removes (`IPC_RMID`) the segments of `scope` that provably crashed;
+/// `dry_run` only reports. A segment goes only when it carries this
+/// crate's header, `shm_nattch` is 0 (the kernel's count: a killed process
+/// leaves it as surely as one that detached) **and** its header says it
+/// crashed: an unfinished initialisation (`abandoned-init`), a lock whose
+/// holder died (`owner-died`, `holder-dead`, or the `suspect` word set) or
+/// one that can never be taken again (`not-recoverable`). A Ready cell
+/// nobody is attached to is kept (System V segments are meant to outlive
+/// their processes). The count is read again right before `IPC_RMID`; a
+/// process that attaches in the instant between keeps its mapping (the
+/// kernel destroys the segment only once it detaches), but the key then
+/// finds nothing. With [`SysvScope::All`], only this crate's segments are
+/// reported.
 ///
 /// # Errors
 ///
