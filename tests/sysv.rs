@@ -772,3 +772,85 @@ fn sysv_command_lists_and_cleans_nothing_without_a_scope() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("removed"));
     assert!(id_of(&key).is_none());
 }
+
+/// The pid-namespace record without descriptor locks: a robust-mutex
+/// System V cell refuses a process of another pid namespace while a
+/// process of the recorded one is attached, and is recorded anew by the
+/// first to attach once nobody is.
+#[test]
+fn sysv_robust_mutex_refuses_another_pid_namespace_until_all_left() {
+    let other_ns = testing::child!(|ctx| {
+        let key = key_arg(ctx.arg(0));
+        match ctx.arg(1) {
+            "refused" => {
+                let r = ShmCell::<Pair>::open_sysv(key);
+                assert!(matches!(r, Err(Error::ForeignPidNamespace { .. })), "{r:?}");
+            }
+            _ => {
+                let cell = ShmCell::<Pair>::open_sysv(key).unwrap();
+                cell.lock().unwrap().a += 1;
+                testing::point("attached");
+            }
+        }
+    });
+    const PID_NS: [&str; 3] = ["--pid", "--fork", "--kill-child"];
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let unshare_ok = root
+        && std::process::Command::new("unshare")
+            .args(PID_NS)
+            .arg("true")
+            .status()
+            .is_ok_and(|s| s.success());
+    if !unshare_ok {
+        eprintln!("skipped: needs root and `unshare --pid`");
+        return;
+    }
+    let _w = Watchdog::arm(BOUND);
+    let key = Key::new();
+    let cell = ShmCell::<Pair>::create_sysv(key.0, Pair { a: 0, b: 0 }).unwrap();
+    let run = |role: &str| {
+        other_ns
+            .command()
+            .args([key.arg(), role.to_string()])
+            .wrapper("unshare", PID_NS)
+            .run()
+            .unwrap()
+    };
+    // We are attached: the other namespace is refused.
+    run("refused");
+    drop(cell);
+    eventually("nobody attached", || {
+        ipc_stat(id_of(&key).unwrap()).unwrap().shm_nattch == 0
+    });
+    // Nobody attached: the other namespace records itself and uses it.
+    run("opens");
+    eventually("nobody attached", || {
+        ipc_stat(id_of(&key).unwrap()).unwrap().shm_nattch == 0
+    });
+    // And then ours again.
+    let cell = ShmCell::<Pair>::open_sysv(key.0).unwrap();
+    assert_eq!(cell.lock().unwrap().a, 1);
+    drop(cell);
+    eventually("nobody attached", || {
+        ipc_stat(id_of(&key).unwrap()).unwrap().shm_nattch == 0
+    });
+    // While a process of the other namespace is attached, we are refused.
+    let mut holder = other_ns
+        .command()
+        .args([key.arg(), "opens".to_string()])
+        .wrapper("unshare", PID_NS)
+        .stop_at("attached")
+        .spawn()
+        .unwrap();
+    holder.wait_stopped().unwrap();
+    let r = ShmCell::<Pair>::open_sysv(key.0);
+    assert!(matches!(r, Err(Error::ForeignPidNamespace { .. })), "{r:?}");
+    holder.resume().unwrap();
+    holder.wait().unwrap();
+    eventually("nobody attached", || {
+        ipc_stat(id_of(&key).unwrap()).unwrap().shm_nattch == 0
+    });
+    let cell = ShmCell::<Pair>::open_sysv(key.0).unwrap();
+    assert_eq!(cell.lock().unwrap().a, 2);
+}
