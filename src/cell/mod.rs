@@ -72,7 +72,10 @@ pub use wait::WaitTimeoutResult;
 /// ([`create_anonymous`](Self::create_anonymous),
 /// [`receive_from`](Self::receive_from)), or in a file that survives
 /// reboots ([`create_file`](Self::create_file),
-/// [`open_file`](Self::open_file)); [`backing`](Self::backing) says which.
+/// [`open_file`](Self::open_file)), or in a System V segment
+/// ([`create_sysv`](Self::create_sysv), [`open_sysv`](Self::open_sysv),
+/// [`create_private_sysv`](Self::create_private_sysv));
+/// [`backing`](Self::backing) says which.
 /// Values bigger than a thread's stack are made without building a `T`:
 /// [`create_zeroed`](Self::create_zeroed),
 /// [`create_in_place`](Self::create_in_place) and their variants.

@@ -38,6 +38,10 @@
 //! checks the seals, then attaches through a description of its own) and
 //! files on a local filesystem (`file.rs`: through a path; the header's
 //! `boot_id` resets the lock state on the first open after a reboot).
+//! System V segments (`sysv.rs`) have no descriptor: they are validated
+//! through `shmctl(IPC_STAT)` and a read-only `shmat`, and their handshake
+//! uses the kernel's `shm_nattch` and a claim on the header's state word
+//! instead of the byte-0 lock (the design is in that file).
 
 mod file;
 mod handshake;
