@@ -588,6 +588,17 @@ fn sysv_creator_killed_at_each_init_step_is_taken_over() {
         // The abandoned segment was reused, not replaced.
         eventually("only our attachment", || c.sysv_attached() == Some(1));
     }
+    // An abandoned creation can also just be removed, at every step.
+    for step in shmsync::segment::InitStep::ALL {
+        let key = Key::new();
+        let ended = creator
+            .arg(key.arg())
+            .kill_at(&testing::init_point(step))
+            .unwrap_or_else(|e| panic!("step {step:?}: {e}"));
+        assert!(ended.killed, "{step:?}");
+        ShmCell::<Pair>::remove_sysv(key.0).unwrap_or_else(|e| panic!("step {step:?}: {e}"));
+        assert!(id_of(&key).is_none(), "{step:?}");
+    }
 }
 
 #[test]

@@ -580,19 +580,24 @@ impl Segment {
     }
 
     /// Removes the System V segment `target` (`IPC_RMID`) if it is one of
-    /// this crate's (its magic), or an all-zero segment of exactly
-    /// `spec`'s size (a creator that died before writing its header);
-    /// anything else is refused. Attached processes keep it until they
+    /// this crate's (its magic), or an unfinished creation for `spec` (all
+    /// zeros at exactly its size, or claimed with the header not yet
+    /// written); anything else is refused. Attached processes keep it until they
     /// detach.
     pub(crate) fn remove_sysv(target: SysvTarget, spec: Option<&SegmentSpec>) -> Result<(), Error> {
         let name = target.name();
         let id = target.id()?;
         let st = stat(id, &name)?;
         let (bytes, n) = read_prefix(id, st.size, &name)?;
-        let zero_ours = spec
-            .and_then(|s| s.layout().ok())
-            .is_some_and(|l| l.total_size == st.size && bytes[..n].iter().all(|&b| b == 0));
-        if !zero_ours {
+        // A creation of ours that never finished (zeros at our size, or
+        // claimed with the header not yet written) goes too.
+        let unfinished = spec.is_some_and(|spec| {
+            matches!(
+                judge(&bytes, n, st.size, Some(spec)),
+                Ok(Seen::Empty | Seen::NotReady(_))
+            )
+        });
+        if !unfinished {
             header::check_prefix(&bytes[..n])?;
             if n < header::MAGIC.len() {
                 return Err(Error::TooSmall {
