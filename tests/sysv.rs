@@ -865,3 +865,50 @@ fn sysv_robust_mutex_refuses_another_pid_namespace_until_all_left() {
     let cell = ShmCell::<Pair>::open_sysv(key.0).unwrap();
     assert_eq!(cell.lock().unwrap().a, 2);
 }
+
+#[test]
+fn sysv_big_value_created_in_place_and_opened_on_a_small_stack() {
+    const BIG: usize = 64 << 20;
+    #[repr(C)]
+    struct Big {
+        seq: u64,
+        bytes: [u8; BIG],
+    }
+    // SAFETY: integers only, repr(C), every bit pattern valid.
+    unsafe impl ShmSafe for Big {
+        const TYPE_TAG: u64 = 0x5157_0b16;
+    }
+    let other = testing::child!(|ctx| {
+        let key = key_arg(ctx.arg(0));
+        let run = move || {
+            let cell = ShmCell::<Big>::open_or_create_sysv_zeroed(key).unwrap();
+            let mut g = cell.lock().unwrap();
+            assert_eq!((g.seq, g.bytes[BIG - 1]), (1, 0xab));
+            g.seq = 2;
+        };
+        std::thread::Builder::new()
+            .stack_size(64 << 10)
+            .spawn(run)
+            .unwrap()
+            .join()
+            .unwrap();
+    });
+    let _w = Watchdog::arm(BOUND);
+    let key = Key::new();
+    let k = key.0;
+    let cell = std::thread::Builder::new()
+        .stack_size(64 << 10)
+        .spawn(move || {
+            ShmCell::<Big>::create_sysv_in_place(k, &CreateOptions::new(), |b| {
+                b.seq = 1;
+                b.bytes[BIG - 1] = 0xab;
+            })
+            .unwrap()
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    other.arg(key.arg()).run().unwrap();
+    assert_eq!(cell.lock().unwrap().seq, 2);
+    assert!(cell.info().total_size > BIG as u64);
+}

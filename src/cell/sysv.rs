@@ -63,6 +63,29 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         Self::create_sysv_inner(key.raw(), &CreateOptions::default(), &mut |_| {})
     }
 
+    /// Like [`create_sysv`](Self::create_sysv), with options, the
+    /// all-zero value filled in place by `init` in the segment before any
+    /// other process can use it (see
+    /// [`create_in_place`](Self::create_in_place)).
+    ///
+    /// # Errors
+    ///
+    /// As [`create_sysv`](Self::create_sysv).
+    pub fn create_sysv_in_place(
+        key: SysvKey,
+        options: &CreateOptions,
+        init: impl FnOnce(&mut T),
+    ) -> Result<Self, Error> {
+        let mut init = Some(init);
+        Self::create_sysv_inner(key.raw(), options, &mut |p| {
+            if let Some(f) = init.take() {
+                // SAFETY: `p` is the value area of the segment being
+                // initialised under our claim.
+                f(unsafe { Self::in_place(p) })
+            }
+        })
+    }
+
     /// Creates an `IPC_PRIVATE` System V segment holding `value`. It is
     /// marked for removal (`IPC_RMID`) as soon as it is Ready, so it goes
     /// when the last process detaches — nothing can leak. Other processes
@@ -145,20 +168,70 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     /// [`create_sysv`](Self::create_sysv), except `NotFound`,
     /// `AlreadyExists` and `AbandonedInit`; [`Error::ForeignOwner`].
     pub fn open_or_create_sysv(key: SysvKey, value: T) -> Result<Self, Error> {
-        Self::check_sysv_lock()?;
+        Self::open_or_create_sysv_with(key, value, &CreateOptions::default())
+    }
+
+    /// Like [`open_or_create_sysv`](Self::open_or_create_sysv), with
+    /// options used if it creates.
+    ///
+    /// # Errors
+    ///
+    /// As [`open_or_create_sysv`](Self::open_or_create_sysv).
+    pub fn open_or_create_sysv_with(
+        key: SysvKey,
+        value: T,
+        options: &CreateOptions,
+    ) -> Result<Self, Error> {
         let value = ManuallyDrop::new(value);
         let mut write = Self::value_init(&value);
+        Self::open_or_create_sysv_inner(key, options, &mut write)
+    }
+
+    /// Like [`open_or_create_sysv`](Self::open_or_create_sysv), with an
+    /// all-zero value if it creates (never built on the stack).
+    ///
+    /// # Errors
+    ///
+    /// As [`open_or_create_sysv`](Self::open_or_create_sysv).
+    pub fn open_or_create_sysv_zeroed(key: SysvKey) -> Result<Self, Error> {
+        Self::open_or_create_sysv_inner(key, &CreateOptions::default(), &mut |_| {})
+    }
+
+    /// Like [`open_or_create_sysv`](Self::open_or_create_sysv), with
+    /// options, initialising in place if this process creates it or takes
+    /// an abandoned creation over (see
+    /// [`open_or_create_in_place`](Self::open_or_create_in_place)).
+    ///
+    /// # Errors
+    ///
+    /// As [`open_or_create_sysv`](Self::open_or_create_sysv).
+    pub fn open_or_create_sysv_in_place(
+        key: SysvKey,
+        options: &CreateOptions,
+        mut init: impl FnMut(&mut T),
+    ) -> Result<Self, Error> {
+        Self::open_or_create_sysv_inner(key, options, &mut |p| {
+            // SAFETY: `p` is the value area of the segment being
+            // initialised under our claim.
+            init(unsafe { Self::in_place(p) })
+        })
+    }
+
+    fn open_or_create_sysv_inner(
+        key: SysvKey,
+        options: &CreateOptions,
+        value: &mut dyn FnMut(NonNull<u8>),
+    ) -> Result<Self, Error> {
+        Self::check_sysv_lock()?;
         let spec = Self::spec();
-        let options = CreateOptions::default();
         let key = key.raw();
-        let seg = Self::open_or_create_loop_sysv(
+        Self::open_or_create_loop_sysv(
             &sysv_name(key, None),
-            &mut write,
-            &mut |init| Segment::create_sysv(key, &spec, &options, init),
+            value,
+            &mut |init| Segment::create_sysv(key, &spec, options, init),
             &mut || Segment::open_sysv(SysvTarget::Key(key), &spec),
             &mut |init| Segment::take_over_abandoned_sysv(key, &spec, init),
-        )?;
-        Ok(seg)
+        )
     }
 
     /// Removes the System V cell `key` (`IPC_RMID`): the segment goes when
