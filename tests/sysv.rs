@@ -912,3 +912,67 @@ fn sysv_big_value_created_in_place_and_opened_on_a_small_stack() {
     assert_eq!(cell.lock().unwrap().seq, 2);
     assert!(cell.info().total_size > BIG as u64);
 }
+
+/// The `sysv_pair` example, built and run as a user would: two processes,
+/// lines from stdin, `end` stops both, exit 0, and its segment is gone.
+#[test]
+fn sysv_pair_example_runs_two_processes_and_leaves_nothing() {
+    let _w = Watchdog::arm(Duration::from_secs(300));
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
+    let mut cmd =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(["build", "--quiet", "--example", "sysv_pair"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => {}
+        Some("release") => {
+            cmd.arg("--release");
+        }
+        other => {
+            eprintln!("skipped: unknown profile directory {other:?}");
+            return;
+        }
+    }
+    let built = cmd.output().unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let mut child = std::process::Command::new(profile_dir.join("examples").join("sysv_pair"))
+        .current_dir(std::env::temp_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"first line\nsecond\nend\nnever read\n")
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in ["first line", "second", "end"] {
+        assert!(
+            text.contains(&format!("consumer: read {line:?}")),
+            "{line}: {text}"
+        );
+    }
+    assert!(!text.contains("never read"), "{text}");
+    let id: i32 = text
+        .split("(id ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no id in {text}"));
+    assert!(ipc_stat(id).is_none(), "segment {id} left behind");
+}
