@@ -976,3 +976,76 @@ fn sysv_pair_example_runs_two_processes_and_leaves_nothing() {
         .unwrap_or_else(|| panic!("no id in {text}"));
     assert!(ipc_stat(id).is_none(), "segment {id} left behind");
 }
+
+/// A creator killed at a random moment while three other processes race
+/// `open_or_create_sysv`: exactly one initialisation is ever seen (every
+/// racer's update survives: nothing re-initialises a segment somebody
+/// opened), whoever wins.
+#[test]
+fn sysv_creator_killed_at_random_while_racers_open_or_create() {
+    let creator = testing::child!(|ctx| {
+        let key = key_arg(ctx.arg(0));
+        testing::point("start");
+        let _ = ShmCell::<Pair>::create_sysv(key, Pair { a: 1, b: 0 });
+        testing::point("created");
+        // Stays attached (an idle user) until killed.
+        loop {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    let racer = testing::child!(|ctx| {
+        let key = key_arg(ctx.arg(0));
+        testing::point("go");
+        let cell = ShmCell::<Pair>::open_or_create_sysv(key, Pair { a: 2, b: 0 }).unwrap();
+        let mut g = match cell.lock() {
+            Ok(g) => g,
+            Err(e) => panic!("{:?}", e.without_guard()),
+        };
+        g.b += 1;
+    });
+    let _w = Watchdog::arm(BOUND);
+    let mut winners = [0; 3];
+    for round in 0..16 {
+        let key = Key::new();
+        let mut racers: Vec<_> = (0..3)
+            .map(|_| racer.arg(key.arg()).stop_at("go").spawn().unwrap())
+            .collect();
+        for r in &mut racers {
+            r.wait_stopped().unwrap();
+        }
+        let spawn = creator.arg(key.arg());
+        std::thread::scope(|s| {
+            let killer = s.spawn(move || {
+                spawn
+                    .kill_within("start", Duration::from_millis(2))
+                    .unwrap()
+            });
+            // Every other round the racers go as soon as the creator has
+            // made the segment (mid-initialisation, or killed in it); the
+            // others, at once.
+            if round % 2 == 0 {
+                let end = std::time::Instant::now() + Duration::from_secs(10);
+                while id_of(&key).is_none() && !killer.is_finished() {
+                    assert!(std::time::Instant::now() < end);
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
+            for r in &mut racers {
+                r.resume().unwrap();
+            }
+            assert!(killer.join().unwrap().killed);
+        });
+        for r in racers {
+            r.wait().unwrap();
+        }
+        let cell = ShmCell::<Pair>::open_sysv(key.0).unwrap();
+        let v = *cell.lock().unwrap();
+        assert_eq!(v.b, 3, "{v:?}: an update was lost to a re-initialisation");
+        assert!(v.a == 1 || v.a == 2, "{v:?}");
+        winners[v.a as usize] += 1;
+    }
+    eprintln!(
+        "initialised by the creator {} times, by a racer {} times",
+        winners[1], winners[2]
+    );
+}
