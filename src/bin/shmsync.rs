@@ -10,6 +10,11 @@
 //! `inspect --json` prints one such object with an extra `header` object;
 //! `clean --json` prints an array of `{name, action, reason, state}`;
 //! `unlink --json` prints `{name, action: "removed", state, attached}`.
+//! `sysv list --json` prints an array of System V segments (`key` as
+//! `0x…`, `id`, `state`, `reason`, `stale`, `size`, `uid`, `mode`,
+//! `nattch`, `removed`, `creator_pid`, `lock_kind`, `lock_state`,
+//! `holder_*`, `age_secs`, `value_size`, `type_tag`); `sysv clean --json`
+//! an array of `{key, id, action, reason}`.
 //! Field names are stable; `null` means "not known / not applicable".
 //!
 //! | field | type | meaning |
