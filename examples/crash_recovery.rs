@@ -14,7 +14,7 @@ use std::process::{Command, ExitCode, Stdio};
 
 use shmsync::{LockError, ShmCell, ShmSafe};
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, ShmSafe)]
 #[repr(C)]
 struct Account {
     checking: u64,
@@ -23,8 +23,6 @@ struct Account {
     /// repair reads.
     in_flight: u64,
 }
-// SAFETY: plain integers, repr(C), every bit pattern valid, no pointers.
-unsafe impl ShmSafe for Account {}
 
 const TOTAL: u64 = 1_000;
 

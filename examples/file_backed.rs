@@ -29,7 +29,7 @@ const DEFAULT_PATH: &str = "shmsync-counter.cell";
 /// The bound on every step.
 const STEP: Duration = Duration::from_secs(10);
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, ShmSafe)]
 #[repr(C)]
 struct Counter {
     /// The count.
@@ -38,10 +38,6 @@ struct Counter {
     pending: u64,
     /// Runs of this example that completed.
     runs: u64,
-}
-// SAFETY: integers only, repr(C), every bit pattern is a valid Counter.
-unsafe impl ShmSafe for Counter {
-    const TYPE_TAG: u64 = 0x6669_6c65_5f63_6e74; // "file_cnt"
 }
 
 type Cell = ShmCell<Counter>;

@@ -29,16 +29,12 @@ const ROUNDS: u64 = 10_000;
 /// The bound on the child's run.
 const BOUND: Duration = Duration::from_secs(20);
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, ShmSafe)]
 #[repr(C)]
 struct Tally {
     total: u64,
     by_parent: u64,
     by_child: u64,
-}
-// SAFETY: integers only, repr(C), every bit pattern is a valid Tally.
-unsafe impl ShmSafe for Tally {
-    const TYPE_TAG: u64 = 0x6d65_6d66_645f_7061; // "memfd_pa"
 }
 
 fn add(cell: &ShmCell<Tally>, child: bool) -> Result<(), String> {

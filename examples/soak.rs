@@ -32,16 +32,12 @@ use std::time::{Duration, Instant};
 
 use shmsync::{FileLock, LockBackend, LockError, NamedSemaphore, RobustMutex, ShmCell, ShmSafe};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ShmSafe)]
 #[repr(C)]
 struct Ledger {
     a: u64,
     b: u64,
     n: u64,
-}
-// SAFETY: three integers, repr(C), every bit pattern valid.
-unsafe impl ShmSafe for Ledger {
-    const TYPE_TAG: u64 = 0x50a4_1ed6;
 }
 
 const A0: u64 = 1 << 40;

@@ -235,14 +235,26 @@ impl Error {
 /// Because the owner-died variant borrows the cell through its guard, a
 /// `LockError<Guard>` is not `'static` and cannot be boxed as it is; use
 /// [`LockError::without_guard`] to get a `LockError<()>` for `?` and
-/// `Box<dyn Error>`.
+/// `Box<dyn Error>`. For a [`ShmGuard`](crate::ShmGuard) that conversion
+/// does **not** brick the cell: it marks the value suspect and unlocks, so
+/// the next locker is told `OwnerDied` again (see `without_guard`).
 #[must_use = "an OwnerDied error holds the lock; it must be repaired or dropped deliberately"]
 pub enum LockError<G> {
     /// The previous holder died while holding the lock. The caller now holds
     /// it; the value may be inconsistent.
     OwnerDied(G),
-    /// A previous owner died and nobody made the value consistent: the lock
-    /// can never be acquired again. Remove the object and create a new one.
+    /// A previous owner died and its guard was dropped without
+    /// `make_consistent`: the lock can never be acquired again.
+    ///
+    /// There is no way back for this object, on purpose and by necessity:
+    /// glibc never revives a not-recoverable robust mutex, and
+    /// re-initialising one in place is undefined while other processes may
+    /// be inside `pthread_mutex_lock` on it; the other backends keep the
+    /// same rule so that code does not depend on the backend. Remove the
+    /// name ([`ShmCell::unlink`](crate::ShmCell::unlink)) and create a new
+    /// cell. Processes still attached to the old object keep getting
+    /// `NotRecoverable`; [`ShmCell::is_unlinked`](crate::ShmCell::is_unlinked)
+    /// tells them the name has moved on, and they open it again.
     NotRecoverable,
     /// `try_lock`: another holder has it.
     WouldBlock,
@@ -255,15 +267,30 @@ pub enum LockError<G> {
     Os(io::Error),
 }
 
-impl<G> LockError<G> {
-    /// Drops the guard an [`OwnerDied`](LockError::OwnerDied) error carries
-    /// (which leaves the lock not recoverable, as dropping any unrepaired
-    /// owner-died guard does) and returns an error that owns nothing, is
-    /// `Send + Sync + 'static` and converts into `Box<dyn Error>`.
+impl<G: LockGuard> LockError<G> {
+    /// Returns an error that owns nothing, is `Send + Sync + 'static` and
+    /// converts into `Box<dyn Error>` (for `?`), giving up the guard an
+    /// [`OwnerDied`](LockError::OwnerDied) error carries.
+    ///
+    /// What happens to that guard depends on its type:
+    ///
+    /// * [`ShmGuard`](crate::ShmGuard): the value is marked *suspect* in
+    ///   the segment, the lock made consistent and released, so **the next
+    ///   locker — in any process — gets `OwnerDied` again** and can repair
+    ///   it. Converting an owner death for `?` never bricks the cell.
+    /// * [`RobustMutexGuard`](crate::RobustMutexGuard) (a standalone mutex
+    ///   has nowhere to record suspicion): dropped, which leaves the mutex
+    ///   [`NotRecoverable`](LockError::NotRecoverable), as POSIX
+    ///   prescribes for an unrepaired owner death.
+    ///
+    /// An explicit `drop` of an unrepaired owner-died guard always leaves
+    /// the lock `NotRecoverable`: that is a decision, this is a conversion.
     pub fn without_guard(self) -> LockError<()> {
-        self.map_guard(|_| ())
+        self.map_guard(sealed::GiveUp::give_up)
     }
+}
 
+impl<G> LockError<G> {
     /// Applies `f` to the guard of an [`OwnerDied`](LockError::OwnerDied)
     /// error; other variants are carried over unchanged.
     pub fn map_guard<H>(self, f: impl FnOnce(G) -> H) -> LockError<H> {
@@ -335,6 +362,32 @@ impl<G> std::error::Error for LockError<G> {
     }
 }
 
+#[allow(private_interfaces, private_bounds)]
+pub(crate) mod sealed {
+    /// How a guard is given up by [`LockError::without_guard`](super::LockError::without_guard).
+    pub trait GiveUp {
+        /// Gives up an owner-died guard for a conversion (not a drop).
+        fn give_up(self);
+    }
+}
+
+/// A guard that a [`LockError::OwnerDied`] can carry: [`ShmGuard`](crate::ShmGuard),
+/// [`RobustMutexGuard`](crate::RobustMutexGuard), `()` (an error converted
+/// already) and [`Infallible`](std::convert::Infallible) (locks without
+/// owner death). Sealed: it only says what
+/// [`without_guard`](LockError::without_guard) does with the guard.
+pub trait LockGuard: sealed::GiveUp {}
+
+impl sealed::GiveUp for () {
+    fn give_up(self) {}
+}
+impl LockGuard for () {}
+
+impl sealed::GiveUp for std::convert::Infallible {
+    fn give_up(self) {}
+}
+impl LockGuard for std::convert::Infallible {}
+
 /// What a raw lock reports to the typed layer, before a guard exists.
 #[derive(Debug)]
 pub(crate) enum RawLockError {
@@ -387,5 +440,78 @@ mod message_tests {
             e.to_string(),
             "incompatible shared object: value_size is 16, expected 8"
         );
+    }
+}
+
+/// Why a read guard of a [`ShmCell<T, RobustRwLock>`](crate::ShmCell::read)
+/// could not be had. A reader never gets a value that a dead writer may
+/// have left half-written: [`WriterDied`](ReadError::WriterDied) says so
+/// instead, until a writer repairs it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// A writer died holding the lock (or left the value marked suspect in
+    /// the header: a panic, an owner-died error converted away) and no
+    /// writer has repaired the value yet: it may be torn. The next `lock()` gets
+    /// [`LockError::OwnerDied`] with the guard; once that guard is made
+    /// consistent and dropped, reads succeed again.
+    WriterDied,
+    /// A writer's death was never repaired (its owner-died guard was
+    /// dropped without `make_consistent`): the lock is unusable for good.
+    NotRecoverable,
+    /// `try_read`: a writer holds the lock or waits for it.
+    WouldBlock,
+    /// `read_timeout`: the deadline passed while a writer held or waited.
+    TimedOut,
+    /// The calling thread holds the write guard of this cell through this
+    /// handle: waiting for it would never end.
+    Deadlock,
+    /// All reader slots of the cell are taken by live handles
+    /// ([`READER_SLOTS`](crate::lock::READER_SLOTS)).
+    NoReaderSlot,
+    /// Any other error reported by the operating system.
+    Os(io::Error),
+}
+
+impl ReadError {
+    /// A short, stable name of the variant (`"WriterDied"`, `"WouldBlock"`,
+    /// …), handy in logs and test assertions.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReadError::WriterDied => "WriterDied",
+            ReadError::NotRecoverable => "NotRecoverable",
+            ReadError::WouldBlock => "WouldBlock",
+            ReadError::TimedOut => "TimedOut",
+            ReadError::Deadlock => "Deadlock",
+            ReadError::NoReaderSlot => "NoReaderSlot",
+            ReadError::Os(_) => "Os",
+        }
+    }
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::WriterDied => f.write_str(
+                "a writer died holding the lock and the value is not repaired yet (it may be torn)",
+            ),
+            ReadError::NotRecoverable => {
+                f.write_str("the lock is not recoverable: a writer died and nobody repaired it")
+            }
+            ReadError::WouldBlock => f.write_str("a writer holds or waits for the lock"),
+            ReadError::TimedOut => f.write_str("timed out waiting for a writer"),
+            ReadError::Deadlock => f.write_str("the calling thread holds the write lock"),
+            ReadError::NoReaderSlot => f.write_str("all reader slots of the cell are taken"),
+            ReadError::Os(e) => write!(f, "read lock operation failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ReadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ReadError::Os(e) => Some(e),
+            _ => None,
+        }
     }
 }

@@ -5,16 +5,15 @@
 //! When a process dies holding the lock, the next locker is **told** —
 //! [`LockError::OwnerDied`] carries the guard, like std's poisoning — and
 //! recovery is one line: repair the value, call
-//! [`make_consistent`](ShmGuard::make_consistent).
+//! [`make_consistent`](ShmGuard::make_consistent) — or let
+//! [`lock_or_repair`](ShmCell::lock_or_repair) do both.
 //!
 //! ```no_run
 //! use shmsync::{LockError, ShmCell, ShmSafe};
 //!
-//! #[derive(Clone, Copy)]
+//! #[derive(Clone, Copy, ShmSafe)]
 //! #[repr(C)]
 //! struct Account { balance: u64, version: u64 }
-//! // SAFETY: plain integers, repr(C), every bit pattern valid, no pointers.
-//! unsafe impl ShmSafe for Account {}
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let cell = ShmCell::<Account>::open_or_create("/bank", Account { balance: 100, version: 0 })?;
@@ -30,6 +29,10 @@
 //! };
 //! acct.balance += 1;
 //! drop(acct);
+//! // The same in one line: the closure runs only after an owner death.
+//! let mut acct = cell.lock_or_repair(|acct| acct.version += 1)?;
+//! acct.balance += 1;
+//! drop(acct);
 //! ShmCell::<Account>::unlink("/bank")?;
 //! # Ok(()) }
 //! ```
@@ -40,9 +43,17 @@
 //!   lock, even an `exec`) is detected by the kernel's robust-futex list;
 //!   every acquire path — `lock`, `try_lock`, `lock_timeout` — reports it as
 //!   [`LockError::OwnerDied`] with a guard.
-//! * Dropping that guard without `make_consistent` leaves the lock
+//! * **A panic is an owner death**: a guard dropped while its thread
+//!   unwinds marks the value suspect, and the next locker, in any process,
+//!   gets [`LockError::OwnerDied`] with the value as the panic left it.
+//! * Converting an `OwnerDied` error for `?`
+//!   ([`without_guard`](LockError::without_guard)) marks the value suspect
+//!   and unlocks: the next locker is told again. An explicit drop of an
+//!   unrepaired guard leaves the lock
 //!   [`NotRecoverable`](LockError::NotRecoverable) for every process, as
-//!   POSIX prescribes: the data cannot silently be trusted again.
+//!   POSIX prescribes: the data cannot silently be trusted again. That is
+//!   final for the object; unlink it and create a new cell (attached
+//!   processes find out with [`ShmCell::is_unlinked`]).
 //! * A creator that dies half-way through initialising a segment leaves it
 //!   `Initialising`; [`ShmCell::open`] reports [`Error::AbandonedInit`] and
 //!   [`ShmCell::open_or_create`] takes it over safely.
@@ -68,7 +79,7 @@
 //!                                    each backend describing itself    (inspect/)
 //! ShmCell<T, L>, ShmGuard, wait      typed value, guard, recovery      (cell/)
 //! RobustMutex, FileLock,             lock backends, each a standalone
-//!   NamedSemaphore                   primitive (<kind>/mod.rs) plus its
+//!   NamedSemaphore, RobustRwLock     primitive (<kind>/mod.rs) plus its
 //!                                    ShmCell backend (<kind>/backend.rs) (lock/)
 //! Segment, header                    named mapping, validated header,
 //!                                    init/attach handshake             (segment/)
@@ -88,8 +99,12 @@
 //! process death, thread exit or `exec`). `ShmCell<T, FileLock>` uses
 //! `flock` on the segment (interoperates with other `flock` users),
 //! `ShmCell<T, NamedSemaphore>` a holder record plus `sem.NAME` for
-//! sleeping. All three give the same `OwnerDied` / `NotRecoverable`
-//! semantics; the README has a comparison table.
+//! sleeping. `ShmCell<T, RobustRwLock>` adds a shared side
+//! ([`ShmCell::read`]) for read-mostly values: many readers at once, a
+//! killed reader reclaimed by the kernel-proven death of its handle, a dead
+//! writer's damage reported to readers as [`ReadError::WriterDied`]. All
+//! four give the same `OwnerDied` / `NotRecoverable` semantics on the
+//! exclusive side; the README has a comparison table.
 //!
 //! ## Cargo features
 //!
@@ -119,11 +134,11 @@ mod sys;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use cell::{inheritable_fd, ShmCell, ShmGuard, WaitTimeoutResult};
-pub use error::{Error, LockError};
+pub use cell::{inheritable_fd, ShmCell, ShmGuard, ShmReadGuard, WaitTimeoutResult};
+pub use error::{Error, LockError, LockGuard, ReadError};
 pub use lock::{
     FileLock, FileLockGuard, FileLockOptions, FileLockSharedGuard, LockBackend, NamedSemaphore,
-    RobustMutex, RobustMutexGuard, SemaphoreError, SemaphoreOptions,
+    RobustMutex, RobustMutexGuard, RobustRwLock, SemaphoreError, SemaphoreOptions,
 };
 pub use segment::{Backing, CreateOptions, Segment, SysvKey};
 pub use shm_safe::ShmSafe;

@@ -333,7 +333,8 @@ fn threads_sharing_one_handle_exclude() {
 }
 
 /// Two handles of one process have two open file descriptions: their
-/// `flock`s conflict like those of two processes.
+/// `flock`s conflict like those of two processes — and the thread that
+/// holds one is told `Deadlock` by the other, as with every backend.
 #[test]
 fn two_handles_in_one_process_exclude() {
     let _guard = Guard::new();
@@ -341,13 +342,24 @@ fn two_handles_in_one_process_exclude() {
     let one = Cell::create(name.as_str(), ledger()).unwrap();
     let two = Cell::open(name.as_str()).unwrap();
     let g = one.lock().unwrap();
-    assert_eq!(two.try_lock().err().map(|e| e.kind()), Some("WouldBlock"));
+    assert_eq!(two.try_lock().err().map(|e| e.kind()), Some("Deadlock"));
     assert_eq!(
         two.lock_timeout(Duration::from_millis(20))
             .err()
             .map(|e| e.kind()),
-        Some("TimedOut")
+        Some("Deadlock")
     );
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            assert_eq!(two.try_lock().err().map(|e| e.kind()), Some("WouldBlock"));
+            assert_eq!(
+                two.lock_timeout(Duration::from_millis(20))
+                    .err()
+                    .map(|e| e.kind()),
+                Some("TimedOut")
+            );
+        });
+    });
     drop(g);
     assert!(two.try_lock().is_ok());
 }

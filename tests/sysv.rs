@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use shmsync::testing::{self, Watchdog};
 use shmsync::{
-    Backing, CreateOptions, Error, FileLock, LockError, NamedSemaphore, ShmCell, ShmSafe, SysvKey,
+    Backing, CreateOptions, Error, FileLock, LockError, NamedSemaphore, RobustRwLock, ShmCell,
+    ShmSafe, SysvKey,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -382,6 +383,8 @@ fn sysv_bad_inputs_are_refused_before_any_read_write_attach() {
         ShmCell::<Pair, NamedSemaphore>::open_sysv(key.0).map(drop),
         ShmCell::<Pair, FileLock>::create_sysv(Key::new().0, Pair { a: 0, b: 0 }).map(drop),
         ShmCell::<Pair, NamedSemaphore>::create_private_sysv(Pair { a: 0, b: 0 }).map(drop),
+        ShmCell::<Pair, RobustRwLock>::open_sysv(key.0).map(drop),
+        ShmCell::<Pair, RobustRwLock>::create_sysv(Key::new().0, Pair { a: 0, b: 0 }).map(drop),
     ] {
         assert!(matches!(r, Err(Error::LockUnsupported { .. })), "{r:?}");
     }
@@ -661,7 +664,9 @@ fn sysv_removed_key_leaves_nothing_and_ids_are_gone() {
     let cell = ShmCell::<Pair>::create_sysv_zeroed(key.0).unwrap();
     let id = cell.sysv_id().unwrap();
     assert_eq!(*cell.lock().unwrap(), Pair { a: 0, b: 0 });
+    assert!(!cell.is_unlinked());
     cell.mark_sysv_removed().unwrap();
+    assert!(cell.is_unlinked());
     assert!(id_of(&key).is_none(), "the key is free at once");
     // A new cell can take the key while the old one is still attached.
     let again = ShmCell::<Pair>::create_sysv(key.0, Pair { a: 1, b: 1 }).unwrap();

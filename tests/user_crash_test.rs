@@ -5,14 +5,12 @@
 use shmsync::testing::{self, Seen, TestName};
 use shmsync::{ShmCell, ShmSafe};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ShmSafe)]
 #[repr(C)]
 struct Account {
     checking: u64,
     savings: u64,
 }
-// SAFETY: two integers, repr(C), every bit pattern is a valid Account.
-unsafe impl ShmSafe for Account {}
 
 const TOTAL: u64 = 100;
 

@@ -72,6 +72,12 @@ static SCALING: Section = Section {
     unit: "Mlock/s",
     better: Better::Higher,
 };
+static READERS: Section = Section {
+    id: "readers",
+    title: "Two reader processes pinned to two CPUs: each N x (read, load the value, release)",
+    unit: "Mread/s",
+    better: Better::Higher,
+};
 static VALUE_SIZE: Section = Section {
     id: "value-size",
     title: "Lock + write one byte + unlock, by value size",
@@ -99,6 +105,9 @@ const FUTEX: &str = "raw futex (FUTEX_WAIT/FUTEX_WAKE)";
 const CELL_OPEN: &str = "ShmCell<u64>::open";
 const CELL_OPEN_BIG: &str = "ShmCell<[u8; 64 MiB]>::open";
 const RAW_ATTACH: &str = "raw shm_open + fstat + mmap";
+const RW_READ: &str = "ShmCell<RobustRwLock>::read";
+const RW_LOCK: &str = "ShmCell<RobustRwLock>::lock";
+const MUTEX_AS_READ: &str = "ShmCell<RobustMutex>::lock, read only";
 const CELL_4K: &str = "ShmCell<[u8; 4 KiB]>::lock";
 const CELL_64M: &str = "ShmCell<[u8; 64 MiB]>::lock";
 
@@ -179,6 +188,15 @@ fn register<'a>(b: &mut Bench<'a>, big: &'a str) {
         cell_lock::<shmsync::NamedSemaphore>,
     );
 
+    b.row(&UNCONTENDED, RW_READ, Some(CELL_LOCK), "yes", rw_read);
+    b.row(
+        &UNCONTENDED,
+        RW_LOCK,
+        Some(CELL_LOCK),
+        "yes",
+        cell_lock::<shmsync::RobustRwLock>,
+    );
+
     // Two processes contending.
     let c2 = |p: &Params| [Some(p.cpu(0)), Some(p.cpu(1))];
     b.row(&CONTENDED, CELL_LOCK, rb, "yes", move |p| {
@@ -251,6 +269,18 @@ fn register<'a>(b: &mut Bench<'a>, big: &'a str) {
             raw_contended(p, &cpus(p), LOCK_OPS, MutexKind::Robust)
         });
     }
+
+    // Readers.
+    b.row(&READERS, RW_READ, Some(MUTEX_AS_READ), "yes", move |p| {
+        rw_readers(p, &c2(p), LOCK_OPS)
+    });
+    b.row(
+        &READERS,
+        MUTEX_AS_READ,
+        Some(MUTEX_AS_READ),
+        "yes",
+        move |p| mutex_readers(p, &c2(p), LOCK_OPS),
+    );
 
     // Value size.
     b.row(&VALUE_SIZE, CELL_4K, Some(CELL_4K), "yes", cell_4k_lock);
@@ -333,6 +363,24 @@ fn register<'a>(b: &mut Bench<'a>, big: &'a str) {
             (&HANDOFF_1CPU, CONDVAR),
             (&HANDOFF_1CPU, SEM_PAIR),
             None,
+            None,
+        ),
+    );
+    b.target(
+        "uncontended RobustRwLock read+drop <= 1.3x RobustMutex lock+unlock",
+        ratio(
+            (&UNCONTENDED, RW_READ),
+            (&UNCONTENDED, CELL_LOCK),
+            None,
+            Some(1.3),
+        ),
+    );
+    b.target(
+        "two reader processes: RobustRwLock read >= 1.5x the robust mutex",
+        ratio(
+            (&READERS, RW_READ),
+            (&READERS, MUTEX_AS_READ),
+            Some(1.5),
             None,
         ),
     );
@@ -622,6 +670,24 @@ fn raw_sem_lock(p: &Params) -> Result<f64, String> {
     Ok(t.ns)
 }
 
+fn rw_read(p: &Params) -> Result<f64, String> {
+    let name = CellName::new();
+    let cell = ShmCell::<u64, shmsync::RobustRwLock>::create(&name.name, 7).map_err(err)?;
+    let n = p.iters(2_000_000);
+    let t = time_loop(n, || match cell.read() {
+        Ok(g) => {
+            black_box(*g);
+        }
+        Err(e) => fail("read", e),
+    });
+    // Every guard was given back: a writer gets in at once.
+    drop(
+        cell.try_lock()
+            .map_err(|e| format!("try_lock after reads: {e}"))?,
+    );
+    Ok(t.ns)
+}
+
 // --------------------------------------------------------------- contended
 
 /// Runs one child per entry of `cpus`, each doing `total / cpus.len()`
@@ -663,6 +729,56 @@ fn cell_contended<L: LockBackend>(
     })?;
     expect_count(*cell.lock().map_err(err)?, per * cpus.len() as u64)?;
     Ok(mlps)
+}
+
+/// Two processes that only read: through `read()` of the rwlock.
+fn rw_readers(p: &Params, cpus: &[Option<usize>], total: u64) -> Result<f64, String> {
+    type Rw = shmsync::RobustRwLock;
+    let name = CellName::new();
+    let cell = ShmCell::<u64, Rw>::create(&name.name, 7).map_err(err)?;
+    let per = per_child(p, cpus, total);
+    let mrps = contended(cpus, per, &mut |_, gate, n| {
+        let mine = ShmCell::<u64, Rw>::open(&name.name).map_err(err)?;
+        gate.start();
+        let mut sum = 0u64;
+        for _ in 0..n {
+            match mine.read() {
+                Ok(g) => sum += *g,
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+        if sum != 7 * n {
+            return Err(format!("read {sum}, expected {}", 7 * n));
+        }
+        Ok(())
+    })?;
+    drop(
+        cell.try_lock()
+            .map_err(|e| format!("try_lock after reads: {e}"))?,
+    );
+    Ok(mrps)
+}
+
+/// Two processes that only read, each read under the robust mutex.
+fn mutex_readers(p: &Params, cpus: &[Option<usize>], total: u64) -> Result<f64, String> {
+    let name = CellName::new();
+    let _cell = ShmCell::<u64>::create(&name.name, 7).map_err(err)?;
+    let per = per_child(p, cpus, total);
+    contended(cpus, per, &mut |_, gate, n| {
+        let mine = ShmCell::<u64>::open(&name.name).map_err(err)?;
+        gate.start();
+        let mut sum = 0u64;
+        for _ in 0..n {
+            match mine.lock() {
+                Ok(g) => sum += *g,
+                Err(e) => return Err(format!("lock: {e}")),
+            }
+        }
+        if sum != 7 * n {
+            return Err(format!("read {sum}, expected {}", 7 * n));
+        }
+        Ok(())
+    })
 }
 
 fn raw_contended(

@@ -23,7 +23,7 @@ pub const CAPACITY: usize = 256;
 pub const PATIENCE: Duration = Duration::from_secs(1);
 
 /// The shared value: one line in flight.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, ShmSafe)]
 #[repr(C)]
 pub struct Message {
     /// `1` while a line waits for the reader, `0` when the buffer is free.
@@ -39,12 +39,6 @@ pub struct Message {
     pub sent_ns: u64,
     /// The line's bytes, not NUL-terminated.
     pub text: [u8; CAPACITY],
-}
-
-// SAFETY: integers and a byte array, repr(C), every bit pattern valid (the
-// reader clamps `len`), no pointers.
-unsafe impl ShmSafe for Message {
-    const TYPE_TAG: u64 = 0x5348_4d44_454d_4f31; // "SHMDEMO1"
 }
 
 impl Message {

@@ -232,7 +232,10 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
             match L::describe(&area).state {
                 LockState::NotRecoverable => return Ok(()),
                 LockState::Free => {}
-                _ => seg.header().suspect.store(1, Ordering::Release),
+                _ => seg
+                    .header()
+                    .suspect
+                    .store(crate::segment::header::SUSPECT, Ordering::Release),
             }
             let p = seg.lock_ptr();
             // SAFETY: the lock area (`lock_size` bytes, validated) is ours

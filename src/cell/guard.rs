@@ -20,6 +20,14 @@ use crate::sys;
 /// * A guard that came with [`LockError::OwnerDied`](crate::LockError) is
 ///   *inconsistent* until [`make_consistent`](Self::make_consistent) is
 ///   called; dropping it before that leaves the lock not recoverable.
+///   Converting the error with
+///   [`without_guard`](crate::LockError::without_guard) (for `?`) does
+///   not: the next locker is told `OwnerDied` again.
+/// * **A guard dropped while its thread panics** (unwinding, a panic that
+///   began while the guard was held) marks the value suspect: the next locker, in any process, gets
+///   [`LockError::OwnerDied`](crate::LockError) with the value as the
+///   panic left it — a panic is an owner death. (Like std's `Mutex`
+///   poisoning, but through the same `OwnerDied` path as a crash.)
 /// * [`wait_while`](Self::wait_while) and
 ///   [`wait_while_timeout`](Self::wait_while_timeout) sleep until the value
 ///   changes. Dropping a guard does **not** wake them, even after a change:
@@ -28,36 +36,60 @@ use crate::sys;
 pub struct ShmGuard<'a, T: ShmSafe, L: LockBackend = RobustMutex> {
     cell: &'a ShmCell<T, L>,
     fork_gen: u32,
-    inconsistent: Cell<bool>,
+    /// [`INCONSISTENT`], [`BACKEND_DIED`], [`PANICKING_AT_LOCK`]: one byte,
+    /// so that a clean guard is built with one store (a guard is returned
+    /// through memory; several narrow stores read back as one wide load
+    /// stall store forwarding).
+    flags: Cell<u8>,
     _not_send: PhantomData<*const ()>,
 }
 
+/// An owner death (of the backend's or the `suspect` word's) not yet made
+/// consistent.
+pub(crate) const INCONSISTENT: u8 = 1;
+/// The backend itself reported the owner death: its state needs
+/// `make_consistent` (not so when only the `suspect` word did).
+pub(crate) const BACKEND_DIED: u8 = 2;
+/// The thread was unwinding already when it locked (a `Drop` that locks
+/// during a panic): only a panic that *starts* while the guard is held
+/// marks the value suspect (std's poisoning rule).
+const PANICKING_AT_LOCK: u8 = 4;
+
 impl<'a, T: ShmSafe, L: LockBackend> ShmGuard<'a, T, L> {
+    /// `flags`: [`INCONSISTENT`] and [`BACKEND_DIED`] as the acquire found.
     #[inline]
-    pub(crate) fn new(cell: &'a ShmCell<T, L>, owner_died: bool) -> Self {
+    pub(crate) fn new(cell: &'a ShmCell<T, L>, flags: u8) -> Self {
         cell.set_held(true);
+        let panicking = u8::from(std::thread::panicking()) * PANICKING_AT_LOCK;
         ShmGuard {
             cell,
             fork_gen: sys::fork::fork_generation(),
-            inconsistent: Cell::new(owner_died),
+            flags: Cell::new(flags | panicking),
             _not_send: PhantomData,
         }
+    }
+
+    #[inline]
+    fn flag(&self, f: u8) -> bool {
+        self.flags.get() & f != 0
     }
 
     /// Declares the value repaired after an owner death, so the lock stays
     /// usable (`pthread_mutex_consistent` for the robust mutex). A no-op on
     /// a guard acquired normally.
     pub fn make_consistent(&self) {
-        if self.inconsistent.replace(false) {
-            // SAFETY: we hold the lock, acquired with owner death.
-            unsafe { self.cell.make_consistent_raw() };
+        if self.flag(INCONSISTENT) {
+            self.flags.set(self.flags.get() & !INCONSISTENT);
+            // SAFETY: we hold the lock, acquired with owner death (reported
+            // by the backend when BACKEND_DIED).
+            unsafe { self.cell.make_consistent_raw(self.flag(BACKEND_DIED)) };
         }
     }
 
     /// Whether this guard came from an owner death and was not made
     /// consistent yet.
     pub fn is_inconsistent(&self) -> bool {
-        self.inconsistent.get()
+        self.flag(INCONSISTENT)
     }
 
     /// The cell this guard locks.
@@ -72,7 +104,7 @@ impl<'a, T: ShmSafe, L: LockBackend> ShmGuard<'a, T, L> {
     #[inline]
     pub(super) fn disarm(self) -> Option<(&'a ShmCell<T, L>, bool)> {
         let held = self.fork_gen == sys::fork::fork_generation();
-        let (cell, consistent) = (self.cell, !self.inconsistent.get());
+        let (cell, consistent) = (self.cell, !self.is_inconsistent());
         std::mem::forget(self);
         held.then_some((cell, consistent))
     }
@@ -99,21 +131,81 @@ impl<T: ShmSafe, L: LockBackend> DerefMut for ShmGuard<'_, T, L> {
     }
 }
 
+impl<T: ShmSafe, L: LockBackend> ShmGuard<'_, T, L> {
+    /// Releases the lock leaving the value suspect: the next locker gets
+    /// `OwnerDied`. For a panic and for `LockError::without_guard`.
+    ///
+    /// # Safety
+    ///
+    /// This thread holds the lock through this guard, which is not used
+    /// (nor released) again.
+    #[cold]
+    #[inline(never)]
+    unsafe fn release_suspect(&self) {
+        // SAFETY: forwarded from the caller: we hold the lock, acquired
+        // with owner death when `backend_died`.
+        unsafe {
+            self.cell
+                .leave_suspect(self.flag(INCONSISTENT) && self.flag(BACKEND_DIED))
+        };
+    }
+
+    /// An unrepaired owner-died guard dropped deliberately: not
+    /// recoverable, for every process (POSIX).
+    ///
+    /// # Safety
+    ///
+    /// As [`release_suspect`](Self::release_suspect).
+    #[cold]
+    #[inline(never)]
+    unsafe fn release_not_recoverable(&self) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.cell.leave_not_recoverable(self.flag(BACKEND_DIED)) };
+    }
+}
+
 impl<T: ShmSafe, L: LockBackend> Drop for ShmGuard<'_, T, L> {
     #[inline]
     fn drop(&mut self) {
-        if self.fork_gen == sys::fork::fork_generation() {
-            // SAFETY: this thread holds the lock through this guard.
-            unsafe { self.cell.release(!self.inconsistent.get()) };
+        if self.fork_gen != sys::fork::fork_generation() {
+            return;
+        }
+        // One load of the global panic count (as at lock time) and one
+        // flag: the normal path pays two predictable branches.
+        if std::thread::panicking() && !self.flag(PANICKING_AT_LOCK) {
+            // SAFETY: this thread holds the lock through this guard, which
+            // is dropped now.
+            unsafe { self.release_suspect() };
+        } else if self.is_inconsistent() {
+            // SAFETY: as above.
+            unsafe { self.release_not_recoverable() };
+        } else {
+            // SAFETY: as above.
+            unsafe { self.cell.release(true) };
         }
     }
 }
+
+impl<T: ShmSafe, L: LockBackend> crate::error::sealed::GiveUp for ShmGuard<'_, T, L> {
+    /// Marks the value suspect and unlocks (see
+    /// [`LockError::without_guard`](crate::LockError::without_guard)).
+    fn give_up(self) {
+        if self.fork_gen == sys::fork::fork_generation() {
+            // SAFETY: this thread holds the lock through this guard, which
+            // is forgotten right after, so it is released exactly once.
+            unsafe { self.release_suspect() };
+        }
+        std::mem::forget(self);
+    }
+}
+
+impl<T: ShmSafe, L: LockBackend> crate::error::LockGuard for ShmGuard<'_, T, L> {}
 
 impl<T: ShmSafe, L: LockBackend> std::fmt::Debug for ShmGuard<'_, T, L> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShmGuard")
             .field("name", &self.cell.name())
-            .field("inconsistent", &self.inconsistent.get())
+            .field("inconsistent", &self.is_inconsistent())
             .finish()
     }
 }

@@ -5,6 +5,7 @@ mod anonymous;
 mod diagnostics;
 mod file;
 mod guard;
+mod read;
 mod sysv;
 mod wait;
 
@@ -23,6 +24,7 @@ use crate::sys::time::Monotonic;
 
 pub use anonymous::inheritable_fd;
 pub use guard::ShmGuard;
+pub use read::ShmReadGuard;
 pub use wait::WaitTimeoutResult;
 
 /// A value of type `T` in a named POSIX shared-memory object, guarded by a
@@ -34,10 +36,14 @@ pub use wait::WaitTimeoutResult;
 ///
 /// # Owner death
 ///
-/// When a process (or thread) dies holding the lock, the next locker gets
-/// [`LockError::OwnerDied`] *with the guard*: it holds the lock and must
-/// repair the value and call [`ShmGuard::make_consistent`]. **Dropping that
-/// guard without `make_consistent` makes the lock permanently
+/// When a process (or thread) dies holding the lock — or a thread panics
+/// holding it — the next locker gets [`LockError::OwnerDied`] *with the
+/// guard*: it holds the lock and must repair the value and call
+/// [`ShmGuard::make_consistent`] ([`lock_or_repair`](Self::lock_or_repair)
+/// does both). Converting the error with
+/// [`without_guard`](LockError::without_guard) (for `?`) hands the owner
+/// death on to the next locker. **Dropping that guard without
+/// `make_consistent` makes the lock permanently
 /// [`NotRecoverable`](LockError::NotRecoverable)** for every process.
 ///
 /// ```no_run
@@ -84,6 +90,8 @@ pub use wait::WaitTimeoutResult;
 ///
 /// Dropping a handle unmaps the segment but never removes its name: call
 /// [`ShmCell::unlink`] when the value is no longer wanted. A handle whose
+/// name was unlinked keeps working on the orphan object;
+/// [`is_unlinked`](Self::is_unlinked) tells. A handle whose
 /// process still holds its lock when it is dropped (a guard passed to
 /// `mem::forget`) leaks its mapping on purpose, so that the kernel can still
 /// mark the lock when the process dies.
@@ -539,6 +547,96 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         self.acquire(Acquire::Until(Monotonic::now().after(timeout)))
     }
 
+    /// Locks, and if the previous holder died (or panicked) mid-update,
+    /// first calls `repair` on the value as it was left and declares it
+    /// consistent: the one-line way to lock a cell when you know how to
+    /// repair it. Returns the guard in both cases.
+    ///
+    /// If `repair` itself panics, the value stays suspect and the next
+    /// locker is told [`LockError::OwnerDied`] again. The other errors come
+    /// back without a guard (`LockError<()>`, ready for `?`).
+    ///
+    /// ```no_run
+    /// use shmsync::{ShmCell, ShmSafe};
+    ///
+    /// #[derive(Clone, Copy)]
+    /// #[repr(C)]
+    /// struct Transfer { checking: u64, savings: u64, in_flight: u64 }
+    /// // SAFETY: plain integers, repr(C), every bit pattern valid, no pointers.
+    /// unsafe impl ShmSafe for Transfer {}
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let init = Transfer { checking: 1000, savings: 0, in_flight: 0 };
+    /// let cell = ShmCell::<Transfer>::open_or_create("/bank", init)?;
+    /// // A transfer interrupted by a crash is rolled back before we go on.
+    /// let mut t = cell.lock_or_repair(|t| {
+    ///     t.checking += t.in_flight;
+    ///     t.in_flight = 0;
+    /// })?;
+    /// t.in_flight = 300;
+    /// t.checking -= 300;
+    /// t.savings += 300;
+    /// t.in_flight = 0;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`lock`](Self::lock), except `OwnerDied` (repaired).
+    pub fn lock_or_repair(
+        &self,
+        repair: impl FnOnce(&mut T),
+    ) -> Result<ShmGuard<'_, T, L>, LockError<()>> {
+        match self.lock() {
+            Ok(guard) => Ok(guard),
+            Err(LockError::OwnerDied(mut guard)) => {
+                repair(&mut guard);
+                guard.make_consistent();
+                Ok(guard)
+            }
+            Err(e) => Err(e.without_guard()),
+        }
+    }
+
+    /// Whether the object this handle is attached to has lost its name:
+    /// someone called [`unlink`](Self::unlink) (and may have created a new
+    /// cell of the same name since, which this handle does not see). One
+    /// `fstat`: the link count of the handle's own descriptor is 0.
+    ///
+    /// Such a handle keeps working — on an orphan that no new process will
+    /// ever open. A process that must work on the cell *of that name* (for
+    /// instance after its lock answered
+    /// [`NotRecoverable`](LockError::NotRecoverable) and someone replaced the
+    /// cell) checks this and opens the name again:
+    ///
+    /// ```no_run
+    /// use shmsync::{LockError, ShmCell};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut cell = ShmCell::<u64>::open_or_create("/counter", 0)?;
+    /// loop {
+    ///     match cell.lock_or_repair(|n| *n = 0).map(|mut n| *n += 1) {
+    ///         Ok(()) => break,
+    ///         // Replaced by a new cell: follow the name.
+    ///         Err(LockError::NotRecoverable) if cell.is_unlinked() => {
+    ///             cell = ShmCell::open_or_create("/counter", 0)?;
+    ///         }
+    ///         Err(e) => return Err(e.into()),
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn is_unlinked(&self) -> bool {
+        if let Some(st) = self.seg.sysv_stat() {
+            // A System V segment has no name: "unlinked" is marked for
+            // removal (IPC_RMID), its key free.
+            return st.removed();
+        }
+        // `fstat` on a descriptor we own cannot fail; if it did, we know
+        // nothing and say "still linked".
+        sys::fd::fstat(self.seg.fd()).is_ok_and(|st| st.nlink() == 0)
+    }
+
     /// Records whether a guard of this handle holds the lock (see `held`).
     #[inline]
     pub(crate) fn set_held(&self, held: bool) {
@@ -550,14 +648,40 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         &self,
         how: Acquire,
     ) -> Result<ShmGuard<'_, T, L>, LockError<ShmGuard<'_, T, L>>> {
-        match L::acquire(self.shared(), &self.local, &self.seg, how) {
-            Ok(Acquired::Clean) if self.suspect() => {
-                Err(LockError::OwnerDied(ShmGuard::new(self, true)))
-            }
-            Ok(Acquired::Clean) => Ok(ShmGuard::new(self, false)),
-            Ok(Acquired::OwnerDied) => Err(LockError::OwnerDied(ShmGuard::new(self, true))),
-            Err(e) => Err(e.into_lock_error()),
+        let acquired = match L::acquire(self.shared(), &self.local, &self.seg, how) {
+            Ok(acquired) => acquired,
+            Err(e) => return Err(e.into_lock_error()),
+        };
+        // The one load the suspect word costs a clean acquire: a holder
+        // that panicked (or whose owner-died error was converted for `?`)
+        // wrote it before its release, which this acquire orders before us.
+        let suspect = self.seg.header().suspect.load(Ordering::Relaxed);
+        if acquired == Acquired::Clean && suspect == header::SUSPECT_NONE {
+            return Ok(ShmGuard::new(self, 0));
         }
+        // Only the guard's flags come from the cold path: a guard built on
+        // both sides stays in registers (one returned from an out-of-line
+        // function would go through memory on every acquire).
+        match self.unclean_flags(acquired, suspect) {
+            Some(flags) => Err(LockError::OwnerDied(ShmGuard::new(self, flags))),
+            None => Err(LockError::NotRecoverable),
+        }
+    }
+
+    /// The lock is ours, but the backend or the `suspect` word reports an
+    /// interrupted update: the new guard's flags, or `None` (the lock given
+    /// back) when the value is not recoverable.
+    #[cold]
+    #[inline(never)]
+    fn unclean_flags(&self, acquired: Acquired, suspect: u32) -> Option<u8> {
+        let backend_died = acquired == Acquired::OwnerDied;
+        if suspect == header::SUSPECT_NOT_RECOVERABLE {
+            // Never hold a not-recoverable value: give the lock back.
+            // SAFETY: we hold the lock through this handle (no guard made).
+            unsafe { L::release(self.shared(), &self.local, &self.seg, !backend_died) };
+            return None;
+        }
+        Some(guard::INCONSISTENT | if backend_died { guard::BACKEND_DIED } else { 0 })
     }
 
     /// # Safety
@@ -572,27 +696,58 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         unsafe { L::release(self.shared(), &self.local, &self.seg, consistent) }
     }
 
-    /// Whether the header's `suspect` word is set: the value may be
-    /// half-updated although the lock was released (a file cell's lock was
-    /// held when the machine went down), so the next locker gets
-    /// `OwnerDied`. Cleared by `make_consistent`.
-    #[inline]
-    fn suspect(&self) -> bool {
-        self.seg.header().suspect.load(Ordering::Acquire) != 0
-    }
-
     /// # Safety
     ///
     /// The calling thread holds the lock, acquired with owner death.
-    pub(crate) unsafe fn make_consistent_raw(&self) {
-        if self.suspect() {
-            // Written under the lock: the holder is the only writer.
-            self.seg.header().suspect.store(0, Ordering::Release);
+    pub(crate) unsafe fn make_consistent_raw(&self, backend_died: bool) {
+        if backend_died {
+            // SAFETY: forwarded from the caller.
+            unsafe { L::make_consistent(self.shared(), &self.local, &self.seg) }
         }
-        // SAFETY: forwarded from the caller. On a lock acquired cleanly
-        // (only `suspect` was set) every backend's `make_consistent` is
-        // harmless (the robust mutex ignores `EINVAL`).
-        unsafe { L::make_consistent(self.shared(), &self.local, &self.seg) }
+        self.seg
+            .header()
+            .suspect
+            .store(header::SUSPECT_NONE, Ordering::Relaxed);
+    }
+
+    /// Marks the value suspect, makes the lock consistent (if the backend
+    /// reported an owner death: `backend_died`) and releases it: the next
+    /// locker gets `OwnerDied`.
+    ///
+    /// # Safety
+    ///
+    /// The calling thread holds the lock through this handle (acquired
+    /// with owner death if `backend_died`), and releases it only here.
+    pub(crate) unsafe fn leave_suspect(&self, backend_died: bool) {
+        // Written before the release, which orders it before the next
+        // acquire (a death in between is an owner death anyway).
+        self.seg
+            .header()
+            .suspect
+            .store(header::SUSPECT, Ordering::Relaxed);
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            if backend_died {
+                L::make_consistent(self.shared(), &self.local, &self.seg);
+            }
+            self.release(true);
+        }
+    }
+
+    /// Releases an owner-died lock left unrepaired on purpose: not
+    /// recoverable, for every process.
+    ///
+    /// # Safety
+    ///
+    /// As [`leave_suspect`](Self::leave_suspect).
+    pub(crate) unsafe fn leave_not_recoverable(&self, backend_died: bool) {
+        self.seg
+            .header()
+            .suspect
+            .store(header::SUSPECT_NOT_RECOVERABLE, Ordering::Relaxed);
+        // SAFETY: forwarded from the caller. A backend that reported the
+        // death marks itself not recoverable too.
+        unsafe { self.release(!backend_died) };
     }
 }
 
@@ -608,6 +763,8 @@ impl<T: ShmSafe, L: LockBackend> Drop for ShmCell<T, L> {
             // unmapping would let the lock's memory vanish under the
             // kernel's robust list. Keep the mapping (and fd): leak them.
             seg.leak();
+        } else {
+            L::detach(self.shared_of(&seg), &self.local, &seg);
         }
     }
 }

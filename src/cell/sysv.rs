@@ -338,15 +338,21 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         }
     }
 
-    /// Refuses a lock backend that needs a descriptor.
+    /// Refuses a lock backend that needs a descriptor: only the robust
+    /// mutex lives entirely in the segment.
     fn check_sysv_lock() -> Result<(), Error> {
         let reason = match L::KIND {
+            LockKind::RobustMutex => return Ok(()),
             LockKind::FileLock => "flock needs a file descriptor, and a System V segment has none",
             LockKind::NamedSemaphore => {
                 "its holder's liveness is an open-file-description lock on the segment's \
                  descriptor, and a System V segment has none"
             }
-            _ => return Ok(()),
+            LockKind::RobustRwLock => {
+                "its readers' liveness tokens are open-file-description locks on the \
+                 segment's descriptor, and a System V segment has none"
+            }
+            _ => "it needs the segment's descriptor, and a System V segment has none",
         };
         Err(Error::LockUnsupported {
             backend: L::KIND.name(),

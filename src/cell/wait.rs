@@ -240,15 +240,19 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         self.notify(u32::MAX);
     }
 
-    /// Wakes at most one waiting process (see [`notify_all`](Self::notify_all)).
+    /// Tells the waiters that one of them may proceed: **wakes every
+    /// waiting process**, exactly like [`notify_all`](Self::notify_all).
     ///
-    /// Waiters share one sequence word whatever their predicates: the one
-    /// woken may be one whose predicate still holds, which goes back to
-    /// sleep while another that could proceed stays asleep. Use it only when
-    /// every waiter waits for the same thing and any one of them can take
-    /// it; otherwise use `notify_all`.
+    /// Waking only one cannot keep the promise that notifications are never
+    /// lost: the waiter the kernel picks may die (be killed) after it is
+    /// woken and before it takes the lock back and looks at the value —
+    /// its death is then no owner death, nothing records that it took the
+    /// wake-up, and the others, in an untimed wait, would sleep on although
+    /// the value lets one of them go. Woken together, each re-checks its
+    /// predicate under the lock; the first to see the value takes it, the
+    /// others go back to sleep. The cost is those extra wake-ups.
     pub fn notify_one(&self) {
-        self.notify(1);
+        self.notify(u32::MAX);
     }
 
     #[inline]

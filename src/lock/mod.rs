@@ -11,6 +11,7 @@ pub(crate) mod file_lock;
 pub(crate) mod named_semaphore;
 pub(crate) mod per_process;
 pub(crate) mod robust_mutex;
+pub(crate) mod robust_rwlock;
 
 use std::io;
 use std::ptr::NonNull;
@@ -23,6 +24,7 @@ use describe::{LockArea, LockInfo};
 pub use file_lock::{FileLock, FileLockGuard, FileLockOptions, FileLockSharedGuard};
 pub use named_semaphore::{NamedSemaphore, SemaphoreError, SemaphoreOptions, MAX_SEM_NAME};
 pub use robust_mutex::{RobustMutex, RobustMutexGuard};
+pub use robust_rwlock::{RobustRwLock, READER_SLOTS};
 
 /// How long an acquire may wait.
 #[derive(Clone, Copy, Debug)]
@@ -116,6 +118,11 @@ pub(crate) mod sealed {
         /// The calling thread holds the lock, acquired with `OwnerDied`.
         unsafe fn make_consistent(shared: &Self::Shared, local: &Self::Local, seg: &Segment);
 
+        /// Called by a handle's drop (unless it keeps its mapping), before
+        /// the segment is unmapped: lets go of per-handle state kept in the
+        /// segment (a reader slot). Nothing by default.
+        fn detach(_shared: &Self::Shared, _local: &Self::Local, _seg: &Segment) {}
+
         /// Reads the shared state from outside (`pread`, never a mapping,
         /// never the lock), for [`inspect`](crate::inspect).
         fn describe(area: &LockArea<'_>) -> LockInfo;
@@ -129,7 +136,7 @@ pub(crate) mod sealed {
 }
 
 /// A lock that can guard a [`ShmCell`](crate::ShmCell): [`RobustMutex`]
-/// (the default), [`FileLock`], [`NamedSemaphore`]. Sealed.
+/// (the default), [`FileLock`], [`NamedSemaphore`], [`RobustRwLock`]. Sealed.
 pub trait LockBackend: sealed::Backend {}
 
 /// The registry of backends by the kind a header records: the one place
@@ -148,6 +155,10 @@ macro_rules! by_kind {
             }
             LockKind::NamedSemaphore => {
                 type $b = NamedSemaphore;
+                $e
+            }
+            LockKind::RobustRwLock => {
+                type $b = RobustRwLock;
                 $e
             }
             LockKind::External => $ext,

@@ -284,14 +284,19 @@ impl Segment {
             return Ok(());
         }
         match self.info.lock_kind() {
-            Some(LockKind::RobustMutex) => Err(Error::ForeignPidNamespace {
-                name: self.name.clone(),
-                backend: LockKind::RobustMutex.name(),
-                use_instead: "the NamedSemaphore or FileLock backend (ShmCell<T, NamedSemaphore>, \
+            // Both hold thread ids in a robust futex word (the read-write
+            // lock's exclusive side is a robust mutex).
+            Some(kind @ (LockKind::RobustMutex | LockKind::RobustRwLock)) => {
+                Err(Error::ForeignPidNamespace {
+                    name: self.name.clone(),
+                    backend: kind.name(),
+                    use_instead:
+                        "the NamedSemaphore or FileLock backend (ShmCell<T, NamedSemaphore>, \
                               ShmCell<T, FileLock>)",
-                ours,
-                theirs,
-            }),
+                    ours,
+                    theirs,
+                })
+            }
             // The semaphore and flock backends prove liveness with kernel
             // locks, not pids; an external lock is the caller's business.
             _ => Ok(()),

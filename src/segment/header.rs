@@ -23,7 +23,7 @@
 //! | 136 | `checksum` | FNV-1a 64 of bytes 0..136 |
 //! | 144 | `state` | `0` Uninit → `1` Initialising → `2` Ready (Release/Acquire) |
 //! | 148 | `notify_seq`, `notify_waiters` | futex words of wait/notify |
-//! | 156 | `suspect` | non-zero: the value was left half-updated by a holder that panicked or whose owner-died error was converted away unrepaired; the next locker gets `OwnerDied` |
+//! | 156 | `suspect` | `0` none; `1` the value was left half-updated by a holder that panicked or whose owner-died error was converted away unrepaired: the next locker gets `OwnerDied`; `2` such a guard was dropped unrepaired: `NotRecoverable` (written only under the lock) |
 //! | 160 | `handles` | handles attached and not yet dropped normally (a killed process never decrements it: non-zero with nobody attached means a crash) |
 //! | 164 | reserved, zero | |
 //! | 168 | `attach_pid_ns` | pid namespace of the processes attached now (re-recorded when the first attaches to an unattached segment; on a System V segment bit 63 marks a record being changed) |
@@ -116,6 +116,14 @@ pub struct RawHeader {
     pub(crate) reserved: [u8; 64],
 }
 
+/// `suspect`: nothing to report.
+pub(crate) const SUSPECT_NONE: u32 = 0;
+/// `suspect`: the next locker gets `OwnerDied`.
+pub(crate) const SUSPECT: u32 = 1;
+/// `suspect`: not recoverable (an owner-died guard of a suspect value was
+/// dropped without `make_consistent`).
+pub(crate) const SUSPECT_NOT_RECOVERABLE: u32 = 2;
+
 const _: () = assert!(std::mem::size_of::<RawHeader>() == HEADER_SIZE);
 const _: () = assert!(std::mem::offset_of!(RawHeader, checksum) == CHECKSUMMED);
 const _: () = assert!(std::mem::offset_of!(RawHeader, state) == 144);
@@ -154,6 +162,9 @@ pub enum LockKind {
     FileLock,
     /// A named POSIX semaphore `sem.NAME`, with a holder record.
     NamedSemaphore,
+    /// A robust reader-writer lock: a robust mutex for writers and reader
+    /// slots proven live by open-file-description locks.
+    RobustRwLock,
     /// No lock managed by shmsync: the lock area belongs to the user of a
     /// standalone [`Segment`](crate::Segment) (a `ShmCell` refuses it).
     External,
@@ -167,6 +178,7 @@ impl LockKind {
             LockKind::FileLock => 2,
             LockKind::NamedSemaphore => 3,
             LockKind::External => 4,
+            LockKind::RobustRwLock => 5,
         }
     }
 
@@ -177,17 +189,20 @@ impl LockKind {
             2 => Some(LockKind::FileLock),
             3 => Some(LockKind::NamedSemaphore),
             4 => Some(LockKind::External),
+            5 => Some(LockKind::RobustRwLock),
             _ => None,
         }
     }
 
-    /// A short lower-case name (`robust-mutex`, `flock`, `semaphore`).
+    /// A short lower-case name (`robust-mutex`, `flock`, `semaphore`,
+    /// `robust-rwlock`).
     pub fn name(self) -> &'static str {
         match self {
             LockKind::RobustMutex => "robust-mutex",
             LockKind::FileLock => "flock",
             LockKind::NamedSemaphore => "semaphore",
             LockKind::External => "external",
+            LockKind::RobustRwLock => "robust-rwlock",
         }
     }
 }

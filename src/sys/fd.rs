@@ -93,6 +93,11 @@ impl FileStat {
     pub(crate) fn dev(&self) -> u64 {
         self.0.st_dev
     }
+    /// The number of names the file has (`st_nlink`): 0 once unlinked.
+    #[allow(clippy::unnecessary_cast)] // nlink_t is u32 on some targets
+    pub(crate) fn nlink(&self) -> u64 {
+        self.0.st_nlink as u64
+    }
     /// The inode number (`st_ino`).
     pub(crate) fn ino(&self) -> u64 {
         self.0.st_ino

@@ -45,9 +45,9 @@
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use super::local::{LocalMutex, PerProcess, SwapFd};
+use super::local::{thread_key, LocalMutex, PerProcess, SwapFd};
 use super::{flock_acquire, FileLock};
 use crate::error::{Error, RawLockError};
 use crate::lock::describe::{LockArea, LockInfo};
@@ -71,6 +71,10 @@ const NOT_RECOVERABLE: u32 = 3;
 pub struct FlockShared {
     state: AtomicU32,
     holder_pid: AtomicU32,
+    /// The holder thread's [`thread_key`] (unique within its process),
+    /// with `holder_pid`: lets a thread that finds the `flock` taken tell
+    /// whether it holds it itself through another handle (`Deadlock`).
+    holder_thread: AtomicU64,
 }
 
 /// Where [`FlockShared`]'s words lie, for the inspector
@@ -187,6 +191,7 @@ fn take_marker(shared: &FlockShared, pid: u32) -> Result<Acquired, RawLockError>
         _ => Acquired::OwnerDied,
     };
     shared.holder_pid.store(pid, Ordering::Relaxed);
+    shared.holder_thread.store(thread_key(), Ordering::Relaxed);
     shared.state.store(
         match acquired {
             Acquired::Clean => HELD,
@@ -195,6 +200,42 @@ fn take_marker(shared: &FlockShared, pid: u32) -> Result<Acquired, RawLockError>
         Ordering::Release,
     );
     Ok(acquired)
+}
+
+/// The `flock` is taken. If this very thread holds it through another
+/// handle of this process, waiting would never end: `Deadlock` (as the
+/// other backends answer). Else waits as `how` allows.
+#[cold]
+fn contended(
+    shared: &FlockShared,
+    h: &BackendHandle,
+    seg: &Segment,
+    fd: BorrowedFd<'_>,
+    how: Acquire,
+) -> Result<(), RawLockError> {
+    let held = matches!(
+        shared.state.load(Ordering::Acquire),
+        HELD | HELD_INCONSISTENT
+    );
+    if held
+        && shared.holder_pid.load(Ordering::Relaxed) == h.pid
+        && shared.holder_thread.load(Ordering::Relaxed) == thread_key()
+        && holds_flock_itself(h.pid, seg)
+    {
+        return Err(RawLockError::Deadlock);
+    }
+    flock_acquire(fd, FlockOp::Exclusive, how)
+}
+
+/// Whether this process holds the segment's `flock` through one of its
+/// descriptors (the kernel's word, from `/proc/self/fdinfo`): rules out a
+/// marker left by a handle of ours that was dropped while held.
+fn holds_flock_itself(pid: u32, seg: &Segment) -> bool {
+    sys::fd::fstat(seg.fd())
+        .ok()
+        .and_then(|st| sys::procfs::holds_flock(pid, st.dev_major_minor(), st.ino()).ok())
+        .flatten()
+        .unwrap_or(false)
 }
 
 fn unlock_fd(fd: BorrowedFd<'_>) {
@@ -238,7 +279,13 @@ impl Backend for FileLock {
         let h = local.handle(seg).map_err(RawLockError::Os)?;
         h.local.lock(how)?;
         let fd = h.fd(seg);
-        let taken = flock_acquire(fd, FlockOp::Exclusive, how).and_then(|()| {
+        // Non-blocking first: the uncontended path costs what a blocking
+        // `flock` would, and a taken lock is checked for being our own.
+        let taken = match flock_acquire(fd, FlockOp::Exclusive, Acquire::Try) {
+            Err(RawLockError::WouldBlock) => contended(shared, h, seg, fd, how),
+            other => other,
+        }
+        .and_then(|()| {
             let marker = take_marker(shared, h.pid);
             if marker.is_err() {
                 unlock_fd(fd);

@@ -22,7 +22,7 @@
 //! fresh local state (the parent's copy may have been locked by one of the
 //! parent's threads at the moment of the fork; it is never touched again).
 
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use crate::error::RawLockError;
@@ -31,14 +31,32 @@ use crate::sys;
 
 pub(crate) use crate::lock::per_process::{PerProcess, SwapFd};
 
-/// An identity of the calling thread that costs no system call: the
-/// address of a thread-local byte (distinct among live threads).
+/// An identity of the calling thread that costs no system call and is
+/// never given to another thread of this process: a number from a global
+/// counter, assigned on first use and kept in a thread-local (0 is never
+/// assigned: it means "nobody").
+///
+/// Not the address of a thread-local, which glibc recycles: a new thread
+/// gets the stack (and TLS block) of a joined one, so a thread that exited
+/// holding the lock would make a new thread look like its holder (a false
+/// `Deadlock`). A forked child inherits the parent thread's number, but the
+/// per-process state it is compared with is rebuilt in the child.
 #[inline]
-pub(crate) fn thread_key() -> usize {
+pub(crate) fn thread_key() -> u64 {
+    use std::cell::Cell;
+    use std::sync::atomic::AtomicU64;
+    static NEXT: AtomicU64 = AtomicU64::new(1);
     thread_local! {
-        static KEY: u8 = const { 0 };
+        static KEY: Cell<u64> = const { Cell::new(0) };
     }
-    KEY.with(|k| k as *const u8 as usize)
+    KEY.with(|k| match k.get() {
+        0 => {
+            let key = NEXT.fetch_add(1, Ordering::Relaxed);
+            k.set(key);
+            key
+        }
+        key => key,
+    })
 }
 
 fn lock_state<S>(m: &Mutex<S>) -> MutexGuard<'_, S> {
@@ -86,7 +104,7 @@ pub(crate) struct LocalMutex {
     /// [`thread_key`] of the holder, 0 when free. Written only by the
     /// holder (after taking, before releasing): reading our own key here
     /// means we hold the lock.
-    owner: AtomicUsize,
+    owner: AtomicU64,
 }
 
 impl LocalMutex {
@@ -106,7 +124,7 @@ impl LocalMutex {
     }
 
     #[cold]
-    fn lock_slow(&self, me: usize, how: Acquire) -> Result<(), RawLockError> {
+    fn lock_slow(&self, me: u64, how: Acquire) -> Result<(), RawLockError> {
         if self.owner.load(Ordering::Relaxed) == me {
             return Err(RawLockError::Deadlock);
         }
@@ -169,9 +187,9 @@ pub(crate) struct LocalRw {
 struct RwState {
     phase: Phase,
     /// The exclusive holder, or the thread acquiring.
-    writer: usize,
+    writer: u64,
     /// Threads holding shared, with how many guards each.
-    readers: Vec<(usize, u32)>,
+    readers: Vec<(u64, u32)>,
     writers_waiting: u32,
     waiters: u32,
 }
@@ -196,7 +214,7 @@ pub(crate) enum Begin {
 }
 
 impl RwState {
-    fn reader_count(&self, me: usize) -> u32 {
+    fn reader_count(&self, me: u64) -> u32 {
         self.readers
             .iter()
             .find(|(t, _)| *t == me)

@@ -203,6 +203,16 @@ impl RobustMutex {
         futex.load(Ordering::Relaxed) & word::TID_MASK
     }
 
+    /// Whether the kernel marked the holder dead and nobody has locked it
+    /// since (`FUTEX_OWNER_DIED` with no tid in the lock word). A diagnostic
+    /// snapshot, read without taking the lock.
+    pub(crate) fn owner_died_unclaimed(&self) -> bool {
+        // SAFETY: as in `owner_tid`.
+        let futex = unsafe { &*(self.raw() as *const AtomicU32) };
+        let w = futex.load(Ordering::SeqCst);
+        w & word::TID_MASK == 0 && w & word::OWNER_DIED != 0
+    }
+
     /// Locks, waiting as long as it takes.
     ///
     /// # Errors
@@ -304,3 +314,10 @@ impl std::fmt::Debug for RobustMutexGuard<'_> {
             .finish()
     }
 }
+
+impl crate::error::sealed::GiveUp for RobustMutexGuard<'_> {
+    /// A standalone mutex has nowhere to record suspicion: dropped, which
+    /// makes an unrepaired owner-died mutex not recoverable.
+    fn give_up(self) {}
+}
+impl crate::error::LockGuard for RobustMutexGuard<'_> {}
