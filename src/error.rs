@@ -175,8 +175,8 @@ pub enum Error {
     /// The lock backend cannot guard a cell of this backing: refused before
     /// anything is created or attached. A System V segment has no
     /// descriptor, so neither `flock` ([`FileLock`](crate::FileLock)) nor
-    /// the semaphore backend's liveness tokens (open-file-description locks
-    /// on the segment) can work on it; use
+    /// the liveness tokens of the semaphore and reader-writer backends
+    /// (open-file-description locks on the segment) can work on it; use
     /// [`RobustMutex`](crate::RobustMutex).
     #[error("the {backend} lock cannot guard a {backing} cell: {reason}")]
     LockUnsupported {

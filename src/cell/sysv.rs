@@ -22,7 +22,8 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     ///
     /// A System V segment has no descriptor: only
     /// [`RobustMutex`](crate::RobustMutex) can guard it
-    /// ([`Error::LockUnsupported`] for the others). How initialisation is
+    /// ([`Error::LockUnsupported`] for `FileLock`, `NamedSemaphore` and
+    /// `RobustRwLock`). How initialisation is
     /// made safe without descriptor locks (`shm_nattch` and a claim on the
     /// header's state word) is in the README ("System V segments").
     ///
