@@ -184,6 +184,22 @@ pub enum Error {
         needed: u32,
     },
 
+    /// The lock backend cannot guard a cell of this backing: refused before
+    /// anything is created or attached. A System V segment has no
+    /// descriptor, so neither `flock` ([`FileLock`](crate::FileLock)) nor
+    /// the liveness tokens of the semaphore and reader-writer backends
+    /// (open-file-description locks on the segment) can work on it; use
+    /// [`RobustMutex`](crate::RobustMutex).
+    #[error("the {backend} lock cannot guard a {backing} cell: {reason}")]
+    LockUnsupported {
+        /// The lock backend (`flock`, `semaphore`).
+        backend: &'static str,
+        /// The backing (`System V`).
+        backing: &'static str,
+        /// Why.
+        reason: &'static str,
+    },
+
     /// Any other operating-system error, with the operation that failed.
     #[error("{op} failed: {source}")]
     Io {

@@ -146,7 +146,7 @@ pub use lock::{
     FileLock, FileLockGuard, FileLockOptions, FileLockSharedGuard, LockBackend, NamedSemaphore,
     RobustMutex, RobustMutexGuard, RobustRwLock, SemaphoreError, SemaphoreOptions,
 };
-pub use segment::{Backing, CreateOptions, Segment};
+pub use segment::{Backing, CreateOptions, Segment, SysvKey};
 pub use shm_safe::ShmSafe;
 /// Derives [`ShmSafe`](trait@ShmSafe) for a `#[repr(C)]` struct of
 /// `ShmSafe` fields, checked at compile time (feature `derive`; see the

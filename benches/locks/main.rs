@@ -21,6 +21,7 @@
 
 mod contend;
 mod harness;
+mod kinds;
 mod procs;
 mod raw;
 
@@ -441,6 +442,9 @@ fn register<'a>(b: &mut Bench<'a>, big: &'a str) {
             max: 20.0,
         },
     );
+    // Per kind of backing (benches/locks/kinds.rs).
+    kinds::register(b);
+
     b.target(
         "lock cost flat in value size: 64 MiB / 4 KiB within 0.9..1.1",
         ratio(

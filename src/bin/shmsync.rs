@@ -10,6 +10,11 @@
 //! `inspect --json` prints one such object with an extra `header` object;
 //! `clean --json` prints an array of `{name, action, reason, state, leftover}`;
 //! `unlink --json` prints `{name, action: "removed", state, attached}`.
+//! `sysv list --json` prints an array of System V segments (`key` as
+//! `0x…`, `id`, `state`, `reason`, `stale`, `size`, `uid`, `mode`,
+//! `nattch`, `removed`, `creator_pid`, `lock_kind`, `lock_state`,
+//! `holder_*`, `age_secs`, `value_size`, `type_tag`); `sysv clean --json`
+//! an array of `{key, id, action, reason}`.
 //! Field names are stable; `null` means "not known / not applicable".
 //!
 //! | field | type | meaning |
@@ -159,6 +164,79 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// System V segments (`ipcs -m`): list, inspect, clean.
+    #[command(subcommand)]
+    Sysv(SysvCommand),
+}
+
+/// `shmsync sysv …` (see `sysv_cli` at the end of this file).
+#[derive(Subcommand)]
+enum SysvCommand {
+    /// List every System V segment readable here (walking the kernel's
+    /// table with shmctl(SHM_STAT)); segments that are not shmsync's are
+    /// shown as foreign.
+    ///
+    /// Columns: KEY, ID, SIZE, LOCK, STATE, NATTCH (shm_nattch), UID, MODE,
+    /// STALE (`sysv clean` would remove it), REASON.
+    #[command(after_help = "Examples:\n  shmsync sysv list\n  shmsync sysv list --json")]
+    List {
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one segment: its kernel status and header.
+    #[command(
+        after_help = "Examples:\n  shmsync sysv inspect --key 0x4d2\n  shmsync sysv inspect --id 32769"
+    )]
+    Inspect {
+        #[command(flatten)]
+        target: SysvTarget,
+        /// Print a JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove (IPC_RMID) the shmsync segments that provably crashed:
+    /// shm_nattch is 0 AND the header says so (abandoned initialisation,
+    /// owner died, holder dead, not recoverable). Needs a scope: --all, or
+    /// --key / --id; with none, nothing is removed.
+    #[command(
+        after_help = "Examples:\n  shmsync sysv clean --all --dry-run\n  shmsync sysv clean --key 0x4d2"
+    )]
+    Clean {
+        /// Every segment in the table.
+        #[arg(long, conflicts_with_all = ["key", "id"])]
+        all: bool,
+        #[command(flatten)]
+        target: SysvTargetOpt,
+        /// Only show what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print a JSON array of {key, id, action, reason}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct SysvTarget {
+    /// The segment's key (decimal, or hex with 0x).
+    #[arg(long, value_parser = parse_key)]
+    key: Option<i32>,
+    /// The segment's id (shmid).
+    #[arg(long)]
+    id: Option<i32>,
+}
+
+#[derive(clap::Args)]
+#[group(required = false, multiple = false)]
+struct SysvTargetOpt {
+    /// The segment's key (decimal, or hex with 0x).
+    #[arg(long, value_parser = parse_key)]
+    key: Option<i32>,
+    /// The segment's id (shmid).
+    #[arg(long)]
+    id: Option<i32>,
 }
 
 /// `x` and `/dev/shm/x` both mean `/x`.
@@ -353,6 +431,7 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::Sysv(cmd) => return sysv_cli(cmd).map_err(Failure::from),
         Command::Unlink { name, json } => {
             let name = object_name(&name);
             let done = inspect::unlink(&name).map_err(err)?;
@@ -560,4 +639,142 @@ fn print_table(rows: &[Inspection]) {
     for row in &table {
         line(&mut out, row);
     }
+}
+
+// ------------------------------------------------------------ System V
+
+fn parse_key(s: &str) -> Result<i32, String> {
+    let v = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16).map(|v| v as i32),
+        None => s.parse::<i32>(),
+    };
+    v.map_err(|e| format!("not a key: {e}"))
+}
+
+fn sysv_ref(key: Option<i32>, id: Option<i32>) -> Option<inspect::SysvRef> {
+    match (key, id) {
+        (Some(k), _) => Some(inspect::SysvRef::Key(k)),
+        (_, Some(id)) => Some(inspect::SysvRef::Id(id)),
+        _ => None,
+    }
+}
+
+fn sysv_json(i: &inspect::SysvInspection) -> Value {
+    json!({
+        "key": i.key_hex(),
+        "id": i.id,
+        "state": i.state.name(),
+        "reason": i.reason,
+        "stale": i.stale,
+        "size": i.size,
+        "uid": i.uid,
+        "mode": format!("{:04o}", i.mode),
+        "nattch": i.attached_count,
+        "removed": i.removed,
+        "creator_pid": i.creator_pid,
+        "lock_kind": i.lock.kind.map(|k| k.name()),
+        "lock_state": i.lock.state.name(),
+        "holder_tid": i.lock.holder.and_then(|h| h.tid),
+        "holder_pid": i.lock.holder.and_then(|h| h.pid),
+        "holder_alive": i.lock.holder.and_then(|h| h.alive),
+        "age_secs": i.age.map(|a| a.as_secs()),
+        "value_size": i.header.as_ref().map(|h| h.value_size),
+        "type_tag": i.header.as_ref().map(|h| format!("{:#x}", h.type_tag)),
+    })
+}
+
+fn sysv_cli(cmd: SysvCommand) -> Result<ExitCode, String> {
+    let err = |e: shmsync::Error| inspect::error_line(&e);
+    match cmd {
+        SysvCommand::List { json } => {
+            let rows = inspect::list_sysv().map_err(err)?;
+            if json {
+                print_json(&Value::Array(rows.iter().map(sysv_json).collect()));
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
+                "{:<10} {:>10} {:>10} {:<13} {:<16} {:>6} {:>6} {:<5} {:<5} REASON",
+                "KEY", "ID", "SIZE", "LOCK", "STATE", "NATTCH", "UID", "MODE", "STALE"
+            );
+            for i in &rows {
+                let _ = writeln!(
+                    out,
+                    "{:<10} {:>10} {:>10} {:<13} {:<16} {:>6} {:>6} {:<5} {:<5} {}",
+                    i.key_hex(),
+                    i.id,
+                    i.size,
+                    i.lock.kind.map_or("-", |k| k.name()),
+                    i.state.name(),
+                    i.attached_count,
+                    i.uid,
+                    format!("{:04o}", i.mode),
+                    if i.stale { "yes" } else { "no" },
+                    i.reason.as_deref().unwrap_or(""),
+                );
+            }
+        }
+        SysvCommand::Inspect { target, json } => {
+            let r = sysv_ref(target.key, target.id).ok_or("give --key or --id")?;
+            let i = inspect::inspect_sysv(r).map_err(err)?;
+            if json {
+                print_json(&sysv_json(&i));
+            } else {
+                let v = sysv_json(&i);
+                let mut out = std::io::stdout().lock();
+                if let Value::Object(m) = v {
+                    for (k, v) in m {
+                        let _ = writeln!(out, "{k:<13} {v}");
+                    }
+                }
+            }
+        }
+        SysvCommand::Clean {
+            all,
+            target,
+            dry_run,
+            json,
+        } => {
+            let scope = match (all, sysv_ref(target.key, target.id)) {
+                (true, _) => inspect::SysvScope::All,
+                (false, Some(r)) => inspect::SysvScope::One(r),
+                (false, None) => {
+                    eprintln!(
+                        "shmsync: sysv clean removes nothing without a scope: \
+                         give --all, --key or --id"
+                    );
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let outcomes = inspect::clean_sysv(scope, dry_run).map_err(err)?;
+            if json {
+                let rows = outcomes
+                    .iter()
+                    .map(|o| {
+                        json!({
+                            "key": format!("{:#010x}", o.key as u32),
+                            "id": o.id,
+                            "action": o.action.name(),
+                            "reason": o.reason,
+                        })
+                    })
+                    .collect();
+                print_json(&Value::Array(rows));
+            } else {
+                let mut out = std::io::stdout().lock();
+                for o in &outcomes {
+                    let _ = writeln!(
+                        out,
+                        "{:#010x} {:>10} {:<12} {}",
+                        o.key as u32,
+                        o.id,
+                        o.action.name(),
+                        o.reason
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,7 @@ mod file;
 mod guard;
 mod read;
 mod snapshot;
+mod sysv;
 mod wait;
 
 use std::marker::PhantomData;
@@ -80,7 +81,10 @@ pub use wait::WaitTimeoutResult;
 /// ([`create_anonymous`](Self::create_anonymous),
 /// [`receive_from`](Self::receive_from)), or in a file that survives
 /// reboots ([`create_file`](Self::create_file),
-/// [`open_file`](Self::open_file)); [`backing`](Self::backing) says which.
+/// [`open_file`](Self::open_file)), or in a System V segment
+/// ([`create_sysv`](Self::create_sysv), [`open_sysv`](Self::open_sysv),
+/// [`create_private_sysv`](Self::create_private_sysv));
+/// [`backing`](Self::backing) says which.
 /// Values bigger than a thread's stack are made without building a `T`:
 /// [`create_zeroed`](Self::create_zeroed),
 /// [`create_in_place`](Self::create_in_place) and their variants.
@@ -634,6 +638,11 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     /// # Ok(()) }
     /// ```
     pub fn is_unlinked(&self) -> bool {
+        if let Some(st) = self.seg.sysv_stat() {
+            // A System V segment has no name: "unlinked" is marked for
+            // removal (IPC_RMID), its key free.
+            return st.removed();
+        }
         // `fstat` on a descriptor we own cannot fail; if it did, we know
         // nothing and say "still linked".
         sys::fd::fstat(self.seg.fd()).is_ok_and(|st| st.nlink() == 0)

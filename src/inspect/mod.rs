@@ -105,6 +105,16 @@
 //! takes a name, not a descriptor. Companion objects of the cell (e.g. its
 //! semaphore) go with it.
 //!
+//! # System V segments
+//!
+//! [`list_sysv`] walks the kernel's table (`shmctl(SHM_INFO)`, then
+//! `SHM_STAT` of each index), [`inspect_sysv`] reads one by key or id, both
+//! with `shmctl(IPC_STAT)` and a *read-only* `shmat` (a System V segment
+//! cannot shrink: reading it cannot fault; it is never attached
+//! read-write here). Attachment is the kernel's `shm_nattch`.
+//! [`clean_sysv`] needs an explicit [`SysvScope`] and removes only what
+//! nobody is attached to *and* whose header says it crashed.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -126,6 +136,7 @@
 mod clean;
 mod fields;
 mod read;
+mod sysv;
 
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -146,6 +157,9 @@ pub use clean::{
 };
 pub use fields::{describe_type, Field};
 use read::examine;
+pub use sysv::{
+    clean_sysv, inspect_sysv, list_sysv, SysvCleanOutcome, SysvInspection, SysvRef, SysvScope,
+};
 
 /// Where glibc keeps POSIX shared-memory objects.
 pub const SHM_DIR: &str = "/dev/shm";

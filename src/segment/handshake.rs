@@ -122,7 +122,7 @@ impl Segment {
         let info = header::decode(&bytes);
         let mut seg = Segment {
             map,
-            fd,
+            fd: Some(fd),
             name: name.into(),
             info,
             counted_by: 0,
@@ -139,7 +139,11 @@ impl Segment {
 
     /// Writes header, lock and value into a fresh mapping, publishes Ready
     /// and converts the write lock into the attach lock.
-    fn fill(seg: &Segment, bytes: &[u8; HEADER_SIZE], init: Init<'_>) -> Result<(), Error> {
+    pub(super) fn fill(
+        seg: &Segment,
+        bytes: &[u8; HEADER_SIZE],
+        init: Init<'_>,
+    ) -> Result<(), Error> {
         // SAFETY: the mapping is `total_size ≥ HEADER_SIZE` bytes, freshly
         // zeroed by the truncation, and nobody else maps it while we hold
         // the write lock. The state word (and what follows) is stored below.
@@ -183,6 +187,11 @@ impl Segment {
             .store(seg.info.pid_namespace, std::sync::atomic::Ordering::Relaxed);
         state.store(STATE_READY, std::sync::atomic::Ordering::Release);
         init_step(InitStep::Published);
+        if seg.fd.is_none() {
+            // A System V segment: no descriptor, no lock to convert (its
+            // creator's attachment is what `shm_nattch` counts).
+            return Ok(());
+        }
         // Atomic write → read conversion: no window in which a cleaner could
         // find the live segment unlocked.
         let ok = sys::fd_lock::ofd_try_set(seg.fd(), OfdLock::Read, ATTACH_BYTE, 1)
@@ -205,7 +214,7 @@ impl Segment {
                     let map = Mapping::new(fd.as_fd(), info.total_size as usize)?;
                     let mut seg = Segment {
                         map,
-                        fd,
+                        fd: Some(fd),
                         name: name.into(),
                         info,
                         counted_by: 0,
@@ -536,7 +545,7 @@ impl Backoff {
 
 /// The creator's identity, read here so that the header module only
 /// formats.
-fn creator() -> header::Creator {
+pub(super) fn creator() -> header::Creator {
     header::Creator {
         pid: sys::proc::getpid(),
         pid_namespace: sys::proc::pid_namespace(),

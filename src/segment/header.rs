@@ -26,7 +26,7 @@
 //! | 156 | `suspect` | `0` none; `1` the value was left half-updated by a holder that panicked or whose owner-died error was converted away unrepaired: the next locker gets `OwnerDied`; `2` such a guard was dropped unrepaired: `NotRecoverable` (written only under the lock) |
 //! | 160 | `handles` | handles attached and not yet dropped normally (a killed process never decrements it: non-zero with nobody attached means a crash; see [below](#the-handles-word)) |
 //! | 164 | reserved, zero | |
-//! | 168 | `attach_pid_ns` | pid namespace of the processes attached now (re-recorded when the first attaches to an unattached segment) |
+//! | 168 | `attach_pid_ns` | pid namespace of the processes attached now (re-recorded when the first attaches to an unattached segment; on a System V segment bit 63 marks a record being changed) |
 //! | 176 | `boot_id` | `/proc/sys/kernel/random/boot_id` of the boot the lock state belongs to (file-backed segments) |
 //! | 192 | `snapshot_offset` | `0`: no snapshots; else the offset of the snapshot area after the value (sequence word, two published copies of the value; see [`SNAPSHOT_ALIGN`]). Written once before Ready; cross-checked with `total_size` |
 //! | 200..256 | reserved, zero | |
@@ -83,6 +83,10 @@
 //! the whole initialisation and converts it atomically into a shared lock
 //! once it has stored `Ready` (Release). An opener takes the shared lock
 //! (so it waits for a live creator), then loads `state` (Acquire).
+//! A System V segment has no descriptor to lock: its creator claims it with
+//! a compare-and-swap of `state` from Uninit to Initialising and stays
+//! attached, and the kernel's `shm_nattch` tells a live creator from a dead
+//! one (see `segment/sysv.rs`).
 
 use std::sync::atomic::{AtomicU32, AtomicU64};
 

@@ -38,6 +38,10 @@
 //! checks the seals, then attaches through a description of its own) and
 //! files on a local filesystem (`file.rs`: through a path; the header's
 //! `boot_id` resets the lock state on the first open after a reboot).
+//! System V segments (`sysv.rs`) have no descriptor: they are validated
+//! through `shmctl(IPC_STAT)` and a read-only `shmat`, and their handshake
+//! uses the kernel's `shm_nattch` and a claim on the header's state word
+//! instead of the byte-0 lock (the design is in that file).
 
 mod file;
 mod handles;
@@ -47,6 +51,7 @@ pub mod header;
 pub(crate) mod liveness;
 mod memfd;
 pub(crate) mod name;
+pub(crate) mod sysv;
 mod validate;
 
 pub(crate) use handshake::{Backoff, ATTACH_BYTE, INIT_WAIT};
@@ -63,6 +68,7 @@ use crate::sys;
 pub use file::set_boot_id_override;
 pub use header::{HeaderInfo, LockKind, SegmentSpec};
 pub use name::MAX_SHM_NAME;
+pub use sysv::SysvKey;
 
 /// Where a segment's bytes live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -75,6 +81,14 @@ pub enum Backing {
     Memfd,
     /// A regular file on a local filesystem: the value survives a reboot.
     File,
+    /// A System V segment (`shmget`): found by its `key` (0 for an
+    /// `IPC_PRIVATE` segment, or once removed), attached by its `id`.
+    SysV {
+        /// The key it was made with (`IPC_PRIVATE` = 0).
+        key: i32,
+        /// The kernel's id of the segment (`ipcs -m` shows it).
+        id: i32,
+    },
 }
 
 /// Default permission bits of a new object.
@@ -252,7 +266,8 @@ pub struct Segment {
     // Field order matters: the mapping is unmapped before the fd (and with
     // it the attach lock) is closed.
     map: Mapping,
-    fd: OwnedFd,
+    /// `None` for a System V segment, which has no descriptor.
+    fd: Option<OwnedFd>,
     name: String,
     info: HeaderInfo,
     /// The pid of the process that counted this handle in the header's
@@ -265,6 +280,8 @@ pub struct Segment {
 struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
+    /// Attached with `shmat` (detached with `shmdt`), not `mmap`ed.
+    sysv: bool,
 }
 
 impl Mapping {
@@ -280,7 +297,7 @@ impl Mapping {
         let map = Mapping::new(fd.as_fd(), info.total_size as usize)?;
         let mut seg = Segment {
             map,
-            fd,
+            fd: Some(fd),
             name,
             info,
             counted_by: 0,
@@ -301,7 +318,11 @@ impl Mapping {
 
     fn new(fd: BorrowedFd<'_>, len: usize) -> Result<Mapping, Error> {
         let ptr = sys::mman::mmap_shared(fd, len).map_err(|e| Error::io("mmap", e))?;
-        Ok(Mapping { ptr, len })
+        Ok(Mapping {
+            ptr,
+            len,
+            sysv: false,
+        })
     }
 
     fn header(&self) -> &header::RawHeader {
@@ -314,6 +335,12 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        if self.sysv {
+            // SAFETY: the address was returned by shmat, and no borrow of
+            // it outlives its owner (guards borrow their cell).
+            let _ = unsafe { sys::sysv::shmdt(self.ptr) };
+            return;
+        }
         // SAFETY: the mapping was made by mmap_shared with this length, and
         // no borrow of it outlives its owner (guards borrow their cell).
         let _ = unsafe { sys::mman::munmap(self.ptr, self.len) };
@@ -453,8 +480,17 @@ impl Segment {
     }
 
     /// The file descriptor (carries the attach lock; never close it).
+    ///
+    /// # Panics
+    ///
+    /// For a System V segment ([`Backing::SysV`]), which has no descriptor
+    /// (such segments are made only inside [`ShmCell`](crate::ShmCell),
+    /// whose lock backends that need a descriptor refuse them).
     pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.fd
+            .as_ref()
+            .map(AsFd::as_fd)
+            .expect("a System V segment has no file descriptor")
     }
 
     /// The live header words in the mapping.
@@ -465,7 +501,10 @@ impl Segment {
     /// Counts this handle in the header's `handles` word (see [the format
     /// docs](header#the-handles-word)): an opener, once attached and mapped.
     pub(super) fn count_opened(&mut self) {
-        handles::opened(self.header(), self.fd.as_fd());
+        let Some(fd) = &self.fd else {
+            return; // System V: the kernel's shm_nattch is the count
+        };
+        handles::opened(self.header(), fd.as_fd());
         self.counted(sys::proc::getpid());
     }
 

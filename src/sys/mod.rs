@@ -2,7 +2,7 @@
 //! returning `io::Result`, grouped by OS family (one file each): `fd`
 //! (open, stat, chmod, fallocate, pread), `fd_lock` (flock and OFD byte
 //! locks), `shm`, `memfd` (memfd_create, seals), `scm` (descriptors over
-//! Unix sockets), `mman`, `sem`, `pthread`, `futex`, `time`, `fork` (the
+//! Unix sockets), `mman`, `sysv` (System V segments), `sem`, `pthread`, `futex`, `time`, `fork` (the
 //! atfork handler and the descriptors a child must not keep), `proc`
 //! (process identity and liveness) over `procfs` (every `/proc` parser),
 //! `errno` (error numbers by name), and for `testing` `spawn`.
@@ -27,6 +27,7 @@ pub(crate) mod sem;
 pub(crate) mod shm;
 #[cfg(feature = "testing")]
 pub(crate) mod spawn;
+pub(crate) mod sysv;
 pub(crate) mod time;
 
 use std::io;

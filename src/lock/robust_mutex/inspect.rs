@@ -9,13 +9,21 @@ use crate::sys;
 
 /// Reads glibc's `__lock` and `__owner` words of the robust mutex.
 pub(crate) fn describe(area: &LockArea<'_>) -> LockInfo {
-    let foreign_ns = area.foreign_ns;
+    match area.bytes::<{ LOCK_BYTES }>() {
+        Some(b) => describe_bytes(&b, area.foreign_ns),
+        None => LockInfo::unknown(Some(LockKind::RobustMutex)),
+    }
+}
+
+/// How many bytes of the lock area [`describe_bytes`] reads.
+pub(crate) const LOCK_BYTES: usize = word::OWNER_OFFSET + 4;
+
+/// The same, from the first [`LOCK_BYTES`] bytes of the lock area copied
+/// by the caller (a System V segment has no descriptor to `pread`).
+pub(crate) fn describe_bytes(b: &[u8; LOCK_BYTES], foreign_ns: bool) -> LockInfo {
     let mut out = LockInfo::unknown(Some(LockKind::RobustMutex));
-    let Some(b) = area.bytes::<{ word::OWNER_OFFSET + 4 }>() else {
-        return out;
-    };
-    let lock = u32_at(&b, word::LOCK_OFFSET);
-    let owner = u32_at(&b, word::OWNER_OFFSET);
+    let lock = u32_at(b, word::LOCK_OFFSET);
+    let owner = u32_at(b, word::OWNER_OFFSET);
     out.words = vec![
         LockWord {
             name: "lock_word",
