@@ -84,7 +84,8 @@
 //! Segment, header                    named mapping, validated header,
 //!                                    init/attach handshake             (segment/)
 //! sys                                one function per OS call, by OS
-//!                                    family; the only code naming libc (sys/)
+//!                                    family; the only code naming
+//!                                    rustix or libc                    (sys/)
 //! #[derive(ShmSafe)] (feature `derive`,   checked ShmSafe impls, a proc-macro
 //!   on by default)                   crate of the workspace           (shmsync-derive/)
 //! ```

@@ -1,16 +1,26 @@
 //! Descriptors and the files behind them: `open(2)` (always `O_CLOEXEC`),
 //! `stat`/`lstat`/`fstat`, `chmod`/`fchmod`, `ftruncate`,
-//! `posix_fallocate`, `pread`, `fstatfs`, and a new open file description
-//! for an open file (`/proc/self/fd/N`).
+//! `posix_fallocate`, `pread`/`pwrite`, `linkat`, `fsync`, `unlink`,
+//! `fstatfs`, and a new open file description for an open file
+//! (`/proc/self/fd/N`).
+//!
+//! Everything here is rustix's safe wrapper except `posix_fallocate`, which
+//! stays glibc's: rustix has the `fallocate(2)` system call, which fails
+//! with `EOPNOTSUPP` on a filesystem without it, where glibc's
+//! `posix_fallocate(3)` falls back to writing every block (a file-backed
+//! cell may live on such a filesystem).
 
 use std::ffi::CStr;
 use std::io;
-use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
-use super::{cvt, retry_eintr};
+use rustix::fs::{FileType, Mode, OFlags};
+use rustix::io::Errno;
 
-/// The `open(2)` flags the crate uses, by name.
+use super::retry_eintr;
+
+/// The `open(2)` flags the crate uses, by name (the kernel's numbers; the
+/// same for rustix's `OFlags` bits and glibc's `shm_open`).
 pub(crate) mod oflag {
     #[allow(unused_imports)] // the set is the vocabulary, not every name is used yet
     pub(crate) use libc::{
@@ -50,7 +60,7 @@ impl FileKind {
 
 /// The fields of a `struct stat` the crate reads.
 #[derive(Clone, Copy)]
-pub(crate) struct FileStat(libc::stat);
+pub(crate) struct FileStat(rustix::fs::Stat);
 
 impl std::fmt::Debug for FileStat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -63,27 +73,30 @@ impl std::fmt::Debug for FileStat {
     }
 }
 
+// The field types of `struct stat` differ between architectures; the casts
+// are no-ops on some of them.
+#[allow(clippy::unnecessary_cast)]
 impl FileStat {
     /// The file type.
     pub(crate) fn kind(&self) -> FileKind {
-        match self.0.st_mode & libc::S_IFMT {
-            libc::S_IFREG => FileKind::Regular,
-            libc::S_IFDIR => FileKind::Directory,
-            libc::S_IFLNK => FileKind::Symlink,
-            libc::S_IFIFO => FileKind::Fifo,
-            libc::S_IFSOCK => FileKind::Socket,
-            libc::S_IFCHR => FileKind::CharDevice,
-            libc::S_IFBLK => FileKind::BlockDevice,
+        match FileType::from_raw_mode(self.0.st_mode as _) {
+            FileType::RegularFile => FileKind::Regular,
+            FileType::Directory => FileKind::Directory,
+            FileType::Symlink => FileKind::Symlink,
+            FileType::Fifo => FileKind::Fifo,
+            FileType::Socket => FileKind::Socket,
+            FileType::CharacterDevice => FileKind::CharDevice,
+            FileType::BlockDevice => FileKind::BlockDevice,
             _ => FileKind::Unknown,
         }
     }
     /// The permission bits (`st_mode & 0o7777`).
     pub(crate) fn mode(&self) -> u32 {
-        self.0.st_mode & 0o7777
+        self.0.st_mode as u32 & 0o7777
     }
     /// The owner (`st_uid`).
     pub(crate) fn uid(&self) -> u32 {
-        self.0.st_uid
+        self.0.st_uid as u32
     }
     /// The size in bytes (`st_size`).
     pub(crate) fn size(&self) -> u64 {
@@ -91,7 +104,7 @@ impl FileStat {
     }
     /// The device (`st_dev`).
     pub(crate) fn dev(&self) -> u64 {
-        self.0.st_dev
+        self.0.st_dev as u64
     }
     /// The number of names the file has (`st_nlink`): 0 once unlinked.
     #[allow(clippy::unnecessary_cast)] // nlink_t is u32 on some targets
@@ -100,7 +113,7 @@ impl FileStat {
     }
     /// The inode number (`st_ino`).
     pub(crate) fn ino(&self) -> u64 {
-        self.0.st_ino
+        self.0.st_ino as u64
     }
     /// Whether both describe the same file (device and inode).
     pub(crate) fn same_file(&self, other: &FileStat) -> bool {
@@ -108,49 +121,46 @@ impl FileStat {
     }
     /// `major:minor` of the device, as `/proc/PID/fdinfo` prints it.
     pub(crate) fn dev_major_minor(&self) -> (u32, u32) {
-        (libc::major(self.0.st_dev), libc::minor(self.0.st_dev))
+        (rustix::fs::major(self.dev()), rustix::fs::minor(self.dev()))
+    }
+}
+
+/// An offset as the kernel's signed `off_t`: `error` past `i64::MAX`.
+fn off_t(offset: u64, error: Errno) -> io::Result<u64> {
+    if offset > i64::MAX as u64 {
+        Err(error.into())
+    } else {
+        Ok(offset)
     }
 }
 
 /// `fstat(2)`.
 pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<FileStat> {
-    let mut st = MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: `st` is a valid out-pointer for one `stat`; the fd is borrowed
-    // and therefore open for the duration of the call.
-    cvt(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
-    // SAFETY: fstat succeeded, so it filled in the whole struct.
-    Ok(FileStat(unsafe { st.assume_init() }))
+    Ok(FileStat(rustix::fs::fstat(fd)?))
 }
 
 /// `lstat(2)`: like `stat`, but a symbolic link is described, not followed.
 pub(crate) fn lstat(path: &CStr) -> io::Result<FileStat> {
-    let mut st = MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: `path` is NUL-terminated; `st` is a valid out-pointer.
-    cvt(unsafe { libc::lstat(path.as_ptr(), st.as_mut_ptr()) })?;
-    // SAFETY: lstat succeeded, so it filled in the whole struct.
-    Ok(FileStat(unsafe { st.assume_init() }))
+    Ok(FileStat(rustix::fs::lstat(path)?))
 }
 
 /// `fchmod(2)`: sets the mode exactly, whatever the umask was at creation.
 pub(crate) fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
-    // SAFETY: plain system call on a borrowed, open fd.
-    cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) })?;
-    Ok(())
+    Ok(rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))?)
 }
 
 /// `ftruncate(2)`.
 pub(crate) fn ftruncate(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
-    let len = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
-    // SAFETY: plain system call on a borrowed, open fd.
-    retry_eintr(|| cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), len) }))?;
-    Ok(())
+    let len = off_t(len, Errno::FBIG)?;
+    retry_eintr(|| Ok(rustix::fs::ftruncate(fd, len)?))
 }
 
 /// `posix_fallocate(3)`: reserves the pages now, so that running out of
 /// memory on tmpfs is an error here rather than `SIGBUS` on first touch.
-/// (Returns the error number directly, like the pthread family.)
+/// (Returns the error number directly, like the pthread family.) glibc's,
+/// not rustix's `fallocate(2)`: see the module docs.
 pub(crate) fn posix_fallocate(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
-    let len = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    let len = libc::off_t::try_from(len).map_err(|_| io::Error::from(Errno::FBIG))?;
     retry_eintr(|| {
         // SAFETY: plain library call on a borrowed, open fd.
         let r = unsafe { libc::posix_fallocate(fd.as_raw_fd(), 0, len) };
@@ -162,20 +172,13 @@ pub(crate) fn posix_fallocate(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
 pub(crate) fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
-        let off = libc::off_t::try_from(offset + done as u64)
-            .map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+        let off = off_t(offset.saturating_add(done as u64), Errno::OVERFLOW)?;
         let rest = &mut buf[done..];
-        let n = retry_eintr(|| {
-            // SAFETY: `rest` is a valid writable buffer of `rest.len()` bytes.
-            cvt(
-                unsafe { libc::pread(fd.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len(), off) }
-                    as i64,
-            )
-        })?;
+        let n = retry_eintr(|| Ok(rustix::io::pread(fd, &mut *rest, off)?))?;
         if n == 0 {
             break;
         }
-        done += n as usize;
+        done += n;
     }
     Ok(done)
 }
@@ -190,122 +193,100 @@ pub(crate) fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io:
 /// process, and `/dev/shm` is sticky, so only this user (or root) could
 /// have replaced it in between.
 pub(crate) fn chmod(path: &CStr, mode: u32) -> io::Result<()> {
-    // SAFETY: `path` is NUL-terminated.
-    cvt(unsafe { libc::chmod(path.as_ptr(), mode as libc::mode_t) })?;
-    Ok(())
+    Ok(rustix::fs::chmod(path, Mode::from_raw_mode(mode))?)
 }
 
 /// `open(2)` with `O_CLOEXEC` added: the descriptor (and the lock on its
 /// open file description) must not leak into programs this process
 /// `exec`s.
-pub(crate) fn open(path: &CStr, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
-    let fd = retry_eintr(|| {
-        // SAFETY: `path` is NUL-terminated; the call returns a new fd or -1.
-        cvt(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) })
-    })?;
-    // SAFETY: `fd` is a freshly opened descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+pub(crate) fn open(path: &CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    let flags = OFlags::from_bits_retain(flags as u32) | OFlags::CLOEXEC;
+    retry_eintr(|| Ok(rustix::fs::open(path, flags, Mode::from_raw_mode(mode))?))
 }
 
 /// `open(dir, O_TMPFILE|O_RDWR|O_CLOEXEC, mode)`: a new regular file in the
 /// filesystem of `dir` that has no name yet (see [`link_fd`]; without
 /// `O_EXCL`, so that it can be linked).
 pub(crate) fn open_tmpfile(dir: &CStr, mode: u32) -> io::Result<OwnedFd> {
-    open(dir, libc::O_TMPFILE | libc::O_RDWR, mode)
+    open(dir, oflag::O_TMPFILE | oflag::O_RDWR, mode)
+}
+
+/// `/proc/self/fd/N`: the path through which `fd`'s file can be opened
+/// again (or linked).
+fn proc_self_fd(fd: BorrowedFd<'_>) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
 /// `linkat("/proc/self/fd/N", AT_FDCWD, path, AT_SYMLINK_FOLLOW)`: gives the
 /// unnamed file `fd` (from [`open_tmpfile`]) the name `path`. Fails with
 /// `EEXIST` if the name is taken: it never replaces anything.
 pub(crate) fn link_fd(fd: BorrowedFd<'_>, path: &CStr) -> io::Result<()> {
-    let src = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .expect("no NUL in a number");
+    use rustix::fs::{AtFlags, CWD};
+    let src = proc_self_fd(fd);
     retry_eintr(|| {
-        // SAFETY: both paths are NUL-terminated; plain system call.
-        cvt(unsafe {
-            libc::linkat(
-                libc::AT_FDCWD,
-                src.as_ptr(),
-                libc::AT_FDCWD,
-                path.as_ptr(),
-                libc::AT_SYMLINK_FOLLOW,
-            )
-        })
-    })?;
-    Ok(())
+        Ok(rustix::fs::linkat(
+            CWD,
+            &*src,
+            CWD,
+            path,
+            AtFlags::SYMLINK_FOLLOW,
+        )?)
+    })
 }
 
 /// `pwrite(2)` of the whole of `buf` at `offset`.
 pub(crate) fn pwrite_all(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Result<()> {
     let mut done = 0;
     while done < buf.len() {
-        let off = libc::off_t::try_from(offset + done as u64)
-            .map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+        let off = off_t(offset.saturating_add(done as u64), Errno::OVERFLOW)?;
         let rest = &buf[done..];
-        let n = retry_eintr(|| {
-            // SAFETY: `rest` is a valid readable buffer of `rest.len()` bytes.
-            cvt(
-                unsafe { libc::pwrite(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len(), off) }
-                    as i64,
-            )
-        })?;
+        let n = retry_eintr(|| Ok(rustix::io::pwrite(fd, rest, off)?))?;
         if n == 0 {
-            return Err(io::Error::from_raw_os_error(libc::EIO));
+            return Err(Errno::IO.into());
         }
-        done += n as usize;
+        done += n;
     }
     Ok(())
 }
 
 /// `fsync(2)`.
 pub(crate) fn fsync(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: plain fsync on a borrowed (open) descriptor.
-    retry_eintr(|| cvt(unsafe { libc::fsync(fd.as_raw_fd()) }))?;
-    Ok(())
+    retry_eintr(|| Ok(rustix::fs::fsync(fd)?))
 }
 
 /// `unlink(2)`.
 pub(crate) fn unlink(path: &CStr) -> io::Result<()> {
-    // SAFETY: `path` is NUL-terminated.
-    cvt(unsafe { libc::unlink(path.as_ptr()) })?;
-    Ok(())
+    Ok(rustix::fs::unlink(path)?)
 }
 
 /// `stat(2)` (follows symbolic links, as `open` does).
 pub(crate) fn stat(path: &CStr) -> io::Result<FileStat> {
-    let mut st = MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: `path` is NUL-terminated; `st` is a valid out-pointer.
-    cvt(unsafe { libc::stat(path.as_ptr(), st.as_mut_ptr()) })?;
-    // SAFETY: stat succeeded, so it filled in the whole struct.
-    Ok(FileStat(unsafe { st.assume_init() }))
+    Ok(FileStat(rustix::fs::stat(path)?))
 }
 
 /// A new open file description for the file `fd` refers to
 /// (`open("/proc/self/fd/N", O_RDONLY|O_NONBLOCK|O_NOCTTY|O_CLOEXEC)`), so
 /// that a lock taken through it conflicts with locks taken through `fd`.
 pub(crate) fn reopen(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    let path = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .expect("no NUL in a number");
-    open(&path, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY, 0)
+    let path = std::ffi::CString::new(proc_self_fd(fd)).expect("no NUL in a number");
+    open(
+        &path,
+        oflag::O_RDONLY | oflag::O_NONBLOCK | oflag::O_NOCTTY,
+        0,
+    )
 }
 
 /// Like [`reopen`], read-write (`O_RDWR`): a description of its own that
 /// can be mapped writable.
 pub(crate) fn reopen_rdwr(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    let path = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .expect("no NUL in a number");
-    open(&path, libc::O_RDWR | libc::O_NOCTTY, 0)
+    let path = std::ffi::CString::new(proc_self_fd(fd)).expect("no NUL in a number");
+    open(&path, oflag::O_RDWR | oflag::O_NOCTTY, 0)
 }
 
 /// `fstatfs(2)`: the magic number (`f_type`) of the filesystem `fd` lives
 /// on, as the kernel's 32-bit constant.
 pub(crate) fn fs_magic(fd: BorrowedFd<'_>) -> io::Result<u32> {
-    let mut st = MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: `st` is a valid out-pointer for one `statfs`; the fd is
-    // borrowed, so open for the call.
-    retry_eintr(|| cvt(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) }))?;
-    // SAFETY: fstatfs succeeded, so it filled in the whole struct.
-    let st = unsafe { st.assume_init() };
+    let st = retry_eintr(|| Ok(rustix::fs::fstatfs(fd)?))?;
     // `f_type` is a `long` (or `int`) holding a 32-bit magic; the cast keeps
     // those 32 bits whatever the sign the C type gave them.
     Ok(st.f_type as u32)

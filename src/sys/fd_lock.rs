@@ -11,6 +11,11 @@
 //! that conversion is *not* atomic (the old lock is dropped first), while
 //! an OFD write→read conversion is. The two families are independent of
 //! each other on the same file.
+//!
+//! `flock` is rustix's. The byte-range locks stay on libc: rustix's
+//! `fcntl_lock` takes an OFD lock on the whole file only (start 0, length
+//! 0) and has no `F_OFD_GETLK`, and the crate locks single bytes (the
+//! attach byte, liveness tokens at 2^62 + token) and asks who holds them.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -33,17 +38,16 @@ pub(crate) enum FlockOp {
 /// caller decides (see [`retry_eintr`]).
 #[inline]
 pub(crate) fn flock(fd: BorrowedFd<'_>, op: FlockOp, nonblocking: bool) -> io::Result<()> {
-    let mut raw = match op {
-        FlockOp::Shared => libc::LOCK_SH,
-        FlockOp::Exclusive => libc::LOCK_EX,
-        FlockOp::Unlock => libc::LOCK_UN,
+    use rustix::fs::FlockOperation as F;
+    let op = match (op, nonblocking) {
+        (FlockOp::Shared, false) => F::LockShared,
+        (FlockOp::Shared, true) => F::NonBlockingLockShared,
+        (FlockOp::Exclusive, false) => F::LockExclusive,
+        (FlockOp::Exclusive, true) => F::NonBlockingLockExclusive,
+        (FlockOp::Unlock, false) => F::Unlock,
+        (FlockOp::Unlock, true) => F::NonBlockingUnlock,
     };
-    if nonblocking {
-        raw |= libc::LOCK_NB;
-    }
-    // SAFETY: plain system call on a borrowed, open descriptor.
-    cvt(unsafe { libc::flock(fd.as_raw_fd(), raw) })?;
-    Ok(())
+    Ok(rustix::fs::flock(fd, op)?)
 }
 
 /// The kind of byte-range lock.

@@ -15,8 +15,12 @@
 //! The handler runs in the child between `fork` and the return to user
 //! code, where only async-signal-safe calls are allowed: it reads a fixed
 //! array of atomics and calls `dup3`, nothing else.
+//!
+//! `pthread_atfork` and that `dup3` stay on libc: rustix has no atfork, and
+//! its `dup3` replaces an `OwnedFd` of the caller's, where the handler has
+//! only numbers from a table.
 
-use std::os::fd::RawFd;
+use std::os::fd::{IntoRawFd, RawFd};
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::sync::Once;
 
@@ -31,9 +35,13 @@ static INIT: Once = Once::new();
 
 fn init() {
     INIT.call_once(|| {
-        // SAFETY: NUL-terminated path; the descriptor is kept for the life
-        // of the process (never closed), close-on-exec.
-        let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        // Kept for the life of the process (never closed), close-on-exec.
+        let fd = rustix::fs::open(
+            c"/dev/null",
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_or(-1, IntoRawFd::into_raw_fd);
         PLACEHOLDER.store(fd, Ordering::SeqCst);
         register_fork_handler();
     });

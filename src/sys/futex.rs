@@ -1,11 +1,16 @@
-//! Non-private `futex(2)` wait and wake on a 32-bit word in shared memory.
+//! Non-private `futex(2)` wait and wake on a 32-bit word in shared memory,
+//! over rustix's safe `futex` (which takes the word as `&AtomicU32`).
 //!
-//! No `FUTEX_PRIVATE_FLAG`: the word is shared between processes, and the
-//! kernel must key waiters by the physical page, not by this address space.
+//! No `FUTEX_PRIVATE_FLAG` ([`Flags::empty`]): the word is shared between
+//! processes, and the kernel must key waiters by the physical page, not by
+//! this address space.
 
 use std::io;
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
+
+use rustix::io::Errno;
+use rustix::thread::futex::{self, Flags};
 
 use super::time::relative_timespec;
 
@@ -15,52 +20,15 @@ use super::time::relative_timespec;
 /// condition in every case.
 pub(crate) fn wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> io::Result<()> {
     let ts = timeout.map(relative_timespec);
-    let ts_ptr = ts
-        .as_ref()
-        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: `word` is a valid, aligned 32-bit atomic for the whole call;
-    // `ts_ptr` is null or points to a timespec that outlives the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            expected,
-            ts_ptr,
-            0usize,
-            0u32,
-        )
-    };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EAGAIN) | Some(libc::EINTR) | Some(libc::ETIMEDOUT) => Ok(()),
-            _ => Err(e),
-        }
-    } else {
-        Ok(())
+    match futex::wait(word, Flags::empty(), expected, ts.as_ref()) {
+        Ok(()) | Err(Errno::AGAIN | Errno::INTR | Errno::TIMEDOUT) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
 /// `futex(FUTEX_WAKE)`: wakes up to `n` waiters; returns how many woke.
 pub(crate) fn wake(word: &AtomicU32, n: u32) -> io::Result<u32> {
     let n = n.min(i32::MAX as u32);
-    // SAFETY: `word` is a valid, aligned 32-bit atomic; FUTEX_WAKE only
-    // uses its address as a key.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE,
-            n,
-            0usize,
-            0usize,
-            0u32,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as u32)
-    }
+    let woke = futex::wake(word, Flags::empty(), n)?;
+    Ok(woke as u32)
 }

@@ -1,4 +1,4 @@
-//! The only code that calls `libc`: one small function per OS call, each
+//! The only code that makes OS calls: one small function per call, each
 //! returning `io::Result`, grouped by OS family (one file each): `fd`
 //! (open, stat, chmod, fallocate, pread), `fd_lock` (flock and OFD byte
 //! locks), `shm`, `memfd` (memfd_create, seals), `scm` (descriptors over
@@ -7,8 +7,23 @@
 //! (process identity and liveness) over `procfs` (every `/proc` parser),
 //! `errno` (error numbers by name), and for `testing` `spawn`.
 //!
+//! Two libraries, and only here: rustix where it has a safe wrapper for the
+//! call (file and descriptor calls, `flock`, memfd and seals, `futex`,
+//! `clock_gettime`, pids and `kill`, `pidfd_open`, `prctl`, pipes, `poll`,
+//! `SCM_RIGHTS`), converting its `Errno` with `io::Error::from`; libc where
+//! rustix has nothing or does something else: pthread mutexes and
+//! `pthread_mutex_clocklock`, named semaphores and `sem_clockwait`, glibc's
+//! `shm_open` (rustix's `shm::open` keeps a leading slash and does not add
+//! `O_NOFOLLOW`), open-file-description *byte-range* locks (rustix's
+//! `fcntl_lock` locks the whole file), `pthread_atfork`,
+//! `posix_fallocate` (glibc's falls back where `fallocate(2)` is not
+//! supported), `mmap`/`munmap`/`msync` (unsafe in rustix too), `_exit`,
+//! and the calls on bare descriptor numbers that may not be open (the
+//! atfork handler's `dup3`, `testing`'s adoption probes). rustix types do
+//! not leave this module.
+//!
 //! Two C error conventions live here and are kept apart: functions of the
-//! `-1`-and-`errno` family (`shm_open`, `fcntl`, `sem_*`, `flock`, …) go
+//! `-1`-and-`errno` family (`shm_open`, `fcntl`, `sem_*`, …) go
 //! through [`cvt`]; the `pthread_*` family returns the error number directly
 //! and goes through [`cvt_pthread`].
 

@@ -1,27 +1,26 @@
 //! Process identity and liveness: `getpid`, `geteuid`, `gettid`,
 //! `kill(pid, 0)`, `/proc/self/ns/pid`, and whether a recorded process
-//! (pid + start time) still runs, read through [`super::procfs`].
+//! (pid + start time) still runs, read through [`super::procfs`]. All
+//! system calls here are rustix's.
 
 use std::io;
 
-use super::cvt;
+use rustix::io::Errno;
+use rustix::process::Pid;
 
 /// `getpid(2)`.
 pub(crate) fn getpid() -> u32 {
-    // SAFETY: getpid cannot fail.
-    unsafe { libc::getpid() as u32 }
+    rustix::process::getpid().as_raw_nonzero().get() as u32
 }
 
 /// `geteuid(2)`.
 pub(crate) fn geteuid() -> u32 {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() }
+    rustix::process::geteuid().as_raw()
 }
 
 /// `gettid(2)`.
 pub(crate) fn gettid() -> u32 {
-    // SAFETY: gettid cannot fail.
-    unsafe { libc::gettid() as u32 }
+    rustix::thread::gettid().as_raw_nonzero().get() as u32
 }
 
 /// `atexit(3)`: `f` runs when the process ends through `exit` (which a
@@ -33,15 +32,18 @@ pub(crate) fn at_exit(f: extern "C" fn()) -> bool {
     unsafe { libc::atexit(f) == 0 }
 }
 
-/// `kill(2)` with a signal number.
-pub(crate) fn kill(pid: u32, sig: libc::c_int) -> io::Result<()> {
-    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
-    if pid <= 0 {
-        return Err(io::Error::from_raw_os_error(libc::ESRCH));
-    }
-    // SAFETY: plain system call; a positive pid names one process.
-    cvt(unsafe { libc::kill(pid, sig) })?;
-    Ok(())
+/// The rustix `Pid` for a recorded pid: `ESRCH` for 0 and numbers past
+/// `i32::MAX` (no process has them; a negative `pid_t` would name a group).
+pub(crate) fn to_pid(pid: u32) -> io::Result<Pid> {
+    i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| Errno::SRCH.into())
+}
+
+/// `kill(pid, 0)`: whether the process exists and may be signalled.
+pub(crate) fn test_kill(pid: u32) -> io::Result<()> {
+    Ok(rustix::process::test_kill_process(to_pid(pid)?)?)
 }
 
 /// Whether the process `pid` that started at `start` (clock ticks; 0 =
@@ -55,7 +57,8 @@ pub(crate) fn kill(pid: u32, sig: libc::c_int) -> io::Result<()> {
 ///   hides other users' processes (`hidepid`): `kill(pid, 0)` decides,
 ///   and a process we may not signal counts as alive.
 pub(crate) fn is_alive(pid: u32, start: u64) -> bool {
-    let signalable = || !matches!(kill(pid, 0), Err(e) if e.raw_os_error() == Some(libc::ESRCH));
+    let signalable =
+        || !matches!(test_kill(pid), Err(e) if e.raw_os_error() == Some(super::errno::ESRCH));
     match super::procfs::stat_state_and_start(pid) {
         Ok(None) | Err(_) => signalable(),
         Ok(Some((_, started))) if start != 0 && started != start => false,
@@ -73,6 +76,7 @@ pub(crate) fn pid_namespace() -> u64 {
         .unwrap_or(0)
 }
 
+#[cfg(feature = "testing")]
 pub(crate) use super::procfs::stat_state_and_start;
 
 #[cfg(feature = "testing")]
@@ -81,12 +85,11 @@ pub(crate) use super::procfs::stat_state_and_start;
 /// Call it only while the group's leader is not reaped yet (its pid then
 /// still names the group, so the number cannot have been reused).
 pub(crate) fn sigkill_group(pgid: u32) -> io::Result<()> {
-    let pgid =
-        libc::pid_t::try_from(pgid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
     if pgid <= 1 {
-        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        return Err(Errno::SRCH.into());
     }
-    // SAFETY: plain system call; a negative number names one process group.
-    cvt(unsafe { libc::kill(-pgid, libc::SIGKILL) })?;
-    Ok(())
+    Ok(rustix::process::kill_process_group(
+        to_pid(pgid)?,
+        rustix::process::Signal::KILL,
+    )?)
 }

@@ -2,22 +2,30 @@
 //! feature: `pidfd_open(2)`, `prctl(PR_SET_PDEATHSIG)`, `getppid(2)`,
 //! `_exit(2)`; pipes and readiness: `pipe2(2)`, `fcntl(2)` (`F_SETFL
 //! O_NONBLOCK`, `F_SETFD FD_CLOEXEC`), `poll(2)`.
+//!
+//! rustix's, except three that stay on libc: `_exit` (rustix's `exit_group`
+//! is in its unstable `runtime` module), and [`set_cloexec`] and
+//! [`pipe_end_inode`], which take a bare descriptor *number* that may not
+//! be open — probing that is their purpose — where rustix takes a
+//! `BorrowedFd`, whose contract is that the number is open.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::fs::OFlags;
 
 use super::{cvt, retry_eintr};
 
 /// `pidfd_open(2)` (Linux ≥ 5.3): a descriptor that becomes readable when
 /// the process `pid` ends. `ENOSYS` on older kernels.
 pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
-    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
-    // SAFETY: plain system call with integer arguments.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) };
-    let fd = cvt(fd)?;
-    // SAFETY: a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+    let pid = super::proc::to_pid(pid)?;
+    Ok(rustix::process::pidfd_open(
+        pid,
+        rustix::process::PidfdFlags::empty(),
+    )?)
 }
 
 /// `prctl(PR_SET_PDEATHSIG, SIGKILL)`: the kernel kills this process when
@@ -25,27 +33,18 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
 ///
 /// Async-signal-safe (one system call): usable between `fork` and `exec`.
 pub(crate) fn kill_me_when_parent_dies() -> io::Result<()> {
-    // SAFETY: prctl with integer arguments only.
-    cvt(unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    })?;
-    Ok(())
+    Ok(rustix::process::set_parent_process_death_signal(Some(
+        rustix::process::Signal::KILL,
+    ))?)
 }
 
 /// `getppid(2)`. Async-signal-safe.
 pub(crate) fn getppid() -> u32 {
-    // SAFETY: getppid cannot fail.
-    unsafe { libc::getppid() as u32 }
+    rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32)
 }
 
 /// The number of `SIGKILL`, for reading exit statuses.
-pub(crate) const SIGKILL: i32 = libc::SIGKILL;
+pub(crate) const SIGKILL: i32 = rustix::process::Signal::KILL.as_raw();
 
 /// `_exit(2)`: ends the process at once, without running `atexit`
 /// handlers or destructors (used when the parent went away).
@@ -57,20 +56,13 @@ pub(crate) fn exit_now(code: i32) -> ! {
 /// `pipe2(O_CLOEXEC)`: `(read end, write end)`. Close-on-exec, so that a
 /// process spawned by another thread meanwhile never inherits them.
 pub(crate) fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
-    // SAFETY: two fresh descriptors that nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
 }
 
 /// `fcntl(F_SETFL, O_NONBLOCK)` (keeping the other status flags).
 pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: plain fcntl on a borrowed, open fd.
-    let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
-    // SAFETY: as above.
-    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
-    Ok(())
+    let flags = rustix::fs::fcntl_getfl(fd)?;
+    Ok(rustix::fs::fcntl_setfl(fd, flags | OFlags::NONBLOCK)?)
 }
 
 /// `fcntl(F_SETFD)`: sets or clears close-on-exec on `fd`.
@@ -85,36 +77,22 @@ pub(crate) fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
 }
 
 /// `poll(2)` for readability (`POLLIN`, or hang-up / error, which make a
-/// read return at once) on `fds`, at most `timeout` (rounded up to a
-/// millisecond; `None` waits until one is ready). Returns one flag per
-/// descriptor.
+/// read return at once) on `fds`, at most `timeout` (`None` waits until
+/// one is ready). Returns one flag per descriptor.
 pub(crate) fn poll_readable(
     fds: &[BorrowedFd<'_>],
     timeout: Option<Duration>,
 ) -> io::Result<Vec<bool>> {
-    let mut pfds: Vec<libc::pollfd> = fds
+    let mut pfds: Vec<PollFd<'_>> = fds
         .iter()
-        .map(|fd| libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
+        .map(|&fd| PollFd::from_borrowed_fd(fd, PollFlags::IN))
         .collect();
-    let ms = timeout.map_or(-1, |t| {
-        t.as_nanos()
-            .div_ceil(1_000_000)
-            .min(libc::c_int::MAX as u128) as libc::c_int
-    });
+    let ts = timeout.map(super::time::relative_timespec);
     // EINTR: retried with the same relative timeout; callers that need a
     // deadline keep their own.
-    retry_eintr(|| {
-        // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structures.
-        cvt(unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) })
-    })?;
-    Ok(pfds
-        .iter()
-        .map(|p| p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0)
-        .collect())
+    retry_eintr(|| Ok(rustix::event::poll(&mut pfds, ts.as_ref())?))?;
+    let ready = PollFlags::IN | PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL;
+    Ok(pfds.iter().map(|p| p.revents().intersects(ready)).collect())
 }
 
 /// Whether `fd` is open and is a pipe end opened for writing (`write`) or

@@ -1,4 +1,7 @@
-//! `clock_gettime(CLOCK_MONOTONIC)` and deadlines on that clock.
+//! `clock_gettime(CLOCK_MONOTONIC)` (rustix; through the vDSO like glibc's)
+//! and deadlines on that clock: absolute ones as a `libc::timespec` for
+//! `sem_clockwait` / `pthread_mutex_clocklock` (which stay on libc),
+//! relative ones as rustix's `Timespec` for `futex`.
 
 use std::time::Duration;
 
@@ -12,13 +15,10 @@ pub(crate) struct Monotonic {
 impl Monotonic {
     /// `clock_gettime(CLOCK_MONOTONIC)`.
     pub(crate) fn now() -> Monotonic {
-        // SAFETY: all-zero is a valid timespec.
-        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-        // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists
-        // on Linux, so the call cannot fail.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        // CLOCK_MONOTONIC always exists on Linux: the call cannot fail.
+        let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
         Monotonic {
-            nanos: ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128,
+            nanos: ts.tv_sec.max(0) as u128 * 1_000_000_000 + ts.tv_nsec.max(0) as u128,
         }
     }
 
@@ -49,11 +49,10 @@ impl Monotonic {
     }
 }
 
-/// A relative, normalised `timespec` for `d` (clamped).
-pub(crate) fn relative_timespec(d: Duration) -> libc::timespec {
-    let secs = d.as_secs().min(libc::time_t::MAX as u64);
-    libc::timespec {
-        tv_sec: secs as libc::time_t,
+/// A relative, normalised `Timespec` for `d` (clamped), for `futex`.
+pub(crate) fn relative_timespec(d: Duration) -> rustix::time::Timespec {
+    rustix::time::Timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
         tv_nsec: d.subsec_nanos() as _,
     }
 }
