@@ -165,3 +165,35 @@ fn locked_while_unwinding<L: LockBackend>(child: ChildSpec) {
 }
 
 per_backend!(locked_while_unwinding, locked_while_unwinding_child);
+
+/// `shmsync list`/`inspect` see a value left suspect by a panic: the cell
+/// is shown `owner-died` (the next locker will be told), not `ready`.
+#[test]
+fn inspect_shows_a_panicked_holder_as_owner_died() {
+    use shmsync::inspect::{self, State};
+    let name = TestName::new("panic-inspect");
+    let cell = ShmCell::<Transfer>::create(&name, START).unwrap();
+    assert_eq!(inspect::inspect(name.as_str()).unwrap().state, State::Ready);
+    let r = std::thread::scope(|s| {
+        s.spawn(|| {
+            std::panic::catch_unwind(AssertUnwindSafe(|| {
+                let mut g = cell.lock().unwrap();
+                g.from -= 70;
+                panic!("mid-transfer");
+            }))
+        })
+        .join()
+        .unwrap()
+    });
+    assert!(r.is_err(), "the closure panicked");
+    let seen = inspect::inspect(name.as_str()).unwrap();
+    assert_eq!(seen.state, State::OwnerDied, "{seen:?}");
+    match cell.lock() {
+        Err(LockError::OwnerDied(g)) => {
+            assert_eq!(*g, HALF_DONE);
+            g.make_consistent();
+        }
+        other => panic!("expected OwnerDied, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(inspect::inspect(name.as_str()).unwrap().state, State::Ready);
+}

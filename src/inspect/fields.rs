@@ -64,7 +64,7 @@ impl Inspection {
             f(
                 "format_version",
                 h.format_version.to_string(),
-                "header format (this build reads 1)",
+                "header format (this build reads only its own, segment::header::FORMAT_VERSION)",
             );
             f(
                 "arch",

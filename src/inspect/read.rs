@@ -136,6 +136,19 @@ pub(super) fn examine(name: &str, fd: BorrowedFd<'_>) -> Inspection {
         LockState::Held if holder_alive == Some(false) => State::HolderDead,
         _ => State::Ready,
     };
+    // The header's `suspect` word (a holder that panicked, an owner-died
+    // error converted away, a lock held at power-off): the next locker is
+    // told, whatever the lock word says.
+    let suspect = header::u32_at(&bytes, header::at!(suspect));
+    if i.state == State::Ready && suspect != header::SUSPECT_NONE {
+        if suspect == header::SUSPECT_NOT_RECOVERABLE {
+            i.state = State::NotRecoverable;
+            i.reason = Some("the suspect word says not recoverable".into());
+        } else {
+            i.state = State::OwnerDied;
+            i.reason = Some("the suspect word is set: the value was left half-updated".into());
+        }
+    }
     if i.attached == Attached::Creator {
         // Ready is published, the write lock not yet converted: a creator
         // finishing right now.
