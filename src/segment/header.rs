@@ -90,7 +90,10 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
-use crate::error::Error;
+pub(crate) use super::check::{check_identity, check_prefix};
+pub(crate) use super::layout::Layout;
+pub use super::layout::SegmentSpec;
+pub use super::layout::SNAPSHOT_ALIGN;
 
 /// `b"SHMSYNC\0"`: the first eight bytes of every segment this crate makes.
 pub const MAGIC: [u8; 8] = *b"SHMSYNC\0";
@@ -248,126 +251,6 @@ impl LockKind {
     }
 }
 
-/// What a process expects of a segment: the identity of the value type and
-/// the lock backend, and the space the lock needs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SegmentSpec {
-    /// `size_of::<T>()`.
-    pub value_size: u64,
-    /// `align_of::<T>()`.
-    pub value_align: u64,
-    /// The user's type tag (see [`ShmSafe::TYPE_TAG`](crate::ShmSafe::TYPE_TAG)).
-    pub type_tag: u64,
-    /// The user's type version (see [`ShmSafe::TYPE_VERSION`](crate::ShmSafe::TYPE_VERSION)).
-    pub type_version: u32,
-    /// The lock backend.
-    pub lock_kind: LockKind,
-    /// Bytes of lock state kept in the segment.
-    pub lock_size: u64,
-    /// Alignment of that lock state.
-    pub lock_align: u64,
-}
-
-/// The offsets a [`SegmentSpec`] lays out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Layout {
-    pub(crate) lock_offset: u64,
-    pub(crate) value_offset: u64,
-    /// `0` without snapshots.
-    pub(crate) snapshot_offset: u64,
-    pub(crate) total_size: u64,
-}
-
-/// Alignment of the snapshot area (a cache line: the sequence word and the
-/// copies do not share a line with the value, which the lock holder
-/// writes).
-///
-/// # Snapshot area
-///
-/// | offset in the area | what |
-/// |---|---|
-/// | 0 | sequence word (`u64`): the copy published last is copy `seq % 2` |
-/// | 64 | copy 0: `value_size` bytes, rounded up to 8 |
-/// | 64 + rounded size | copy 1 |
-pub const SNAPSHOT_ALIGN: u64 = 64;
-
-/// Bytes of one published copy of a value of `value_size` bytes (whole
-/// 8-byte words: copies are made word by word).
-fn snapshot_copy_size(value_size: u64) -> Option<u64> {
-    align_up(value_size, 8)
-}
-
-/// Bytes of the snapshot area for a value of `value_size` bytes.
-fn snapshot_area_size(value_size: u64) -> Option<u64> {
-    snapshot_copy_size(value_size)?
-        .checked_mul(2)?
-        .checked_add(SNAPSHOT_ALIGN)
-}
-
-/// Where the snapshot area of a value ending at `value_end` lies, and where
-/// the segment ends.
-fn snapshot_layout(value_end: u64, value_size: u64) -> Option<(u64, u64)> {
-    let offset = align_up(value_end, SNAPSHOT_ALIGN)?;
-    Some((offset, offset.checked_add(snapshot_area_size(value_size)?)?))
-}
-
-const PAGE: u64 = 4096;
-
-fn align_up(x: u64, align: u64) -> Option<u64> {
-    x.checked_add(align - 1).map(|v| v / align * align)
-}
-
-impl SegmentSpec {
-    /// The layout without a snapshot area.
-    pub(crate) fn layout(&self) -> Result<Layout, Error> {
-        self.layout_with(false)
-    }
-
-    /// Whether a creator of this spec gives its object `size` bytes (with or
-    /// without snapshots).
-    pub(crate) fn could_be_sized(&self, size: u64) -> bool {
-        [false, true]
-            .into_iter()
-            .any(|s| self.layout_with(s).is_ok_and(|l| l.total_size == size))
-    }
-
-    /// The layout, with a snapshot area after the value if `snapshots`.
-    pub(crate) fn layout_with(&self, snapshots: bool) -> Result<Layout, Error> {
-        for (what, align) in [("value", self.value_align), ("lock", self.lock_align)] {
-            if align == 0 || !align.is_power_of_two() || align > PAGE {
-                return Err(Error::Unsupported {
-                    what: format!("{what} alignment {align} (must be a power of two ≤ {PAGE})"),
-                });
-            }
-        }
-        let too_big = || Error::Unsupported {
-            what: "value too large for a mapping".into(),
-        };
-        let lock_offset = align_up(HEADER_SIZE as u64, self.lock_align).ok_or_else(too_big)?;
-        let lock_end = lock_offset
-            .checked_add(self.lock_size)
-            .ok_or_else(too_big)?;
-        let value_offset = align_up(lock_end, self.value_align).ok_or_else(too_big)?;
-        let value_end = value_offset
-            .checked_add(self.value_size)
-            .ok_or_else(too_big)?;
-        let (snapshot_offset, total) = if snapshots {
-            snapshot_layout(value_end, self.value_size).ok_or_else(too_big)?
-        } else {
-            (0, value_end)
-        };
-        if total > isize::MAX as u64 {
-            return Err(too_big());
-        }
-        Ok(Layout {
-            lock_offset,
-            value_offset,
-            snapshot_offset,
-            total_size: total,
-        })
-    }
-}
-
 fn padded<const N: usize>(s: &str) -> [u8; N] {
     let mut out = [0u8; N];
     let n = s.len().min(N);
@@ -375,7 +258,7 @@ fn padded<const N: usize>(s: &str) -> [u8; N] {
     out
 }
 
-fn unpadded(bytes: &[u8]) -> String {
+pub(crate) fn unpadded(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
@@ -384,11 +267,11 @@ fn unpadded(bytes: &[u8]) -> String {
 /// size and alignment of `pthread_mutex_t` (opaque, so a segment made by
 /// another libc or architecture must be refused).
 pub(crate) struct Abi {
-    arch: [u8; 16],
-    libc: [u8; 8],
-    pointer_width: u32,
-    mutex_size: u32,
-    mutex_align: u32,
+    pub(crate) arch: [u8; 16],
+    pub(crate) libc: [u8; 8],
+    pub(crate) pointer_width: u32,
+    pub(crate) mutex_size: u32,
+    pub(crate) mutex_align: u32,
 }
 
 pub(crate) fn this_abi() -> Abi {
@@ -559,150 +442,10 @@ pub fn decode(b: &[u8; HEADER_SIZE]) -> HeaderInfo {
     }
 }
 
-fn incompatible(field: &'static str, expected: impl ToString, found: impl ToString) -> Error {
-    Error::Incompatible {
-        field,
-        expected: expected.to_string(),
-        found: found.to_string(),
-    }
-}
-
-/// Checks the bytes an object starts with (`prefix`, possibly shorter than
-/// a header) for the magic and the format version. Used on objects of any
-/// length, before anything else.
-pub(crate) fn check_prefix(prefix: &[u8]) -> Result<(), Error> {
-    if prefix.len() >= 8 && prefix[..8] != MAGIC {
-        return Err(incompatible(
-            "magic",
-            "SHMSYNC",
-            prefix[..8].escape_ascii().to_string(),
-        ));
-    }
-    if prefix.len() >= 12 {
-        let v = u32_at(prefix, 8);
-        if v != FORMAT_VERSION {
-            return Err(incompatible("format_version", FORMAT_VERSION, v));
-        }
-    }
-    Ok(())
-}
-
-/// Checks a Ready header: integrity, ABI, layout consistency and, when
-/// `expected` is given, the value type and lock kind. Does not look at the
-/// state word.
-pub(crate) fn check_identity(h: &HeaderInfo, expected: Option<&SegmentSpec>) -> Result<(), Error> {
-    if !h.checksum_ok {
-        return Err(Error::Corrupted {
-            what: format!("header checksum mismatch (stored {:#018x})", h.checksum),
-        });
-    }
-    let abi = this_abi();
-    let arch = unpadded(&abi.arch);
-    let libc_name = unpadded(&abi.libc);
-    if h.arch != arch {
-        return Err(incompatible("arch", arch, &h.arch));
-    }
-    if h.libc != libc_name {
-        return Err(incompatible("libc", libc_name, &h.libc));
-    }
-    if h.pointer_width != abi.pointer_width {
-        return Err(incompatible(
-            "pointer_width",
-            abi.pointer_width,
-            h.pointer_width,
-        ));
-    }
-    if h.mutex_size != abi.mutex_size {
-        return Err(incompatible("mutex_size", abi.mutex_size, h.mutex_size));
-    }
-    if h.mutex_align != abi.mutex_align {
-        return Err(incompatible("mutex_align", abi.mutex_align, h.mutex_align));
-    }
-    let Some(kind) = h.lock_kind() else {
-        return Err(Error::Corrupted {
-            what: format!("unknown lock kind {}", h.lock_kind_code),
-        });
-    };
-    // The layout must be exactly what this build would compute from the
-    // header's own fields: offsets can then be trusted.
-    let own = SegmentSpec {
-        value_size: h.value_size,
-        value_align: h.value_align,
-        type_tag: h.type_tag,
-        type_version: h.type_version,
-        lock_kind: kind,
-        lock_size: h.lock_size,
-        lock_align: 1,
-    };
-    let sane = h.value_align.is_power_of_two()
-        && h.value_align <= PAGE
-        && h.lock_offset >= HEADER_SIZE as u64
-        && h.lock_offset % 8 == 0
-        && h.lock_offset
-            .checked_add(h.lock_size)
-            .is_some_and(|e| e <= h.value_offset)
-        && h.value_offset % h.value_align == 0
-        && h.value_offset.checked_add(h.value_size).and_then(|end| {
-            if h.snapshot_offset == 0 {
-                Some(end)
-            } else {
-                snapshot_layout(end, h.value_size)
-                    .filter(|&(offset, _)| offset == h.snapshot_offset)
-                    .map(|(_, total)| total)
-            }
-        }) == Some(h.total_size)
-        && own.value_size == h.value_size;
-    if !sane {
-        return Err(Error::Corrupted {
-            what: "inconsistent offsets in header".into(),
-        });
-    }
-    if let Some(want) = expected {
-        if kind != want.lock_kind {
-            return Err(incompatible(
-                "lock_kind",
-                want.lock_kind.name(),
-                kind.name(),
-            ));
-        }
-        if h.value_size != want.value_size {
-            return Err(incompatible("value_size", want.value_size, h.value_size));
-        }
-        if h.value_align != want.value_align {
-            return Err(incompatible("value_align", want.value_align, h.value_align));
-        }
-        if h.type_tag != want.type_tag {
-            return Err(incompatible(
-                "type_tag",
-                format!("{:#x}", want.type_tag),
-                format!("{:#x}", h.type_tag),
-            ));
-        }
-        if h.type_version != want.type_version {
-            return Err(incompatible(
-                "type_version",
-                want.type_version,
-                h.type_version,
-            ));
-        }
-        let layout = want.layout()?;
-        if layout.lock_offset != h.lock_offset
-            || layout.value_offset != h.value_offset
-            || want.lock_size != h.lock_size
-        {
-            return Err(incompatible(
-                "layout",
-                format!("lock@{} value@{}", layout.lock_offset, layout.value_offset),
-                format!("lock@{} value@{}", h.lock_offset, h.value_offset),
-            ));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
 
     fn spec(value_size: u64, value_align: u64) -> SegmentSpec {
         SegmentSpec {

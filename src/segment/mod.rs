@@ -43,10 +43,12 @@
 //! uses the kernel's `shm_nattch` and a claim on the header's state word
 //! instead of the byte-0 lock (the design is in that file).
 
+mod check;
 mod file;
 mod handles;
 mod handshake;
 pub mod header;
+mod layout;
 #[allow(dead_code)] // the backends built on it land next (semaphore holder, reader slots)
 pub(crate) mod liveness;
 mod memfd;
