@@ -11,6 +11,8 @@
 //! which also fails the test if something under the name is left. No
 //! sleeps order anything.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -20,7 +22,7 @@ use std::thread::JoinHandle;
 
 use serde_json::Value;
 use shmsync::segment::{InitStep, Segment};
-use shmsync::testing::{self, init_point, ChildCtx, ChildSpec, Running, TestName};
+use shmsync::testing::{self, init_point, ChildCtx, ChildSpec, Running};
 use shmsync::{FileLock, LockError, NamedSemaphore, ShmCell};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shmsync");
@@ -162,48 +164,7 @@ impl ChildGuard {
 
 // ------------------------------------------------------------------ names
 
-/// A [`TestName`] that also makes the check the old fork-per-test runner
-/// made after each test: once the name is dropped (its own cleanup has
-/// run), nothing in `/dev/shm` may still start with it — an object its
-/// cleanup does not cover, or one re-created behind it, fails the test (and
-/// is removed).
-struct Name(Option<TestName>);
-
-impl Name {
-    fn new(tag: &str) -> Name {
-        Name(Some(TestName::new(tag)))
-    }
-}
-
-impl std::ops::Deref for Name {
-    type Target = TestName;
-
-    fn deref(&self) -> &TestName {
-        self.0.as_ref().expect("a live name")
-    }
-}
-
-impl Drop for Name {
-    fn drop(&mut self) {
-        let Some(name) = self.0.take() else { return };
-        let base = name.as_str()[1..].to_string();
-        drop(name);
-        let sem = format!("sem.{base}");
-        let left: Vec<String> = std::fs::read_dir("/dev/shm")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|f| f.starts_with(&base) || f.starts_with(&sem))
-            .collect();
-        for f in &left {
-            let _ = std::fs::remove_file(format!("/dev/shm/{f}"));
-        }
-        if !left.is_empty() && !std::thread::panicking() {
-            panic!("objects left in /dev/shm after the test: {left:?}");
-        }
-    }
-}
+use support::Name;
 /// A unique prefix for one test's objects (`NAME-`, from a [`Name`]): every
 /// object under it is removed when the guard drops (even after a failed
 /// assertion), and one left behind then fails the test.

@@ -8,6 +8,8 @@
 //! such a child and fork there ([`Forked`]); the umask test too runs in a
 //! child.
 
+mod support;
+
 use std::cell::UnsafeCell;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -16,51 +18,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use shmsync::testing::{self, ChildCtx, ChildSpec, TestName};
+use shmsync::testing::{self, ChildCtx, ChildSpec};
 use shmsync::{Error, FileLock, FileLockOptions, LockError};
 
-/// A [`TestName`] that also makes the check the old fork-per-test runner
-/// made after each test: once the name is dropped (its own cleanup has
-/// run), nothing in `/dev/shm` may still start with it — an object its
-/// cleanup does not cover, or one re-created behind it, fails the test (and
-/// is removed).
-struct Name(Option<TestName>);
-
-impl Name {
-    fn new(tag: &str) -> Name {
-        Name(Some(TestName::new(tag)))
-    }
-}
-
-impl std::ops::Deref for Name {
-    type Target = TestName;
-
-    fn deref(&self) -> &TestName {
-        self.0.as_ref().expect("a live name")
-    }
-}
-
-impl Drop for Name {
-    fn drop(&mut self) {
-        let Some(name) = self.0.take() else { return };
-        let base = name.as_str()[1..].to_string();
-        drop(name);
-        let sem = format!("sem.{base}");
-        let left: Vec<String> = std::fs::read_dir("/dev/shm")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|f| f.starts_with(&base) || f.starts_with(&sem))
-            .collect();
-        for f in &left {
-            let _ = std::fs::remove_file(format!("/dev/shm/{f}"));
-        }
-        if !left.is_empty() && !std::thread::panicking() {
-            panic!("objects left in /dev/shm after the test: {left:?}");
-        }
-    }
-}
+use support::Name;
 static DIRS: AtomicU32 = AtomicU32::new(0);
 
 /// A directory under the system temporary directory, removed (with its
