@@ -1016,3 +1016,43 @@ fn is_root() -> bool {
         })
         .unwrap_or(false)
 }
+
+/// `shmsync inspect PATH` reads a file-backed cell the way it reads a named
+/// one: ready while held by nobody, the lock word's holder once a process
+/// holds it, and a FIFO at a path is foreign, never opened for waiting.
+#[test]
+fn inspect_reads_a_file_backed_cell_by_path() {
+    let dir = std::env::temp_dir().join(format!("shmsync-cli-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    let path = dir.join("counter.cell");
+    let cell = ShmCell::<u64>::create_file(&path, 7).expect("create_file");
+    let p = path.to_str().unwrap();
+    let v: Value = serde_json::from_str(&ok(&["inspect", "--json", p])).expect("json");
+    assert_eq!(v["state"], "ready", "{v}");
+    assert_eq!(v["lock_kind"], "robust-mutex", "{v}");
+    assert_eq!(v["attached"], "live", "{v}");
+    let g = cell.lock().unwrap();
+    let v: Value = serde_json::from_str(&ok(&["inspect", "--json", p])).expect("json");
+    assert_eq!(v["lock_state"], "held", "{v}");
+    drop(g);
+    drop(cell);
+    // A FIFO where a cell should be: reported, not waited on.
+    let fifo = dir.join("fifo.cell");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path; mkfifo only creates the node.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let v: Value =
+        serde_json::from_str(&ok(&["inspect", "--json", fifo.to_str().unwrap()])).expect("json");
+    assert_eq!(v["state"], "foreign", "{v}");
+    let missing = dir.join("none.cell");
+    let out = shmsync(&["inspect", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "a missing path is an error");
+    ShmCell::<u64>::remove_file(&path).ok();
+}

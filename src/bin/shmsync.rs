@@ -109,9 +109,11 @@ enum Command {
         prefix: Option<String>,
     },
     /// Show everything the header of one object says, each field explained,
-    /// and its lock's state read without taking it.
+    /// and its lock's state read without taking it. NAME is an object of
+    /// /dev/shm, or a path with a directory in it (`./x.cell`,
+    /// `/var/lib/app/x.cell`) for a file-backed cell.
     #[command(
-        after_help = "Examples:\n  shmsync inspect /myapp-counter\n  shmsync inspect myapp-counter --json"
+        after_help = "Examples:\n  shmsync inspect /myapp-counter\n  shmsync inspect myapp-counter --json\n  shmsync inspect ./shmsync-counter.cell"
     )]
     Inspect {
         /// The object's name (`/x` or `x` for /dev/shm/x).
@@ -345,7 +347,16 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
             }
         }
         Command::Inspect { name, json } => {
-            let i = inspect::inspect(&object_name(&name)).map_err(err)?;
+            // A path with a directory in it names a file-backed cell;
+            // anything else is an object of /dev/shm.
+            let as_path = std::path::Path::new(&name);
+            let i = if !name.starts_with("/dev/shm/")
+                && (name.starts_with('.') || name.get(1..).is_some_and(|r| r.contains('/')))
+            {
+                inspect::inspect_file(as_path).map_err(err)?
+            } else {
+                inspect::inspect(&object_name(&name)).map_err(err)?
+            };
             if json {
                 let mut v = entry_json(&i);
                 v["header"] = header_json(&i);

@@ -443,6 +443,36 @@ pub fn inspect(name: &str) -> Result<Inspection, Error> {
     Ok(judge(name, fd.as_fd()))
 }
 
+/// Inspects a file-backed cell at `path` (see `ShmCell::create_file`) the
+/// way [`inspect`] inspects a named one: `open(O_RDONLY | O_NONBLOCK |
+/// O_NOFOLLOW)`, `fstat` (a FIFO, device or directory is `foreign`),
+/// `pread` of the header and lock words, `fcntl(F_OFD_GETLK)` for
+/// attached processes. Never maps the file, never takes a lock.
+///
+/// # Errors
+///
+/// [`Error::NotFound`] when nothing is at `path`, [`Error::InvalidName`]
+/// for a path with a NUL byte; every other failure is an [`Inspection`] in
+/// state `unreadable` with the reason.
+pub fn inspect_file(path: &std::path::Path) -> Result<Inspection, Error> {
+    use std::os::unix::ffi::OsStrExt;
+    let shown = path.display().to_string();
+    let cpath =
+        std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::InvalidName {
+            name: shown.clone(),
+            reason: "must not contain a NUL byte",
+        })?;
+    let fd = match sys::fd::open(
+        &cpath,
+        oflag::O_RDONLY | oflag::O_NONBLOCK | oflag::O_NOFOLLOW,
+        0,
+    ) {
+        Ok(fd) => fd,
+        Err(e) => return open_failure(&shown, e),
+    };
+    Ok(examine(&shown, fd.as_fd()))
+}
+
 /// Opens an object found by listing: `O_NONBLOCK` (a FIFO or device put
 /// under the name must not make the open wait) and `O_NOFOLLOW` (glibc adds
 /// it too). The caller judges the object by `fstat` of the descriptor
