@@ -11,9 +11,9 @@
 //! under a unique [`TestName`] prefix, removed when the test ends. No sleeps
 //! order anything.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod support;
+
+use std::process::Command;
 
 use serde_json::Value;
 use shmsync::inspect::{self, Leftover};
@@ -164,41 +164,13 @@ struct Out {
     stderr: String,
 }
 
-/// Runs the command to its end, bounded by `testing::default_bound()`
-/// (polled; killed and failed past it).
+/// Runs the command to its end, bounded by `testing::default_bound()`.
 fn run(args: &[&str]) -> Out {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run shmsync");
-    let reader = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = pipe.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = reader(Box::new(child.stdout.take().expect("stdout")));
-    let err = reader(Box::new(child.stderr.take().expect("stderr")));
-    let deadline = Instant::now() + testing::default_bound();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill(); // not reaped yet: cannot hit another process
-            let _ = child.wait();
-            panic!("shmsync {args:?} did not end within the bound");
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    };
+    let out = support::output_bounded(Command::new(BIN).args(args), testing::default_bound());
     Out {
-        code: status.code(),
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 

@@ -6,10 +6,12 @@
 //!
 //! Each test failed on the code before the fix, as noted on it.
 
+mod support;
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use shmsync::segment::InitStep;
 use shmsync::testing::{self, init_point, TestName};
@@ -121,28 +123,6 @@ fn foreign_abandoned_object_is_not_taken_over() {
 
 // ------------------------------------------------- inspection never hangs
 
-/// Runs `cmd` with a bound; panics (after killing it) if it does not end.
-fn run_bounded(cmd: &mut Command, bound: Duration) -> std::process::Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run shmsync");
-    let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if start.elapsed() > bound {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} hung (killed after {bound:?})");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// A FIFO `X` beside a regular file `sem.X`: inspecting `sem.X` looks for
 /// the cell `X` it might belong to, and used to open the FIFO read-only
 /// without `O_NONBLOCK`, waiting forever for a writer — in `list`,
@@ -195,7 +175,7 @@ fn fifo_beside_a_semaphore_file_does_not_hang_inspection() {
         vec!["clean", &sem_name],
         vec!["clean", name.as_str()],
     ] {
-        let out = run_bounded(Command::new(BIN).args(&args), Duration::from_secs(20));
+        let out = support::output_bounded(Command::new(BIN).args(&args), Duration::from_secs(20));
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             !text.lines().any(|l| l.starts_with("removed ")) || text.contains("removed 0 of"),

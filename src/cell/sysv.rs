@@ -226,7 +226,7 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         Self::check_sysv_lock()?;
         let spec = Self::spec();
         let key = key.raw();
-        Self::open_or_create_loop_sysv(
+        Self::open_or_create_loop(
             &sysv_name(key, None),
             value,
             &mut |init| Segment::create_sysv(key, &spec, options, init),
@@ -279,63 +279,9 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
 
     fn from_sysv_segment(seg: Segment, new: bool) -> Result<Self, Error> {
         if new {
-            Self::from_new_sysv(seg)
+            Self::from_new_segment(seg)
         } else {
             Self::from_segment(seg)
-        }
-    }
-
-    /// A System V segment this process just made: if attaching the lock
-    /// fails, nobody can use it; remove it when nobody else is attached.
-    fn from_new_sysv(seg: Segment) -> Result<Self, Error> {
-        sys::fork::register_fork_handler();
-        match L::attach(&seg) {
-            Ok(local) => Ok(Self::with_local(seg, local)),
-            Err(e) => {
-                if seg.sysv_stat().is_some_and(|st| st.nattch == 1) {
-                    let _ = seg.mark_sysv_removed();
-                }
-                Err(e)
-            }
-        }
-    }
-
-    fn open_or_create_loop_sysv(
-        name: &str,
-        value: &mut dyn FnMut(NonNull<u8>),
-        create: &mut dyn FnMut(Init<'_>) -> Result<Segment, Error>,
-        open: &mut dyn FnMut() -> Result<Segment, Error>,
-        take_over: &mut dyn FnMut(Init<'_>) -> Result<Option<Segment>, Error>,
-    ) -> Result<Self, Error> {
-        let mut lock = Self::lock_init();
-        let deadline = sys::time::Monotonic::now().after(crate::segment::INIT_WAIT);
-        let mut backoff = crate::segment::Backoff::new();
-        let mut last = None;
-        loop {
-            match create(Init {
-                lock: &mut lock,
-                value: &mut *value,
-            }) {
-                Err(Error::AlreadyExists { .. }) => {}
-                other => return other.and_then(Self::from_new_sysv),
-            }
-            match open() {
-                Err(Error::NotFound { .. }) => {}
-                Err(e @ Error::AbandonedInit { .. }) => {
-                    if let Some(seg) = take_over(Init {
-                        lock: &mut lock,
-                        value: &mut *value,
-                    })? {
-                        return Self::from_new_sysv(seg);
-                    }
-                    last = Some(e);
-                }
-                other => return other.and_then(Self::from_segment),
-            }
-            if sys::time::Monotonic::now() >= deadline {
-                return Err(last.unwrap_or(Error::InitTimedOut { name: name.into() }));
-            }
-            backoff.sleep();
         }
     }
 

@@ -145,3 +145,49 @@ pub(crate) fn check_identity(h: &HeaderInfo, expected: Option<&SegmentSpec>) -> 
     }
     Ok(())
 }
+
+/// What a header read from an object says once its bytes are judged ours.
+pub(crate) enum Judged {
+    /// Ready, and of the expected identity and size.
+    Ready(HeaderInfo),
+    /// Not Ready yet: a creator's (alive or dead), `creator_pid` as the
+    /// header names it.
+    NotReady(u32),
+}
+
+/// Judges the first `n` bytes (`bytes`) of an object `size` bytes long,
+/// the same way for every kind of segment: our magic and format version,
+/// a whole header, the state word, the identity against `expected`, and an
+/// object long enough for the layout the header describes.
+pub(crate) fn judge_header(
+    bytes: &[u8; HEADER_SIZE],
+    n: usize,
+    size: u64,
+    expected: Option<&SegmentSpec>,
+) -> Result<Judged, Error> {
+    check_prefix(&bytes[..n.min(size as usize)])?;
+    if n < HEADER_SIZE {
+        return Err(Error::TooSmall {
+            size,
+            needed: HEADER_SIZE as u64,
+        });
+    }
+    let info = decode(bytes);
+    match info.state {
+        STATE_READY => {}
+        STATE_UNINIT | STATE_INITIALISING => return Ok(Judged::NotReady(info.creator_pid)),
+        other => {
+            return Err(Error::Corrupted {
+                what: format!("unknown state word {other}"),
+            })
+        }
+    }
+    check_identity(&info, expected)?;
+    if size < info.total_size {
+        return Err(Error::TooSmall {
+            size,
+            needed: info.total_size,
+        });
+    }
+    Ok(Judged::Ready(info))
+}

@@ -7,6 +7,7 @@ use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
+use super::check::Judged;
 use super::header::{self, HeaderInfo, LockKind, SegmentSpec, HEADER_SIZE};
 use super::header::{STATE_INITIALISING, STATE_READY, STATE_UNINIT};
 use super::validate::{check_regular, same_inode, unlink_if_same};
@@ -367,31 +368,10 @@ impl Segment {
             // all-zero object of another size is foreign: Incompatible).
             return Ok(Attach::Abandoned(0));
         }
-        header::check_prefix(&bytes[..n.min(size as usize)])?;
-        if n < HEADER_SIZE {
-            return Err(Error::TooSmall {
-                size,
-                needed: HEADER_SIZE as u64,
-            });
-        }
-        let info = header::decode(&bytes);
-        match info.state {
-            STATE_READY => {}
-            STATE_UNINIT | STATE_INITIALISING => return Ok(Attach::Abandoned(info.creator_pid)),
-            other => {
-                return Err(Error::Corrupted {
-                    what: format!("unknown state word {other}"),
-                })
-            }
-        }
-        header::check_identity(&info, expected)?;
-        if size < info.total_size {
-            return Err(Error::TooSmall {
-                size,
-                needed: info.total_size,
-            });
-        }
-        Ok(Attach::Ready(info))
+        Ok(match header::judge_header(&bytes, n, size, expected)? {
+            Judged::Ready(info) => Attach::Ready(info),
+            Judged::NotReady(pid) => Attach::Abandoned(pid),
+        })
     }
 
     /// Re-initialises an object whose creator died before Ready, if this
@@ -477,6 +457,11 @@ impl Segment {
     /// name, so that a retry starts afresh. Otherwise the object is in use
     /// and stays. Whether it was removed.
     pub(crate) fn discard_if_alone(self) -> bool {
+        if matches!(self.backing, Backing::SysV { .. }) {
+            // The kernel's attach count is the proof: only this process.
+            return self.sysv_stat().is_some_and(|st| st.nattch == 1)
+                && self.mark_sysv_removed().is_ok();
+        }
         if !matches!(self.backing, Backing::Named) {
             // A file is not ours to remove on a failed attach; a memfd has
             // no name and goes with its last descriptor.

@@ -90,7 +90,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
-pub(crate) use super::check::{check_identity, check_prefix};
+pub(crate) use super::check::{check_identity, check_prefix, judge_header};
 pub(crate) use super::layout::Layout;
 pub use super::layout::SegmentSpec;
 pub use super::layout::SNAPSHOT_ALIGN;

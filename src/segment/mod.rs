@@ -54,6 +54,7 @@ pub(crate) mod liveness;
 mod memfd;
 pub(crate) mod name;
 pub(crate) mod sysv;
+mod sysv_key;
 mod validate;
 
 pub(crate) use handshake::{Backoff, ATTACH_BYTE, INIT_WAIT};

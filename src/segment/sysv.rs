@@ -52,15 +52,15 @@
 //!   nothing to leak, and Linux still lets a process attach it by id while
 //!   any process is attached.
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use super::check::Judged;
 use super::handshake::creator;
 use super::header::{self, HeaderInfo, LockKind, SegmentSpec, HEADER_SIZE};
 use super::header::{STATE_INITIALISING, STATE_READY, STATE_UNINIT};
+pub(crate) use super::sysv_key::sysv_name;
+pub use super::sysv_key::SysvKey;
 use super::{
     init_step, Backing, Backoff, CreateOptions, Init, InitStep, Mapping, Segment, INIT_WAIT,
 };
@@ -78,74 +78,6 @@ const EMPTY_GRACE: Duration = Duration::from_millis(100);
 const FOREIGN_NS_GRACE: Duration = Duration::from_millis(200);
 /// The bit of `attach_pid_ns` that marks a record being changed.
 pub(crate) const NS_CHANGING: u64 = 1 << 63;
-
-/// A System V IPC key (not `IPC_PRIVATE`): a number agreed between the
-/// programs, or one derived from a path with [`SysvKey::ftok`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct SysvKey(i32);
-
-impl SysvKey {
-    /// The key `key`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidName`] for 0 (`IPC_PRIVATE`: use
-    /// [`ShmCell::create_private_sysv`](crate::ShmCell::create_private_sysv)).
-    pub fn new(key: i32) -> Result<SysvKey, Error> {
-        if key == sys::sysv::IPC_PRIVATE {
-            return Err(Error::InvalidName {
-                name: "0".into(),
-                reason: "key 0 is IPC_PRIVATE, not a key (use create_private_sysv)",
-            });
-        }
-        Ok(SysvKey(key))
-    }
-
-    /// `ftok(path, proj)`: a key from an existing file (its inode and
-    /// device) and a non-zero project byte. Two programs that agree on a
-    /// path get the same key — as long as the file is not replaced (a new
-    /// inode is a new key).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::NotFound`] (no such path), [`Error::InvalidName`] (a NUL
-    /// byte, `proj == 0`, or a key that comes out as 0), [`Error::Io`].
-    pub fn ftok(path: impl AsRef<Path>, proj: u8) -> Result<SysvKey, Error> {
-        let path = path.as_ref();
-        let name = path.display().to_string();
-        let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::InvalidName {
-            name: name.clone(),
-            reason: "contains a NUL byte",
-        })?;
-        if proj == 0 {
-            return Err(Error::InvalidName {
-                name,
-                reason: "ftok's project id must not be 0",
-            });
-        }
-        let key = sys::sysv::ftok(&c, proj).map_err(|e| Error::from_io("ftok", &name, e))?;
-        SysvKey::new(key)
-    }
-
-    /// The number.
-    pub fn raw(self) -> i32 {
-        self.0
-    }
-}
-
-impl std::fmt::Display for SysvKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:#010x}", self.0 as u32)
-    }
-}
-
-/// What a System V cell is called in errors and [`Segment::name`].
-pub(crate) fn sysv_name(key: i32, id: Option<i32>) -> String {
-    match (key, id) {
-        (0, Some(id)) => format!("sysv:id={id}"),
-        (key, _) => format!("sysv:key={:#010x}", key as u32),
-    }
-}
 
 /// A segment found by its key or by its id.
 #[derive(Clone, Copy, Debug)]
@@ -242,31 +174,10 @@ fn judge(
             return Ok(Seen::NotReady(0));
         }
     }
-    header::check_prefix(&bytes[..n])?;
-    if n < HEADER_SIZE {
-        return Err(Error::TooSmall {
-            size,
-            needed: HEADER_SIZE as u64,
-        });
-    }
-    let info = header::decode(bytes);
-    match info.state {
-        STATE_READY => {}
-        STATE_UNINIT | STATE_INITIALISING => return Ok(Seen::NotReady(info.creator_pid)),
-        other => {
-            return Err(Error::Corrupted {
-                what: format!("unknown state word {other}"),
-            })
-        }
-    }
-    header::check_identity(&info, expected)?;
-    if size < info.total_size {
-        return Err(Error::TooSmall {
-            size,
-            needed: info.total_size,
-        });
-    }
-    Ok(Seen::Ready(info))
+    Ok(match header::judge_header(bytes, n, size, expected)? {
+        Judged::Ready(info) => Seen::Ready(info),
+        Judged::NotReady(pid) => Seen::NotReady(pid),
+    })
 }
 
 impl Segment {

@@ -1,7 +1,49 @@
 //! Shared by several test binaries (each includes it with `mod support;`).
 #![allow(dead_code)]
 
+use std::io::Read;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
 use shmsync::testing::TestName;
+
+/// Runs `cmd` to its end (stdin closed, stdout and stderr read on threads,
+/// so a chatty program never blocks on a full pipe), bounded by `bound`:
+/// past it the program is killed, reaped and the test fails.
+pub fn output_bounded(cmd: &mut Command, bound: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    let reader = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = pipe.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = reader(Box::new(child.stdout.take().expect("stdout")));
+    let err = reader(Box::new(child.stderr.take().expect("stderr")));
+    let deadline = Instant::now() + bound;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill(); // not reaped yet: cannot hit another process
+            let _ = child.wait();
+            panic!("{cmd:?} did not end within {bound:?}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    Output {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
+}
 
 /// A [`TestName`] that also makes the check the old fork-per-test runner
 /// made after each test: once the name is dropped (its own cleanup has

@@ -75,17 +75,18 @@
 
 pub(crate) mod backend;
 mod inspect;
+mod local;
 mod waiting;
 
+pub use local::RwLocal;
+use local::NO_SLOT;
 use waiting::{Pace, WaitWord};
 
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use super::per_process::PerProcess;
 use super::{Acquire, Acquired, RobustMutex};
 use crate::error::{RawLockError, ReadError};
 use crate::segment::liveness::{self, LivenessToken};
@@ -202,76 +203,6 @@ pub(crate) mod layout {
     pub(crate) const SLOTS: usize = std::mem::offset_of!(RwShared, slots);
     pub(crate) const SLOT_STRIDE: usize = 64;
     pub(crate) const SIZE: usize = std::mem::size_of::<RwShared>();
-}
-
-/// Per handle: this process's token and reader slot, rebuilt in a forked
-/// child (which must prove its own liveness, never its parent's).
-pub struct RwLocal {
-    /// Dropped with the handle, unless `keep` (a forgotten write guard
-    /// holds the lock: the writer's token, which proves it alive to
-    /// readers, then lives as long as the process, like the mutex it holds).
-    per_process: std::mem::ManuallyDrop<PerProcess<RwHandle>>,
-    keep: std::sync::atomic::AtomicBool,
-}
-
-impl Drop for RwLocal {
-    fn drop(&mut self) {
-        if !self.keep.load(std::sync::atomic::Ordering::Relaxed) {
-            // SAFETY: dropped once, here; never used after.
-            unsafe { std::mem::ManuallyDrop::drop(&mut self.per_process) }
-        }
-    }
-}
-
-impl std::fmt::Debug for RwLocal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RwLocal")
-    }
-}
-
-const NO_SLOT: u32 = u32::MAX;
-
-#[derive(Default)]
-struct RwHandle {
-    /// Claimed on the first read or write.
-    token: OnceLock<LivenessToken>,
-    /// The slot this handle reads through, `NO_SLOT` before the first read.
-    slot: AtomicU32,
-    /// Serialises the slow path of claiming.
-    claiming: Mutex<()>,
-}
-
-impl RwHandle {
-    fn new() -> RwHandle {
-        RwHandle {
-            slot: AtomicU32::new(NO_SLOT),
-            ..RwHandle::default()
-        }
-    }
-}
-
-impl RwLocal {
-    /// Keeps this handle's token (and slot) for the life of the process.
-    pub(crate) fn keep_alive(&self) {
-        self.keep.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    pub(crate) fn new() -> RwLocal {
-        RwLocal {
-            per_process: std::mem::ManuallyDrop::new(PerProcess::new(RwHandle::new())),
-            keep: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    #[inline]
-    fn handle(&self) -> &RwHandle {
-        // Rebinding builds an empty handle (nothing to fail); the inherited
-        // token's description was detached in the child by the fork handler.
-        match self.per_process.get(|_| Ok(RwHandle::new()), |_| {}) {
-            Ok(h) => h,
-            Err(_) => unreachable!("rebinding an RwHandle cannot fail"),
-        }
-    }
 }
 
 /// Whether a token is held by a live handle, probed through `fd`. An error
