@@ -13,6 +13,7 @@ mod wait;
 
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -99,6 +100,12 @@ pub use wait::WaitTimeoutResult;
 /// `mem::forget`) leaks its mapping on purpose, so that the kernel can still
 /// mark the lock when the process dies.
 pub struct ShmCell<T: ShmSafe, L: LockBackend = RobustMutex> {
+    /// The lock state and the value in `seg`'s mapping ([`Segment::lock_ptr`],
+    /// [`Segment::value_ptr`]), kept so that the lock path reads one
+    /// pointer instead of a base and an offset. Valid while `seg` lives:
+    /// a mapping never moves.
+    lock_at: NonNull<L::Shared>,
+    value_at: NonNull<T>,
     seg: ManuallyDrop<Segment>,
     local: L::Local,
     /// Whether a guard of *this handle* holds the lock. Written only by the
@@ -136,21 +143,23 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
         self.seg.info()
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn shared(&self) -> &L::Shared {
-        self.shared_of(&self.seg)
+        // SAFETY: as in `shared_of`: `lock_at` is `seg.lock_ptr()`, and the
+        // borrow of `self` keeps `seg` mapped.
+        unsafe { self.lock_at.as_ref() }
     }
 
-    #[inline]
+    #[inline(always)]
     fn shared_of<'s>(&self, seg: &'s Segment) -> &'s L::Shared {
         // SAFETY: the validated layout places an initialised `L::Shared`
         // (aligned, sized) at the lock offset, mapped while `seg` lives.
         unsafe { seg.lock_ptr().cast::<L::Shared>().as_ref() }
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn value_ptr(&self) -> *mut T {
-        self.seg.value_ptr().cast::<T>().as_ptr()
+        self.value_at.as_ptr()
     }
 
     /// Locks, waiting as long as it takes.
@@ -161,7 +170,7 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     /// `make_consistent`), [`LockError::NotRecoverable`],
     /// [`LockError::Deadlock`] if this thread holds it already,
     /// [`LockError::Os`].
-    #[inline]
+    #[inline(always)]
     pub fn lock(&self) -> Result<ShmGuard<'_, T, L>, LockError<ShmGuard<'_, T, L>>> {
         self.acquire(Acquire::Block)
     }
@@ -281,12 +290,12 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     }
 
     /// Records whether a guard of this handle holds the lock (see `held`).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn set_held(&self, held: bool) {
         self.held.store(held, Ordering::Relaxed);
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn acquire(
         &self,
         how: Acquire,
@@ -330,7 +339,7 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
     /// # Safety
     ///
     /// The calling thread holds the lock through this handle.
-    #[inline]
+    #[inline(always)]
     pub(crate) unsafe fn release(&self, consistent: bool) {
         if self.has_snapshots() {
             // SAFETY: forwarded from the caller.

@@ -377,6 +377,8 @@ impl<T: ShmSafe, L: LockBackend> ShmCell<T, L> {
 
     pub(super) fn with_local(seg: Segment, local: L::Local) -> Self {
         ShmCell {
+            lock_at: seg.lock_ptr().cast(),
+            value_at: seg.value_ptr().cast(),
             seg: ManuallyDrop::new(seg),
             local,
             held: AtomicBool::new(false),

@@ -328,6 +328,7 @@ impl Mapping {
         })
     }
 
+    #[inline(always)]
     fn header(&self) -> &header::RawHeader {
         // SAFETY: every mapping is at least HEADER_SIZE bytes (validated or
         // laid out so), page-aligned, and the header's fields are plain
@@ -461,12 +462,14 @@ impl Segment {
     }
 
     /// The lock state area (`lock_size` bytes at `lock_offset`).
+    #[inline(always)]
     pub fn lock_ptr(&self) -> NonNull<u8> {
         // SAFETY: the header was validated: lock_offset + lock_size ≤ len.
         unsafe { self.map.ptr.add(self.info.lock_offset as usize) }
     }
 
     /// The value area (`value_size` bytes at `value_offset`, aligned).
+    #[inline(always)]
     pub fn value_ptr(&self) -> NonNull<u8> {
         // SAFETY: the header was validated: value_offset + value_size ≤ len.
         unsafe { self.map.ptr.add(self.info.value_offset as usize) }
@@ -497,6 +500,7 @@ impl Segment {
     }
 
     /// The live header words in the mapping.
+    #[inline(always)]
     pub(crate) fn header(&self) -> &header::RawHeader {
         self.map.header()
     }

@@ -116,7 +116,7 @@ pub(crate) fn register_fork_handler() {
 /// The number of `fork`s this process's ancestry went through since it
 /// registered the handler: a guard taken in generation `g` belongs to
 /// another process when the generation differs. One relaxed load.
-#[inline]
+#[inline(always)]
 pub(crate) fn fork_generation() -> u32 {
     FORK_GENERATION.load(Ordering::Relaxed)
 }

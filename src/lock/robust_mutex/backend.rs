@@ -26,7 +26,7 @@ impl Backend for RobustMutex {
         Ok(())
     }
 
-    #[inline]
+    #[inline(always)]
     fn acquire(
         shared: &RobustMutex,
         _: &(),
@@ -38,7 +38,7 @@ impl Backend for RobustMutex {
             .inspect(|_| crate::steps::step("mutex:locked"))
     }
 
-    #[inline]
+    #[inline(always)]
     unsafe fn release(shared: &RobustMutex, _: &(), _: &Segment, _consistent: bool) {
         // SAFETY: forwarded from the caller. glibc itself marks an
         // unrepaired owner-died mutex not recoverable on unlock.

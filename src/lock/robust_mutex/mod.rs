@@ -113,7 +113,7 @@ unsafe impl Sync for RobustMutex {}
 unsafe impl Send for RobustMutex {}
 
 /// The one errno mapping of every acquire path.
-#[inline]
+#[inline(always)]
 fn map_acquire(ret: i32, how: Acquire) -> Result<Acquired, RawLockError> {
     match ret {
         0 => Ok(Acquired::Clean),
@@ -147,14 +147,14 @@ impl RobustMutex {
         unsafe { sys::pthread::mutex_init_robust_shared(ptr.as_ptr().cast()) }
     }
 
-    #[inline]
+    #[inline(always)]
     fn raw(&self) -> *mut RawMutex {
         self.raw.get()
     }
 
     /// Acquires with the given patience; the one path behind every public
     /// lock method.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn acquire(&self, how: Acquire) -> Result<Acquired, RawLockError> {
         // `self` is an initialised mutex (type invariant) borrowed for the
         // call, so its memory stays mapped: that is the SAFETY argument of
@@ -187,7 +187,7 @@ impl RobustMutex {
     /// # Safety
     ///
     /// The calling thread holds the lock.
-    #[inline]
+    #[inline(always)]
     pub(crate) unsafe fn release(&self) {
         // SAFETY: the caller holds the lock. Unlocking an owner-died mutex
         // that was not made consistent marks it not recoverable (POSIX).
@@ -208,7 +208,7 @@ impl RobustMutex {
     }
 
     /// The lock word (glibc: `__lock`, the futex).
-    #[inline]
+    #[inline(always)]
     fn futex(&self) -> &AtomicU32 {
         // SAFETY: the first field of glibc's pthread_mutex_t
         // (`word::LOCK_OFFSET`) is the 32-bit futex word, which every
