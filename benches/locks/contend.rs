@@ -1,8 +1,9 @@
 //! Contended rows of the robust mutex: P processes, each N × (lock,
-//! increment a counter, unlock), with the counter **beside the lock** (in
-//! the lock's cache line: in the cell for `ShmCell`, right after the
-//! `pthread_mutex_t` for the raw mutex) or **outside** (in a mapping of its
-//! own), so that every comparison is like with like.
+//! increment a counter, unlock), with the counter **in the cell** (`[in]`:
+//! for `ShmCell` its value, which starts on the cache line after the lock
+//! word; for the raw mutex the same place, the line after the
+//! `pthread_mutex_t`) or **outside** (in a mapping of its own), so that
+//! every comparison is like with like.
 //!
 //! One run also counts, per child and without touching shared memory more
 //! than the loop already does:
@@ -27,8 +28,9 @@ use shmsync::ShmCell;
 /// Where the counter lives relative to the lock word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// In the lock's cache line (in the cell for `ShmCell`).
-    Beside,
+    /// In the cell: `ShmCell`'s value, on the cache line after the lock
+    /// word (the raw mutex: the same place).
+    InCell,
     /// In a separate mapping.
     Outside,
 }
@@ -203,7 +205,7 @@ pub fn cell(
     let out = unsafe { SharedAnon::<AtomicU64>::zeroed() };
     let per = (p.iters(total) / cpus.len() as u64).max(1);
     let r = match counter {
-        Counter::Beside => run(cpus, per, latency, |_| {
+        Counter::InCell => run(cpus, per, latency, |_| {
             let mine = ShmCell::<u64>::open(&name.name).map_err(err)?;
             Ok(move || match mine.lock() {
                 Ok(mut g) => {
@@ -229,20 +231,25 @@ pub fn cell(
         })?,
     };
     let got = match counter {
-        Counter::Beside => *cell.lock().map_err(err)?,
+        Counter::InCell => *cell.lock().map_err(err)?,
         Counter::Outside => out.get().load(Ordering::Relaxed),
     };
     expect_count(got, r.ops)?;
     Ok(r)
 }
 
-/// A raw mutex followed by a counter in its cache line (`PMutex` is
-/// 64-byte aligned, 40 bytes), as `ShmCell`'s value follows its lock.
+/// A raw mutex followed by a counter where `ShmCell` puts its value: at the
+/// start of the next cache line (`PMutex` is 64-byte aligned, 40 bytes;
+/// `src/segment/layout.rs`, `VALUE_LINE`).
 #[repr(C)]
 struct Beside {
     lock: PMutex,
-    counter: AtomicU64,
+    counter: NextLine,
 }
+
+/// A counter on a cache line of its own.
+#[repr(C, align(64))]
+struct NextLine(AtomicU64);
 
 /// A raw `pthread_mutex_t` of the given kind, called directly.
 pub fn raw(
@@ -261,7 +268,7 @@ pub fn raw(
     let out = unsafe { SharedAnon::<AtomicU64>::zeroed() };
     let m = &a.get().lock;
     let c = match counter {
-        Counter::Beside => &a.get().counter,
+        Counter::InCell => &a.get().counter.0,
         Counter::Outside => out.get(),
     };
     let per = (p.iters(total) / cpus.len() as u64).max(1);

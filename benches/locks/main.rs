@@ -48,7 +48,7 @@ static UNCONTENDED: Section = Section {
 };
 static CONTENDED: Section = Section {
     id: "contended",
-    title: "Two processes contending, pinned to two CPUs: each N x (lock, increment, unlock), counter checked = 2N; [in] = the counter shares the lock's cache line (in the cell for ShmCell), [out] = it lives in a mapping of its own",
+    title: "Two processes contending, pinned to two CPUs: each N x (lock, increment, unlock), counter checked = 2N; [in] = the counter is in the cell (ShmCell: its value, on the cache line after the lock word; raw mutex: the same place), [out] = it lives in a mapping of its own",
     unit: "Mlock/s",
     better: Better::Higher,
 };
@@ -209,13 +209,13 @@ fn register<'a>(b: &mut Bench<'a>, big: &'a str) {
         cell_lock::<shmsync::NamedSemaphore>,
     );
 
-    // Two processes contending, the counter beside the lock and outside:
+    // Two processes contending, the counter in the cell and outside:
     // each throughput row also stashes its run's hand-overs and sleeps,
     // which the probe rows below report (a probe row that comes earlier in
     // a rotated round reports the previous round's run of its row).
     let c2 = |p: &Params| [Some(p.cpu(0)), Some(p.cpu(1))];
     let mut probes = Vec::new();
-    for counter in [Counter::Beside, Counter::Outside] {
+    for counter in [Counter::InCell, Counter::Outside] {
         let tag = tag(counter);
         let base = format!("{RAW_ROBUST} {tag}");
         let lockers: [(String, &'static str, Locker); 3] = [
@@ -307,7 +307,7 @@ fn register<'a>(b: &mut Bench<'a>, big: &'a str) {
     // Scaling with the number of processes, counter beside and outside.
     for procs in [1usize, 2, 4, 8] {
         let cpus = move |p: &Params| (0..procs).map(|i| Some(p.cpu(i))).collect::<Vec<_>>();
-        for counter in [Counter::Beside, Counter::Outside] {
+        for counter in [Counter::InCell, Counter::Outside] {
             let tag = tag(counter);
             let base = format!("{RAW_ROBUST} {tag} x{procs}");
             b.row(
@@ -342,7 +342,7 @@ fn register<'a>(b: &mut Bench<'a>, big: &'a str) {
             let stash = Rc::new(Cell::new(None::<contend::Run>));
             let put = stash.clone();
             b.row(&LAT_P99, name.clone(), Some(&base), "yes", move |p| {
-                let r = locker.run(p, &cpus(p), LATENCY_OPS, Counter::Beside, true)?;
+                let r = locker.run(p, &cpus(p), LATENCY_OPS, Counter::InCell, true)?;
                 put.set(Some(r));
                 Ok(r.p99_us)
             });
@@ -454,7 +454,7 @@ fn register<'a>(b: &mut Bench<'a>, big: &'a str) {
             Some(1.1),
         ),
     );
-    for counter in [Counter::Beside, Counter::Outside] {
+    for counter in [Counter::InCell, Counter::Outside] {
         let tag = tag(counter);
         b.target(
             leak(format!(
@@ -506,7 +506,7 @@ fn register<'a>(b: &mut Bench<'a>, big: &'a str) {
 /// The row-name tag of where the counter lives.
 fn tag(c: Counter) -> &'static str {
     match c {
-        Counter::Beside => "[in]",
+        Counter::InCell => "[in]",
         Counter::Outside => "[out]",
     }
 }

@@ -6,12 +6,12 @@
 //! foreign or damaged object is refused without ever touching a mapping that
 //! could raise `SIGBUS`.
 //!
-//! # Layout (format version 2)
+//! # Layout (format version 3)
 //!
 //! | offset | field | meaning |
 //! |---|---|---|
 //! | 0 | `magic` | `b"SHMSYNC\0"` |
-//! | 8 | `format_version` | 2 |
+//! | 8 | `format_version` | 3 (2 put the value right after the lock, in its cache line) |
 //! | 12 | `header_size` | 256 |
 //! | 16 | `arch` | target architecture, NUL-padded (`x86_64`) |
 //! | 32 | `libc` | C library (`gnu`, `musl`) |
@@ -98,7 +98,7 @@ pub use super::layout::SNAPSHOT_ALIGN;
 /// `b"SHMSYNC\0"`: the first eight bytes of every segment this crate makes.
 pub const MAGIC: [u8; 8] = *b"SHMSYNC\0";
 /// The header format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Size of the header in bytes.
 pub const HEADER_SIZE: usize = 256;
 /// Bytes covered by the checksum (everything before `checksum`).
@@ -121,7 +121,8 @@ pub const STATE_READY: u32 = 2;
 ///   a process that takes over an abandoned initialisation (holding the
 ///   exclusive initialisation lock, with no attacher) starts it again.
 /// * Offsets are from the start of the mapping; `lock_offset` and
-///   `value_offset` are aligned for what lies there; `total_size` is the
+///   `value_offset` are aligned for what lies there, and the value starts
+///   on a cache line of its own (`value_offset` a multiple of 64); `total_size` is the
 ///   length every attacher maps.
 #[repr(C)]
 pub struct RawHeader {
@@ -502,5 +503,17 @@ mod tests {
         assert_eq!(l.value_offset % 64, 0);
         assert!(l.value_offset >= l.lock_offset + 40);
         assert_eq!(l.total_size, l.value_offset + 100);
+    }
+
+    /// Whatever its alignment, the value never shares the lock word's cache
+    /// line (see `layout.rs`).
+    #[test]
+    fn the_value_starts_on_a_cache_line_of_its_own() {
+        for align in [1u64, 2, 4, 8, 16, 64, 128] {
+            let l = spec(8, align).layout().unwrap();
+            assert_eq!(l.value_offset % 64, 0, "align {align}");
+            assert_eq!(l.value_offset % align, 0, "align {align}");
+            assert!(l.value_offset >= l.lock_offset + 64, "align {align}");
+        }
     }
 }
