@@ -20,9 +20,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::harness::Params;
+use crate::measure::{err, expect_count, fail, CellName};
 use crate::procs::{self, SharedAnon, MAX_TEAM};
 use crate::raw::{MutexKind, PMutex};
-use crate::{err, expect_count, fail, CellName};
 use shmsync::ShmCell;
 
 /// Where the counter lives relative to the lock word.
@@ -33,6 +33,37 @@ pub enum Counter {
     InCell,
     /// In a separate mapping.
     Outside,
+}
+
+/// The row-name tag of where the counter lives.
+pub fn tag(c: Counter) -> &'static str {
+    match c {
+        Counter::InCell => "[in]",
+        Counter::Outside => "[out]",
+    }
+}
+
+/// The robust-mutex lockers of the contended, scaling and latency rows.
+#[derive(Clone, Copy)]
+pub enum Locker {
+    Cell,
+    Raw(MutexKind),
+}
+
+impl Locker {
+    pub fn run(
+        self,
+        p: &Params,
+        cpus: &[Option<usize>],
+        total: u64,
+        counter: Counter,
+        latency: bool,
+    ) -> Result<Run, String> {
+        match self {
+            Locker::Cell => cell(p, cpus, total, counter, latency),
+            Locker::Raw(kind) => raw(p, cpus, total, kind, counter, latency),
+        }
+    }
 }
 
 /// What one contended run measured.
@@ -83,7 +114,7 @@ fn tv_us(t: libc::timeval) -> i64 {
 /// may open the cell by name), then up to `per` times the operation it
 /// returned, which locks, increments the counter, unlocks, and returns the
 /// counter's value before the increment (a failed lock panics out of line,
-/// through [`fail`](crate::fail): the child then fails the run). Measured
+/// through [`fail`](crate::measure::fail): the child then fails the run). Measured
 /// with callgrind, the loop costs the same for both lockers but for
 /// `ShmCell`'s own instructions (an earlier version returning `Result`
 /// cost `ShmCell` 38 more instructions per call than the raw mutex here; now 25, against 14 in `benches/callgrind.rs`).
