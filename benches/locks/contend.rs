@@ -114,7 +114,10 @@ fn tv_us(t: libc::timeval) -> i64 {
 /// may open the cell by name), then up to `per` times the operation it
 /// returned, which locks, increments the counter, unlocks, and returns the
 /// counter's value before the increment (a failed lock panics out of line,
-/// through [`fail`](crate::measure::fail): the child then fails the run). Measured
+/// through [`fail`](crate::measure::fail): the child then fails the run);
+/// the read rows (`rwlock.rs`) read instead and return the value read,
+/// which makes their hand-over count meaningless (they do not report it).
+/// Measured
 /// with callgrind, the loop costs the same for both lockers but for
 /// `ShmCell`'s own instructions (an earlier version returning `Result`
 /// cost `ShmCell` 38 more instructions per call than the raw mutex here; now 25, against 14 in `benches/callgrind.rs`).
@@ -129,7 +132,12 @@ fn tv_us(t: libc::timeval) -> i64 {
 /// the span from the last arrival to the last stop. (With `latency`, child 0
 /// ignores the flag: it always makes its `per` calls, so that it has
 /// percentiles even when the others finished before it got a CPU.)
-fn run<S, F>(cpus: &[Option<usize>], per: u64, latency: bool, mut setup: S) -> Result<Run, String>
+pub fn run<S, F>(
+    cpus: &[Option<usize>],
+    per: u64,
+    latency: bool,
+    mut setup: S,
+) -> Result<Run, String>
 where
     S: FnMut(usize) -> Result<F, String>,
     F: FnMut() -> u64,

@@ -21,7 +21,7 @@
 //! `contend::cell`, `handoff.rs`'s `handoff`); a target is one call in
 //! `targets.rs`. Files: `sections.rs` (sections, shared row names, counts),
 //! `measure.rs` (timed loop, counter check, cell names), one module per
-//! kind of row (`uncontended`, `contend`, `contended_span`,
+//! kind of row (`uncontended`, `contend`, `contended_span`, `rwlock`,
 //! `handoff`, `attach`, `value_size`, `kinds`), `harness.rs` (rounds,
 //! medians, table, JSON), `procs.rs` (forked teams), `raw.rs` (the raw OS
 //! baselines), `results.rs` (the results file).
@@ -37,6 +37,7 @@ mod procs;
 mod raw;
 mod registry;
 mod results;
+mod rwlock;
 mod sections;
 mod targets;
 mod uncontended;

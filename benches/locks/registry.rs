@@ -14,13 +14,14 @@ use crate::handoff::{cell_handoff, condvar_pair, futex_pair, pipe_pair, sem_pair
 use crate::harness::{Bench, Params};
 use crate::kinds;
 use crate::raw::MutexKind;
+use crate::rwlock;
 use crate::sections::*;
 use crate::uncontended::{
     cell_lock, cell_try_lock, process_sync_lock, raw_flock_lock, raw_lock, raw_sem_lock,
     raw_sync_lock, robust_mutex_lock, Raw,
 };
 use crate::value_size::{big_lock, cell_4k_lock};
-use shmsync::RobustMutex;
+use shmsync::{RobustMutex, RobustRwLock};
 
 /// Every row, in table order (a section's rows must be registered
 /// together: the table starts a section where the section changes).
@@ -82,6 +83,29 @@ pub fn register<'a>(b: &mut Bench<'a>, big: &'a str) {
         Some(RAW_SEM),
         "yes",
         cell_lock::<shmsync::NamedSemaphore>,
+    );
+    // The reader-writer lock: its read side (a load, no increment), its
+    // write side, and a raw process-shared rwlock's read side.
+    b.row(
+        &UNCONTENDED,
+        CELL_RW_READ_LOAD,
+        rb,
+        "yes",
+        rwlock::cell_read,
+    );
+    b.row(
+        &UNCONTENDED,
+        CELL_RW_LOCK,
+        rb,
+        "yes",
+        cell_lock::<RobustRwLock>,
+    );
+    b.row(
+        &UNCONTENDED,
+        RAW_RWLOCK_READ_LOAD,
+        rb,
+        "no",
+        rwlock::raw_read,
     );
 
     // Two processes contending, the counter in the cell and outside:
@@ -159,6 +183,18 @@ pub fn register<'a>(b: &mut Bench<'a>, big: &'a str) {
             });
         }
     }
+
+    // Two processes reading at once.
+    let rr = Some(RAW_RWLOCK_READ);
+    b.row(&CONTENDED_READ, CELL_RW_READ, rr, "yes", move |p| {
+        rwlock::cell_read_contended(p, &c2(p), RWLOCK_READ_OPS)
+    });
+    b.row(&CONTENDED_READ, CELL_LOCK, rr, "yes", move |p| {
+        rwlock::mutex_read_contended(p, &c2(p), READ_OPS)
+    });
+    b.row(&CONTENDED_READ, RAW_RWLOCK_READ, rr, "no", move |p| {
+        rwlock::raw_read_contended(p, &c2(p), READ_OPS)
+    });
 
     // Hand-off round trips, on one CPU and on two.
     for (sec, two) in [(&HANDOFF_1CPU, false), (&HANDOFF_2CPU, true)] {

@@ -28,6 +28,12 @@ pub static SLEEPS: Section = Section {
     unit: "per 1000 locks",
     better: Better::Lower,
 };
+pub static CONTENDED_READ: Section = Section {
+    id: "contended-read",
+    title: "Two processes reading, pinned to two CPUs: each N x (read lock, load the value, unlock), no writer; the mutex row takes its lock to read",
+    unit: "Mread/s",
+    better: Better::Higher,
+};
 pub static HANDOFF_1CPU: Section = Section {
     id: "handoff-1cpu",
     title: "Hand-off round trip between two processes pinned to ONE CPU",
@@ -88,6 +94,11 @@ pub const SEM_PAIR: &str = "raw semaphore pair (sem_post/sem_wait)";
 pub const PIPE_PAIR: &str = "raw pipe pair (1 byte each way)";
 pub const CONDVAR: &str = "raw pshared mutex + condvar";
 pub const FUTEX: &str = "raw futex (FUTEX_WAIT/FUTEX_WAKE)";
+pub const CELL_RW_READ: &str = "ShmCell<RobustRwLock>::read";
+pub const CELL_RW_READ_LOAD: &str = "ShmCell<RobustRwLock>::read (load only)";
+pub const CELL_RW_LOCK: &str = "ShmCell<RobustRwLock>::lock";
+pub const RAW_RWLOCK_READ: &str = "raw pshared pthread rwlock read";
+pub const RAW_RWLOCK_READ_LOAD: &str = "raw pshared pthread rwlock read (load only)";
 pub const CELL_OPEN: &str = "ShmCell<u64>::open";
 pub const CELL_OPEN_BIG: &str = "ShmCell<[u8; 64 MiB]>::open";
 pub const RAW_ATTACH: &str = "raw shm_open + fstat + mmap";
@@ -102,6 +113,12 @@ pub const LATENCY_OPS: u64 = 1_000_000;
 pub const FLOCK_OPS: u64 = 100_000;
 /// The same for a semaphore used as a lock.
 pub const SEM_OPS: u64 = 1_000_000;
+/// Reads per contended read measurement of the locks whose readers share
+/// a cache line (the mutex, the raw rwlock: some 40 M/s, about 0.25 s).
+pub const READ_OPS: u64 = 10_000_000;
+/// The same for `RobustRwLock`, whose readers share no line written to
+/// (some 300 M/s: four times as many reads for a span of about 0.1 s).
+pub const RWLOCK_READ_OPS: u64 = 40_000_000;
 /// Round trips per hand-off measurement (halved on two CPUs, where a
 /// cross-CPU wake-up costs several times more).
 pub const HANDOFFS: u64 = 20_000;

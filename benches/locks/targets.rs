@@ -143,6 +143,24 @@ pub fn register(b: &mut Bench<'_>) {
             Some(1.1),
         ),
     );
+    b.target(
+        "(15) rwlock read, 2 processes: RobustRwLock read >= 1.0x raw pthread rwlock read",
+        ratio(
+            (&CONTENDED_READ, CELL_RW_READ),
+            (&CONTENDED_READ, RAW_RWLOCK_READ),
+            Some(1.0),
+            None,
+        ),
+    );
+    b.target(
+        "(context) rwlock read, 2 processes: RobustRwLock read / ShmCell<RobustMutex>::lock",
+        ratio(
+            (&CONTENDED_READ, CELL_RW_READ),
+            (&CONTENDED_READ, CELL_LOCK),
+            None,
+            None,
+        ),
+    );
 }
 
 /// A target's text made at registration (the harness keeps `&'static str`).
