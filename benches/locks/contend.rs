@@ -3,7 +3,10 @@
 //! for `ShmCell` its value, which starts on the cache line after the lock
 //! word; for the raw mutex the same place, the line after the
 //! `pthread_mutex_t`) or **outside** (in a mapping of its own), so that
-//! every comparison is like with like.
+//! every comparison is like with like. The same machinery runs the
+//! semaphore backend's scaling rows ([`cell`] is generic over the backend;
+//! [`named_sem`] is the raw named semaphore) and the read rows of
+//! `rwlock.rs` ([`run`]).
 //!
 //! One run also counts, per child and without touching shared memory more
 //! than the loop already does:
@@ -21,9 +24,9 @@ use std::time::Instant;
 
 use crate::harness::Params;
 use crate::measure::{err, expect_count, fail, CellName};
-use crate::procs::{self, SharedAnon, MAX_TEAM};
-use crate::raw::{MutexKind, PMutex};
-use shmsync::ShmCell;
+use crate::procs::{self, fresh_name, SharedAnon, MAX_TEAM};
+use crate::raw::{self, MutexKind, PMutex};
+use shmsync::{LockBackend, RobustMutex, ShmCell};
 
 /// Where the counter lives relative to the lock word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +63,7 @@ impl Locker {
         latency: bool,
     ) -> Result<Run, String> {
         match self {
-            Locker::Cell => cell(p, cpus, total, counter, latency),
+            Locker::Cell => cell::<RobustMutex>(p, cpus, total, counter, latency),
             Locker::Raw(kind) => raw(p, cpus, total, kind, counter, latency),
         }
     }
@@ -230,8 +233,9 @@ where
     })
 }
 
-/// `ShmCell<u64>` (default robust mutex), each process attaching by name.
-pub fn cell(
+/// `ShmCell<u64, L>` (the scaling rows' default robust mutex, or another
+/// backend), each process attaching by name.
+pub fn cell<L: LockBackend>(
     p: &Params,
     cpus: &[Option<usize>],
     total: u64,
@@ -239,13 +243,13 @@ pub fn cell(
     latency: bool,
 ) -> Result<Run, String> {
     let name = CellName::new();
-    let cell = ShmCell::<u64>::create(&name.name, 0).map_err(err)?;
+    let cell = ShmCell::<u64, L>::create(&name.name, 0).map_err(err)?;
     // SAFETY: a zeroed atomic is valid.
     let out = unsafe { SharedAnon::<AtomicU64>::zeroed() };
     let per = (p.iters(total) / cpus.len() as u64).max(1);
     let r = match counter {
         Counter::InCell => run(cpus, per, latency, |_| {
-            let mine = ShmCell::<u64>::open(&name.name).map_err(err)?;
+            let mine = ShmCell::<u64, L>::open(&name.name).map_err(err)?;
             Ok(move || match mine.lock() {
                 Ok(mut g) => {
                     let v = *g;
@@ -256,7 +260,7 @@ pub fn cell(
             })
         })?,
         Counter::Outside => run(cpus, per, latency, |_| {
-            let mine = ShmCell::<u64>::open(&name.name).map_err(err)?;
+            let mine = ShmCell::<u64, L>::open(&name.name).map_err(err)?;
             let c = out.get();
             Ok(move || match mine.lock() {
                 Ok(g) => {
@@ -319,6 +323,31 @@ pub fn raw(
             let v = c.load(Ordering::Relaxed);
             c.store(v + 1, Ordering::Relaxed);
             m.unlock();
+            v
+        })
+    })?;
+    expect_count(c.load(Ordering::Relaxed), r.ops)?;
+    Ok(r)
+}
+
+/// A raw named semaphore (value 1) used as a lock, as a program without
+/// this crate would: `sem_wait`, increment, `sem_post`. The counter is in a
+/// mapping of its own (the semaphore is an object of its own, with nothing
+/// beside it), as `ShmCell<NamedSemaphore>`'s value is apart from its
+/// semaphore.
+pub fn named_sem(p: &Params, cpus: &[Option<usize>], total: u64) -> Result<Run, String> {
+    let s = raw::NamedSem::create(&fresh_name());
+    // SAFETY: a zeroed atomic is valid.
+    let out = unsafe { SharedAnon::<AtomicU64>::zeroed() };
+    let c = out.get();
+    let per = (p.iters(total) / cpus.len() as u64).max(1);
+    let r = run(cpus, per, false, |_| {
+        let s = &s;
+        Ok(move || {
+            s.wait();
+            let v = c.load(Ordering::Relaxed);
+            c.store(v + 1, Ordering::Relaxed);
+            s.post();
             v
         })
     })?;

@@ -21,7 +21,7 @@ use crate::uncontended::{
     raw_sync_lock, robust_mutex_lock, Raw,
 };
 use crate::value_size::{big_lock, cell_4k_lock};
-use shmsync::{RobustMutex, RobustRwLock};
+use shmsync::{NamedSemaphore, RobustMutex, RobustRwLock};
 
 /// Every row, in table order (a section's rows must be registered
 /// together: the table starts a section where the section changes).
@@ -79,7 +79,7 @@ pub fn register<'a>(b: &mut Bench<'a>, big: &'a str) {
     );
     b.row(
         &UNCONTENDED,
-        "ShmCell<NamedSemaphore>::lock",
+        CELL_SEM,
         Some(RAW_SEM),
         "yes",
         cell_lock::<shmsync::NamedSemaphore>,
@@ -157,13 +157,9 @@ pub fn register<'a>(b: &mut Bench<'a>, big: &'a str) {
         "yes",
         move |p| cell_contended::<shmsync::FileLock>(p, &c2(p), FLOCK_OPS),
     );
-    b.row(
-        &CONTENDED,
-        "ShmCell<NamedSemaphore>::lock",
-        Some(RAW_SEM),
-        "yes",
-        move |p| cell_contended::<shmsync::NamedSemaphore>(p, &c2(p), SEM_OPS),
-    );
+    b.row(&CONTENDED, CELL_SEM, Some(RAW_SEM), "yes", move |p| {
+        cell_contended::<shmsync::NamedSemaphore>(p, &c2(p), SEM_OPS)
+    });
 
     for (sec, pick) in [
         (
@@ -238,6 +234,27 @@ pub fn register<'a>(b: &mut Bench<'a>, big: &'a str) {
                     .mlps)
             });
         }
+    }
+
+    // The semaphore backend by process count (its semaphore is an object
+    // of its own: the raw semaphore's counter is in a mapping of its own).
+    for procs in [1usize, 2, 4, 8] {
+        let cpus = move |p: &Params| (0..procs).map(|i| Some(p.cpu(i))).collect::<Vec<_>>();
+        let base = format!("{RAW_SEM} x{procs}");
+        b.row(
+            &SCALING,
+            format!("{CELL_SEM} [in] x{procs}"),
+            Some(&base),
+            "yes",
+            move |p| {
+                let r =
+                    contend::cell::<NamedSemaphore>(p, &cpus(p), SEM_OPS, Counter::InCell, false)?;
+                Ok(r.mlps)
+            },
+        );
+        b.row(&SCALING, base.clone(), Some(&base), "no", move |p| {
+            Ok(contend::named_sem(p, &cpus(p), SEM_OPS)?.mlps)
+        });
     }
 
     // Latency of one process at 2 and 8 processes (the max rows report

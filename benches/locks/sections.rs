@@ -90,6 +90,7 @@ pub const RAW_SYNC: &str = "raw_sync 0.1 locks::Mutex";
 pub const PROCESS_SYNC: &str = "process-sync 0.2 SharedMutex";
 pub const RAW_FLOCK: &str = "raw flock(LOCK_EX) + flock(LOCK_UN)";
 pub const RAW_SEM: &str = "raw named sem_wait + sem_post";
+pub const CELL_SEM: &str = "ShmCell<NamedSemaphore>::lock";
 pub const SEM_PAIR: &str = "raw semaphore pair (sem_post/sem_wait)";
 pub const PIPE_PAIR: &str = "raw pipe pair (1 byte each way)";
 pub const CONDVAR: &str = "raw pshared mutex + condvar";

@@ -55,7 +55,7 @@ pub fn register(b: &mut Bench<'_>) {
     b.target(
         "semaphore backend <= 1.05x raw sem_wait/sem_post",
         ratio(
-            (&UNCONTENDED, "ShmCell<NamedSemaphore>::lock"),
+            (&UNCONTENDED, CELL_SEM),
             (&UNCONTENDED, RAW_SEM),
             None,
             Some(1.05),
@@ -143,6 +143,19 @@ pub fn register(b: &mut Bench<'_>) {
             Some(1.1),
         ),
     );
+    for procs in [2, 4, 8] {
+        b.target(
+            leak(format!(
+                "(15) semaphore backend contended, {procs} processes: ShmCell<NamedSemaphore> >= 1.0x raw sem"
+            )),
+            ratio(
+                (&SCALING, &format!("{CELL_SEM} [in] x{procs}")),
+                (&SCALING, &format!("{RAW_SEM} x{procs}")),
+                Some(1.0),
+                None,
+            ),
+        );
+    }
     b.target(
         "(15) rwlock read, 2 processes: RobustRwLock read >= 1.0x raw pthread rwlock read",
         ratio(
