@@ -1,8 +1,8 @@
 //! `cargo bench --bench locks`: shmsync's primitives against the raw OS
 //! calls and the peer crates, in one run of interleaved rounds.
 //!
-//! * `cargo bench --bench locks`: the full run (15 rounds, about a minute
-//!   on 2 cores). `SHMSYNC_BENCH_SMOKE=1` or `-- --smoke`: tiny counts,
+//! * `cargo bench --bench locks`: the full run (15 rounds and a warm-up,
+//!   about two minutes on 2 cores: 8 s a round). `SHMSYNC_BENCH_SMOKE=1` or `-- --smoke`: tiny counts,
 //!   about a second (CI). `-- --rounds N`. `-- WORD…` keeps the rows whose
 //!   `SECTION/NAME` contains a word (`uncontended`, `raw_sync`,
 //!   `uncontended/ShmCell`).
