@@ -3,7 +3,10 @@
 //! for `ShmCell` its value, which starts on the cache line after the lock
 //! word; for the raw mutex the same place, the line after the
 //! `pthread_mutex_t`) or **outside** (in a mapping of its own), so that
-//! every comparison is like with like.
+//! every comparison is like with like. The same machinery runs the
+//! semaphore backend's scaling rows ([`cell`] is generic over the backend;
+//! [`named_sem`] is the raw named semaphore) and the read rows of
+//! `rwlock.rs` ([`run`]).
 //!
 //! One run also counts, per child and without touching shared memory more
 //! than the loop already does:
@@ -20,10 +23,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::harness::Params;
-use crate::procs::{self, SharedAnon, MAX_TEAM};
-use crate::raw::{MutexKind, PMutex};
-use crate::{err, expect_count, fail, CellName};
-use shmsync::ShmCell;
+use crate::measure::{err, expect_count, fail, CellName};
+use crate::procs::{self, fresh_name, SharedAnon, MAX_TEAM};
+use crate::raw::{self, MutexKind, PMutex};
+use shmsync::{LockBackend, RobustMutex, ShmCell};
 
 /// Where the counter lives relative to the lock word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +36,37 @@ pub enum Counter {
     InCell,
     /// In a separate mapping.
     Outside,
+}
+
+/// The row-name tag of where the counter lives.
+pub fn tag(c: Counter) -> &'static str {
+    match c {
+        Counter::InCell => "[in]",
+        Counter::Outside => "[out]",
+    }
+}
+
+/// The robust-mutex lockers of the contended, scaling and latency rows.
+#[derive(Clone, Copy)]
+pub enum Locker {
+    Cell,
+    Raw(MutexKind),
+}
+
+impl Locker {
+    pub fn run(
+        self,
+        p: &Params,
+        cpus: &[Option<usize>],
+        total: u64,
+        counter: Counter,
+        latency: bool,
+    ) -> Result<Run, String> {
+        match self {
+            Locker::Cell => cell::<RobustMutex>(p, cpus, total, counter, latency),
+            Locker::Raw(kind) => raw(p, cpus, total, kind, counter, latency),
+        }
+    }
 }
 
 /// What one contended run measured.
@@ -83,7 +117,10 @@ fn tv_us(t: libc::timeval) -> i64 {
 /// may open the cell by name), then up to `per` times the operation it
 /// returned, which locks, increments the counter, unlocks, and returns the
 /// counter's value before the increment (a failed lock panics out of line,
-/// through [`fail`](crate::fail): the child then fails the run). Measured
+/// through [`fail`](crate::measure::fail): the child then fails the run);
+/// the read rows (`rwlock.rs`) read instead and return the value read,
+/// which makes their hand-over count meaningless (they do not report it).
+/// Measured
 /// with callgrind, the loop costs the same for both lockers but for
 /// `ShmCell`'s own instructions (an earlier version returning `Result`
 /// cost `ShmCell` 38 more instructions per call than the raw mutex here; now 25, against 14 in `benches/callgrind.rs`).
@@ -98,7 +135,12 @@ fn tv_us(t: libc::timeval) -> i64 {
 /// the span from the last arrival to the last stop. (With `latency`, child 0
 /// ignores the flag: it always makes its `per` calls, so that it has
 /// percentiles even when the others finished before it got a CPU.)
-fn run<S, F>(cpus: &[Option<usize>], per: u64, latency: bool, mut setup: S) -> Result<Run, String>
+pub fn run<S, F>(
+    cpus: &[Option<usize>],
+    per: u64,
+    latency: bool,
+    mut setup: S,
+) -> Result<Run, String>
 where
     S: FnMut(usize) -> Result<F, String>,
     F: FnMut() -> u64,
@@ -191,8 +233,9 @@ where
     })
 }
 
-/// `ShmCell<u64>` (default robust mutex), each process attaching by name.
-pub fn cell(
+/// `ShmCell<u64, L>` (the scaling rows' default robust mutex, or another
+/// backend), each process attaching by name.
+pub fn cell<L: LockBackend>(
     p: &Params,
     cpus: &[Option<usize>],
     total: u64,
@@ -200,13 +243,13 @@ pub fn cell(
     latency: bool,
 ) -> Result<Run, String> {
     let name = CellName::new();
-    let cell = ShmCell::<u64>::create(&name.name, 0).map_err(err)?;
+    let cell = ShmCell::<u64, L>::create(&name.name, 0).map_err(err)?;
     // SAFETY: a zeroed atomic is valid.
     let out = unsafe { SharedAnon::<AtomicU64>::zeroed() };
     let per = (p.iters(total) / cpus.len() as u64).max(1);
     let r = match counter {
         Counter::InCell => run(cpus, per, latency, |_| {
-            let mine = ShmCell::<u64>::open(&name.name).map_err(err)?;
+            let mine = ShmCell::<u64, L>::open(&name.name).map_err(err)?;
             Ok(move || match mine.lock() {
                 Ok(mut g) => {
                     let v = *g;
@@ -217,7 +260,7 @@ pub fn cell(
             })
         })?,
         Counter::Outside => run(cpus, per, latency, |_| {
-            let mine = ShmCell::<u64>::open(&name.name).map_err(err)?;
+            let mine = ShmCell::<u64, L>::open(&name.name).map_err(err)?;
             let c = out.get();
             Ok(move || match mine.lock() {
                 Ok(g) => {
@@ -280,6 +323,31 @@ pub fn raw(
             let v = c.load(Ordering::Relaxed);
             c.store(v + 1, Ordering::Relaxed);
             m.unlock();
+            v
+        })
+    })?;
+    expect_count(c.load(Ordering::Relaxed), r.ops)?;
+    Ok(r)
+}
+
+/// A raw named semaphore (value 1) used as a lock, as a program without
+/// this crate would: `sem_wait`, increment, `sem_post`. The counter is in a
+/// mapping of its own (the semaphore is an object of its own, with nothing
+/// beside it), as `ShmCell<NamedSemaphore>`'s value is apart from its
+/// semaphore.
+pub fn named_sem(p: &Params, cpus: &[Option<usize>], total: u64) -> Result<Run, String> {
+    let s = raw::NamedSem::create(&fresh_name());
+    // SAFETY: a zeroed atomic is valid.
+    let out = unsafe { SharedAnon::<AtomicU64>::zeroed() };
+    let c = out.get();
+    let per = (p.iters(total) / cpus.len() as u64).max(1);
+    let r = run(cpus, per, false, |_| {
+        let s = &s;
+        Ok(move || {
+            s.wait();
+            let v = c.load(Ordering::Relaxed);
+            c.store(v + 1, Ordering::Relaxed);
+            s.post();
             v
         })
     })?;

@@ -6,13 +6,14 @@
 //! on a filesystem, a System V segment is read through a read-only
 //! `shmat` before its read-write one).
 //!
-//! Registered by one call, [`register`], so that the rows stay
+//! Registered by two calls, [`register_rows`] and [`register_targets`]
+//! (rows and targets each in table order), so that the rows stay
 //! self-contained.
 
 use std::path::PathBuf;
 
-use super::harness::{key, Bench, Better, Check, Params, Section};
-use super::{err, expect_count, fail, time_attach, time_loop, CellName};
+use crate::harness::{key, Bench, Better, Check, Params, Section};
+use crate::measure::{err, expect_count, fail, time_attach, time_loop, CellName};
 use shmsync::{Error, ShmCell, SysvKey};
 
 static KIND_LOCK: Section = Section {
@@ -54,7 +55,7 @@ impl Made {
             FILE => {
                 let path = std::env::temp_dir().join(format!(
                     "{}.cell",
-                    super::procs::fresh_name().trim_start_matches('/')
+                    crate::procs::fresh_name().trim_start_matches('/')
                 ));
                 let cell = ShmCell::<u64>::create_file(&path, 0).map_err(err)?;
                 Made::File(path, cell, pid)
@@ -127,8 +128,8 @@ fn attach(p: &Params, kind: &str) -> Result<f64, String> {
     time_attach(p, || made.attach(), drop)
 }
 
-/// The per-kind rows and their target.
-pub fn register(b: &mut Bench<'_>) {
+/// The per-kind rows.
+pub fn register_rows(b: &mut Bench<'_>) {
     for kind in [NAMED, MEMFD, FILE, SYSV] {
         b.row(&KIND_LOCK, kind, Some(NAMED), "yes", move |p| lock(p, kind));
     }
@@ -137,6 +138,10 @@ pub fn register(b: &mut Bench<'_>) {
             attach(p, kind)
         });
     }
+}
+
+/// The per-kind targets.
+pub fn register_targets(b: &mut Bench<'_>) {
     for (kind, text) in [
         (MEMFD, "lock cost flat in the backing: memfd / named <= 1.1"),
         (FILE, "lock cost flat in the backing: file / named <= 1.1"),

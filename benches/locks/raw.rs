@@ -110,6 +110,53 @@ extern "C" {
     ) -> libc::c_int;
 }
 
+/// A process-shared `pthread_rwlock_t` (glibc's default kind, readers
+/// preferred). Not robust: a holder's death leaves it held for ever.
+#[repr(C, align(64))]
+pub struct PRwLock(UnsafeCell<libc::pthread_rwlock_t>);
+
+// SAFETY: a process-shared pthread rwlock may be used from any thread.
+unsafe impl Sync for PRwLock {}
+
+impl PRwLock {
+    /// Initialises in place, `PTHREAD_PROCESS_SHARED`.
+    ///
+    /// # Safety
+    ///
+    /// As [`PMutex::init`].
+    pub unsafe fn init(&self) {
+        let mut a = MaybeUninit::<libc::pthread_rwlockattr_t>::uninit();
+        // SAFETY: as in `PMutex::init`.
+        unsafe {
+            check(
+                "rwlockattr_init",
+                libc::pthread_rwlockattr_init(a.as_mut_ptr()),
+            );
+            check(
+                "rwlock setpshared",
+                libc::pthread_rwlockattr_setpshared(a.as_mut_ptr(), libc::PTHREAD_PROCESS_SHARED),
+            );
+            check(
+                "rwlock_init",
+                libc::pthread_rwlock_init(self.0.get(), a.as_ptr()),
+            );
+            libc::pthread_rwlockattr_destroy(a.as_mut_ptr());
+        }
+    }
+
+    #[inline]
+    pub fn rdlock(&self) -> libc::c_int {
+        // SAFETY: initialised by `init` (callers' order), mapped while `self`.
+        unsafe { libc::pthread_rwlock_rdlock(self.0.get()) }
+    }
+
+    #[inline]
+    pub fn unlock(&self) -> libc::c_int {
+        // SAFETY: as in `rdlock`; the caller holds it.
+        unsafe { libc::pthread_rwlock_unlock(self.0.get()) }
+    }
+}
+
 /// A process-shared `pthread_cond_t`.
 #[repr(C, align(64))]
 pub struct PCond(UnsafeCell<libc::pthread_cond_t>);
