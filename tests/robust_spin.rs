@@ -1,15 +1,17 @@
-//! The robust mutex's bounded spin (`src/lock/robust_mutex/spin.rs`)
-//! under owner death, with real processes: a holder that loops over short
+//! The contended lock's bounded spin (`src/lock/spin.rs`) under owner
+//! death, with real processes, for the two backends that spin (the robust
+//! mutex and the semaphore backend): a holder that loops over short
 //! critical sections, half-updating the value in each, is killed at a
-//! random moment while another process contends for the lock (spinning or
-//! asleep in `pthread_mutex_lock`). The contender must never get a clean
-//! guard on a half-updated value, must get `OwnerDied` when the holder died
-//! holding, and nobody may hang.
+//! random moment while two other processes contend for the lock (spinning,
+//! or asleep in `pthread_mutex_lock` or on the cell's semaphore). No
+//! contender may get a clean guard on a half-updated value; one of them (or
+//! the test, which locks last) must get `OwnerDied` when the holder died
+//! holding — once per death, never twice — and nobody may hang.
 
 use std::time::{Duration, Instant};
 
-use shmsync::testing::{self, ChildCtx, TestName};
-use shmsync::{LockError, ShmCell, ShmGuard, ShmSafe};
+use shmsync::testing::{self, ChildCtx, ChildSpec, TestName};
+use shmsync::{LockBackend, LockError, NamedSemaphore, RobustMutex, ShmCell, ShmGuard, ShmSafe};
 
 /// `a + b == TOTAL` whenever the lock is free; `stop` ends the contender.
 #[derive(Clone, Copy, Debug)]
@@ -35,7 +37,10 @@ const BOUND: Duration = Duration::from_secs(20);
 
 /// Locks; an owner death is repaired (the half-done transfer rolled
 /// forward) and counted.
-fn lock_repairing<'a>(cell: &'a ShmCell<Pair>, deaths: &mut u32) -> ShmGuard<'a, Pair> {
+fn lock_repairing<'a, L: LockBackend>(
+    cell: &'a ShmCell<Pair, L>,
+    deaths: &mut u32,
+) -> ShmGuard<'a, Pair, L> {
     match cell.lock() {
         Ok(g) => {
             assert_eq!(g.a + g.b, TOTAL, "a clean guard on a half-updated value");
@@ -51,8 +56,8 @@ fn lock_repairing<'a>(cell: &'a ShmCell<Pair>, deaths: &mut u32) -> ShmGuard<'a,
     }
 }
 
-fn roles(ctx: &ChildCtx) {
-    let cell = ShmCell::<Pair>::open(ctx.arg(1)).unwrap();
+fn roles<L: LockBackend>(ctx: &ChildCtx) {
+    let cell = ShmCell::<Pair, L>::open(ctx.arg(1)).unwrap();
     let mut deaths = 0;
     let t0 = Instant::now();
     match ctx.arg(0) {
@@ -86,18 +91,36 @@ fn roles(ctx: &ChildCtx) {
 }
 
 #[test]
-fn holder_killed_while_another_process_spins_or_sleeps() {
-    let child = testing::child!(roles);
+fn robust_mutex_holder_killed_while_others_spin_or_sleep() {
+    let child = testing::child!(roles::<RobustMutex>);
+    holder_killed_while_others_spin_or_sleep::<RobustMutex>(child);
+}
+
+#[test]
+fn semaphore_holder_killed_while_others_spin_or_sleep() {
+    let child = testing::child!(roles::<NamedSemaphore>);
+    holder_killed_while_others_spin_or_sleep::<NamedSemaphore>(child);
+}
+
+fn holder_killed_while_others_spin_or_sleep<L: LockBackend>(child: ChildSpec) {
     let mut seen = 0;
     for _ in 0..20 {
         let name = TestName::new("spin");
-        let cell = ShmCell::<Pair>::create(name.as_str(), START).unwrap();
-        let mut contender = child
-            .command()
-            .args(["contender", name.as_str()])
-            .spawn()
-            .unwrap();
-        contender.wait_point("contending").unwrap();
+        let cell = ShmCell::<Pair, L>::create(name.as_str(), START).unwrap();
+        let mut here = 0;
+        // Two contenders: when the holder dies holding while both spin,
+        // both find it dead at about the same time and race to take over.
+        let contenders: Vec<_> = (0..2)
+            .map(|_| {
+                let mut c = child
+                    .command()
+                    .args(["contender", name.as_str()])
+                    .spawn()
+                    .unwrap();
+                c.wait_point("contending").unwrap();
+                c
+            })
+            .collect();
         let holder = child
             .command()
             .args(["holder", name.as_str()])
@@ -111,7 +134,7 @@ fn holder_killed_while_another_process_spins_or_sleeps() {
             Err(LockError::OwnerDied(mut g)) => {
                 g.b = TOTAL - g.a;
                 g.make_consistent();
-                seen += 1;
+                here += 1;
                 g
             }
             Err(e) => panic!("parent lock: {e}"),
@@ -119,16 +142,20 @@ fn holder_killed_while_another_process_spins_or_sleeps() {
         assert_eq!(g.a + g.b, TOTAL);
         g.stop = 1;
         drop(g);
-        let ended = contender.wait().unwrap();
-        let deaths: u32 = ended
-            .stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("deaths="))
-            .expect("the contender reports")
-            .trim()
-            .parse()
-            .unwrap();
-        seen += deaths;
+        for contender in contenders {
+            let ended = contender.wait().unwrap();
+            let deaths: u32 = ended
+                .stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("deaths="))
+                .expect("the contender reports")
+                .trim()
+                .parse::<u32>()
+                .unwrap();
+            here += deaths;
+        }
+        assert!(here <= 1, "one death reported {here} times");
+        seen += here;
     }
     // The holder is half-way through its update nearly all of the time,
     // so over twenty random kills some must have been reported (4–9 of

@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use super::{ShmCell, ShmGuard};
 use crate::error::LockError;
-use crate::lock::robust_mutex::spin::{spin_until_changed, Spun};
+use crate::lock::spin::{spin_until_changed, Spun};
 use crate::lock::{Acquire, LockBackend};
 use crate::shm_safe::ShmSafe;
 use crate::sys;

@@ -12,6 +12,7 @@ pub(crate) mod named_semaphore;
 pub(crate) mod per_process;
 pub(crate) mod robust_mutex;
 pub(crate) mod robust_rwlock;
+pub(crate) mod spin;
 
 use std::io;
 use std::ptr::NonNull;

@@ -7,13 +7,15 @@ use std::io;
 use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
 use super::identity::{own_pid, own_thread};
-use super::{create_companion, NamedSemaphore, MAX_SEM_NAME, SLICE, SPINS};
+use super::{create_companion, NamedSemaphore, MAX_SEM_NAME, SLICE};
 use crate::error::{Error, RawLockError};
 use crate::lock::describe::{LockArea, LockInfo};
 use crate::lock::per_process::PerProcess;
 use crate::lock::sealed::Backend;
+use crate::lock::spin::{self, Budget};
 use crate::lock::{Acquire, Acquired, LockBackend};
 use crate::segment::liveness::{self, LivenessToken};
 use crate::segment::{LockKind, Segment};
@@ -179,6 +181,13 @@ impl SemLockState {
         }
     }
 
+    /// The contended acquire. A lock that reads free is tried; one that is
+    /// held is first spun on ([`spin_then_try`](Self::spin_then_try): reads
+    /// only, tries whenever it reads free), and only once that spin is
+    /// spent is the kernel asked whether the holder lives (a system call)
+    /// and, if it does, the semaphore slept on for at most a [`SLICE`];
+    /// after each sleep the same again. A try that loses a race goes back to
+    /// the spin, never to sleep, while the spin is not spent.
     #[cold]
     fn acquire_slow(
         &self,
@@ -187,7 +196,8 @@ impl SemLockState {
         me: u64,
         how: Acquire,
     ) -> Result<Acquired, RawLockError> {
-        let mut spins = 0;
+        // `try_lock` never spins: it asks the kernel at once.
+        let mut may_spin = !matches!(how, Acquire::Try);
         loop {
             if self.state.load(Ordering::Acquire) == NOT_RECOVERABLE {
                 return Err(RawLockError::NotRecoverable);
@@ -209,14 +219,24 @@ impl SemLockState {
             if self.holder_thread.load(Ordering::Relaxed) == own_thread().id {
                 return Err(RawLockError::Deadlock);
             }
+            if may_spin {
+                may_spin = false;
+                let limit = match how {
+                    Acquire::Until(deadline) => Some(deadline.remaining()),
+                    _ => None,
+                };
+                if limit != Some(Duration::ZERO) {
+                    if let Some(answer) = self.spin_then_try(&local.sem, me, limit) {
+                        return answer;
+                    }
+                }
+                // Spent: the holder is slow, or dead (a dead holder's
+                // token stays in the word; only the kernel can tell).
+                continue;
+            }
             if cur != me {
                 // (cur == me: another thread of this process through this
                 // handle, alive by definition.)
-                if spins < SPINS && !matches!(how, Acquire::Try) {
-                    spins += 1;
-                    std::hint::spin_loop();
-                    continue;
-                }
                 // The kernel's answer: the token's lock goes with the
                 // holder's last descriptor of it, when it dies or execs.
                 if !liveness::is_held(seg.fd(), cur).map_err(RawLockError::Os)? {
@@ -242,7 +262,37 @@ impl SemLockState {
                 Acquire::Block => Monotonic::now().after(SLICE),
             };
             self.sleep(&local.sem, slice_end)?;
+            may_spin = true;
         }
+    }
+
+    /// Spins on the holder word within this thread's adaptive budget (at
+    /// most `limit`), reading only, and tries to take the lock whenever it
+    /// reads free ([`spin::spin_then_try`]). `None`: the budget is spent.
+    ///
+    /// Owner death ends no spin by itself: a dead holder's token stays in
+    /// the word, so a spin on it is spent (at most [`spin::MAX_NS`], less
+    /// once the CPUs are found oversubscribed) before the caller asks the
+    /// kernel. Not-recoverable is reported by the try ([`won`](Self::won)).
+    #[cold]
+    #[inline(never)]
+    fn spin_then_try(
+        &self,
+        sem: &SemHandle,
+        me: u64,
+        limit: Option<Duration>,
+    ) -> Option<Result<Acquired, RawLockError>> {
+        spin::spin_then_try(
+            Budget::SemLock,
+            limit,
+            || self.holder.load(Ordering::Relaxed) == 0,
+            || {
+                self.holder
+                    .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                    .then(|| self.won(sem, me, false))
+            },
+        )
     }
 
     /// Sleeps on the semaphore until a post or `until`, unless the lock was

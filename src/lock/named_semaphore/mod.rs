@@ -27,10 +27,6 @@ pub const MAX_SEM_NAME: usize = 251;
 /// the bound on how long a holder's death goes unnoticed by a sleeper.
 pub(crate) const SLICE: Duration = Duration::from_millis(20);
 
-/// How often a contended acquire re-reads the holder word before it asks
-/// the kernel whether the holder lives, and sleeps (short critical sections end within it).
-const SPINS: u32 = 100;
-
 /// Why a semaphore operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -133,13 +129,21 @@ impl SemaphoreOptions {
 ///   included — asks the kernel about the holder before answering
 ///   `WouldBlock` or `TimedOut` (one system call). An uncontended acquire
 ///   is one compare-and-swap, with no system call.
+/// * **A waiter spins before it asks or sleeps.** `lock` and
+///   `lock_timeout` first spin on the holder word — reading only, trying
+///   the compare-and-swap whenever it reads free, within a per-thread
+///   budget of at most 20 µs that adapts as the robust mutex's does and
+///   backs off when the CPUs are oversubscribed — and a try that loses the
+///   race goes back to the spin. Only a spent spin asks the kernel whether
+///   the holder lives, and then sleeps: a holder that dies while others
+///   spin is noticed when their spin is spent.
 /// * **The semaphore `sem.NAME` is only where waiters sleep.** A waiter
 ///   counts itself in the segment, sleeps with
-///   `sem_clockwait(CLOCK_MONOTONIC)` for at most 20 ms, and checks the
-///   holder again; a holder killed while others sleep is noticed within one
-///   such slice. A releaser posts only when someone waits. The semaphore is
-///   created (mode: the segment's) before the segment is published Ready,
-///   never by `open`, and is removed by
+///   `sem_clockwait(CLOCK_MONOTONIC)` for at most 20 ms, and spins and
+///   checks the holder again; a holder killed while others sleep is
+///   noticed within one such slice. A releaser posts only when someone
+///   waits. The semaphore is created (mode: the segment's) before the
+///   segment is published Ready, never by `open`, and is removed by
 ///   [`ShmCell::unlink`](crate::ShmCell::unlink) — whatever `L` that call
 ///   names, since it reads the lock kind from the header.
 /// * **Recovery** is the robust mutex's: an owner-died guard dropped
