@@ -288,6 +288,16 @@ pub fn nr_roles(ctx: &ChildCtx) {
                 assert_eq!(kind(r), "NotRecoverable", "lock_timeout");
             }
         }
+        // NAME OP: waits in `lock` or `lock_timeout` (3 s) while the cell
+        // becomes not recoverable.
+        "sleeper" => {
+            testing::point("contending");
+            let r = match ctx.arg(2) {
+                "lock" => cell.lock(),
+                _ => cell.lock_timeout(Duration::from_secs(3)),
+            };
+            assert_eq!(kind(r), "NotRecoverable", "{}", ctx.arg(2));
+        }
         r => panic!("unknown role {r}"),
     }
 }

@@ -90,6 +90,26 @@ impl Scene {
         (id, spawn.bound(WAIT * 3))
     }
 
+    /// A cell whose holder was killed, and a `reporter` child holding its
+    /// owner-died guard until `go`, then dropping it unrepaired after
+    /// `delay_ns`.
+    pub fn owner_died_held(child: &ChildSpec, delay_ns: u64) -> (Scene, Running) {
+        let scene = Scene::new("nr");
+        let ended = child
+            .command()
+            .args(["dier", scene.name.as_str()])
+            .kill_at("holding");
+        assert!(ended.unwrap().killed);
+        let args = [
+            "reporter".to_string(),
+            scene.name.to_string(),
+            delay_ns.to_string(),
+        ];
+        let mut reporter = child.command().args(args).bound(WAIT).spawn().unwrap();
+        reporter.wait_point("armed").unwrap();
+        (scene, reporter)
+    }
+
     /// Starts `spawn` (worker `id`) and waits until it reached `point`.
     pub fn start(&self, id: usize, spawn: Spawn, point: &str) {
         match spawn
