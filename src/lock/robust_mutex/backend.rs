@@ -39,10 +39,16 @@ impl Backend for RobustMutex {
     }
 
     #[inline(always)]
-    unsafe fn release(shared: &RobustMutex, _: &(), _: &Segment, _consistent: bool) {
+    unsafe fn release(shared: &RobustMutex, _: &(), _: &Segment, consistent: bool) {
         // SAFETY: forwarded from the caller. glibc itself marks an
         // unrepaired owner-died mutex not recoverable on unlock.
-        unsafe { shared.release() }
+        unsafe {
+            if consistent {
+                shared.release();
+            } else {
+                shared.release_unrepaired();
+            }
+        }
     }
 
     unsafe fn make_consistent(shared: &RobustMutex, _: &(), _: &Segment) {

@@ -47,6 +47,10 @@
 //!   futex calls for 4 million contended locks before, 842 after. A thread
 //!   that re-locks a mutex it holds spins its budget (≤ 20 µs) before
 //!   `EDEADLK`.
+//! * Lockers asleep in the kernel when the mutex becomes not recoverable
+//!   are all woken to be told so: glibc 2.36 wakes one, which gives the
+//!   word back without waking the next (`wake_stranded`, and the test
+//!   `not_recoverable_wakes_every_sleeper` in `tests/spin_adversaries.rs`).
 //! * The kernel recovers at most 2048 robust locks per dying thread.
 
 use std::cell::{Cell, UnsafeCell};
@@ -176,17 +180,15 @@ impl RobustMutex {
                 // locker must not sleep either), a held one is spun on,
                 // trying whenever it reads free (`spin_then_try`); only a
                 // spin that ran out of budget blocks in glibc.
-                if self.futex().load(Ordering::Relaxed) == 0 {
-                    let ret = self.try_now();
-                    if ret != errno::ETIMEDOUT {
-                        return map_acquire(ret, how);
-                    }
+                let free = self.futex().load(Ordering::Relaxed) == 0;
+                match free.then(|| self.try_now()) {
+                    Some(ret) if ret != errno::ETIMEDOUT => ret,
+                    _ => match self.spin_then_try() {
+                        Some(ret) => ret,
+                        // SAFETY: see above.
+                        None => unsafe { sys::pthread::mutex_lock(self.raw()) },
+                    },
                 }
-                if let Some(ret) = self.spin_then_try() {
-                    return map_acquire(ret, how);
-                }
-                // SAFETY: see above.
-                unsafe { sys::pthread::mutex_lock(self.raw()) }
             }
             Acquire::Try => {
                 // A deadline that has passed, never pthread_mutex_trylock
@@ -199,7 +201,27 @@ impl RobustMutex {
                 sys::pthread::mutex_clocklock_monotonic(self.raw(), Some(deadline))
             },
         };
+        if ret == errno::ENOTRECOVERABLE {
+            self.wake_stranded();
+        }
         map_acquire(ret, how)
+    }
+
+    /// Wakes every locker asleep on the word (`FUTEX_WAKE`, all): called
+    /// whenever the mutex answered or became not recoverable. glibc wakes
+    /// one sleeper when an unrepaired owner-died mutex is unlocked, and
+    /// that sleeper, finding it not recoverable, gives the word back with
+    /// `lll_unlock`, which wakes nobody (the old word has `FUTEX_WAITERS`,
+    /// bit 31, so it is negative, and glibc 2.36 wakes only if it is
+    /// `> 1`): every other sleeper would sleep on, `lock` for ever and
+    /// `lock_timeout` into `TimedOut`. Woken, each takes the word, finds it
+    /// not recoverable, answers so, and wakes the rest again here.
+    #[cold]
+    #[inline(never)]
+    fn wake_stranded(&self) {
+        // A failed wake leaves no worse than glibc alone would; nothing to
+        // report it to (this also runs from `Drop`).
+        let _ = sys::futex::wake(self.futex(), u32::MAX);
     }
 
     /// The contended acquire: spins, trying without blocking whenever the
@@ -236,6 +258,20 @@ impl RobustMutex {
         // guard; it is ignored because this runs in `Drop`, which must not
         // panic.
         let _ = unsafe { sys::pthread::mutex_unlock(self.raw()) };
+    }
+
+    /// Releases an owner-died lock that was not made consistent, which
+    /// makes it not recoverable for good, and wakes every sleeper to be
+    /// told so ([`wake_stranded`](Self::wake_stranded)).
+    ///
+    /// # Safety
+    ///
+    /// The calling thread holds the lock.
+    #[cold]
+    pub(crate) unsafe fn release_unrepaired(&self) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.release() };
+        self.wake_stranded();
     }
 
     /// # Safety
@@ -364,7 +400,13 @@ impl Drop for RobustMutexGuard<'_> {
     fn drop(&mut self) {
         if self.fork_gen == sys::fork::fork_generation() {
             // SAFETY: this guard's thread holds the lock.
-            unsafe { self.mutex.release() };
+            unsafe {
+                if self.inconsistent.get() {
+                    self.mutex.release_unrepaired();
+                } else {
+                    self.mutex.release();
+                }
+            }
         }
     }
 }
