@@ -83,11 +83,9 @@ const EXPIRED: libc::timespec = libc::timespec {
 
 /// `pthread_mutex_clocklock(CLOCK_MONOTONIC, deadline)`; `None` is a
 /// deadline that has always passed ([`EXPIRED`]): a try that never enters
-/// the kernel for a held lock and never uses `pthread_mutex_trylock`
-/// (glibc 2.36's trylock on a not-recoverable robust mutex leaves the
-/// caller's tid in the lock word, wedging it). A deadline in the past goes
-/// the same way: asking the kernel to wait until a past time costs a timer
-/// interrupt for nothing.
+/// the kernel for a held lock. A deadline in the past goes the same way:
+/// asking the kernel to wait until a past time costs a timer interrupt for
+/// nothing.
 ///
 /// # Safety
 ///
@@ -103,6 +101,19 @@ pub(crate) unsafe fn mutex_clocklock_monotonic(
     };
     // SAFETY: guaranteed by the caller; `ts` is a valid timespec.
     unsafe { pthread_mutex_clocklock(m, libc::CLOCK_MONOTONIC, &ts) }
+}
+
+/// `pthread_mutex_trylock`. On a robust mutex that is not recoverable,
+/// glibc 2.36 answers `ENOTRECOVERABLE` but leaves the caller's tid in the
+/// lock word: `RobustMutex::try_now` checks first and repairs after.
+///
+/// # Safety
+///
+/// `m` must point to an initialised mutex that stays mapped for the call.
+#[inline]
+pub(crate) unsafe fn mutex_trylock(m: *mut libc::pthread_mutex_t) -> libc::c_int {
+    // SAFETY: guaranteed by the caller.
+    unsafe { libc::pthread_mutex_trylock(m) }
 }
 
 /// `pthread_mutex_unlock`.
