@@ -267,6 +267,7 @@ impl RobustMutex {
         // for the call.
         let ret = unsafe { sys::pthread::mutex_trylock(self.raw()) };
         if ret == errno::ENOTRECOVERABLE {
+            crate::steps::step("mutex:try-not-recoverable");
             self.unwedge();
         }
         ret
