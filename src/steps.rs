@@ -104,6 +104,10 @@ pub(crate) const STEPS: &[(&str, &str)] = &[
         "RobustMutex: `pthread_mutex_*lock` returned (clean or `EOWNERDEAD`); no guard exists yet",
     ),
     (
+        "mutex:try-not-recoverable",
+        "RobustMutex try: glibc answered `ENOTRECOVERABLE` (the mutex became not recoverable after the check of `__owner`); nothing given back, no sleeper woken yet",
+    ),
+    (
         "flock:locked",
         "FileLock: `flock(LOCK_EX)` is held, the held marker not read yet",
     ),

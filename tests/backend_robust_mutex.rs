@@ -264,6 +264,17 @@ fn mutex_child(ctx: &testing::ChildCtx) {
             write(&seg, 2);
             drop(g);
         }
+        "try_racer" => {
+            testing::points_at_crate_steps();
+            testing::point("racing");
+            loop {
+                match backend_suite::kind(&m.try_lock()) {
+                    "WouldBlock" => std::hint::spin_loop(),
+                    "NotRecoverable" => break,
+                    other => panic!("a try while another holds it: {other}"),
+                }
+            }
+        }
         "not_recoverable" => {
             for op in backend_suite::OPS {
                 let r = mutex_attempt(m, op);
@@ -386,6 +397,64 @@ fn standalone_mutex_not_recoverable() {
         .args(["not_recoverable", &name])
         .run()
         .unwrap();
+}
+
+/// A try that races the unlock making the mutex not recoverable (it read
+/// `__owner` before the unlock, glibc's compare-and-swap takes the freed
+/// word after) and whose process is SIGKILLed as glibc answers
+/// `ENOTRECOVERABLE` (the step `mutex:try-not-recoverable`): every later
+/// locker must still be told `NotRecoverable`, and the lock word must not
+/// name the dead process. The race is caught in some of the attempts; the
+/// test needs at least one.
+#[test]
+fn try_killed_as_the_mutex_becomes_not_recoverable() {
+    const ATTEMPTS: u32 = 300;
+    let child = testing::child!(mutex_child);
+    let _guard = Guard::new();
+    let mut caught = 0;
+    for attempt in 0..ATTEMPTS {
+        let name = name("sa-race");
+        let seg = create_mutex_segment(&name);
+        let m = mutex(&seg);
+        // A thread of ours exits holding it: owner died.
+        std::thread::scope(|s| {
+            s.spawn(|| std::mem::forget(m.lock().unwrap()));
+        });
+        let g = m.lock().err().and_then(LockError::into_owner_died);
+        let g = g.expect("OwnerDied after the holder thread's exit");
+        let mut racer = child
+            .command()
+            .args(["try_racer", &name])
+            .stop_at("mutex:try-not-recoverable")
+            .spawn()
+            .unwrap();
+        racer.wait_point("racing").unwrap();
+        std::thread::sleep(Duration::from_micros(100 + u64::from(attempt % 7) * 50));
+        drop(g); // not made consistent: not recoverable from here on
+        if racer.wait_stopped().is_err() {
+            // The racer read `__owner` after the unlock: no race this time.
+            racer.wait().unwrap();
+            continue;
+        }
+        racer.kill().unwrap();
+        caught += 1;
+        let word = m.owner_tid();
+        let timed = backend_suite::kind(&m.lock_timeout(Duration::from_millis(500)));
+        let tried = backend_suite::kind(&m.try_lock());
+        assert_eq!(
+            (word, timed, tried),
+            (0, "NotRecoverable", "NotRecoverable"),
+            "attempt {attempt}: (lock word tid, lock_timeout, try_lock) after the racer's death"
+        );
+        if caught == 3 {
+            break;
+        }
+    }
+    println!("race caught {caught} times");
+    assert!(
+        caught > 0,
+        "the race was never caught in {ATTEMPTS} attempts"
+    );
 }
 
 /// Resumes a stopped holder and waits for it to end successfully.

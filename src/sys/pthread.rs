@@ -103,14 +103,15 @@ pub(crate) unsafe fn mutex_clocklock_monotonic(
     unsafe { pthread_mutex_clocklock(m, libc::CLOCK_MONOTONIC, &ts) }
 }
 
-/// `pthread_mutex_trylock`. On a robust mutex that is not recoverable,
-/// glibc 2.36 answers `ENOTRECOVERABLE` but leaves the caller's tid in the
-/// lock word: `RobustMutex::try_now` checks first and repairs after.
+/// `pthread_mutex_trylock`, for the unit test that shows why the crate
+/// never uses it: on a robust mutex that is not recoverable, glibc 2.36
+/// answers `ENOTRECOVERABLE` but leaves the caller's tid in the lock word
+/// (`RobustMutex::try_now`).
 ///
 /// # Safety
 ///
 /// `m` must point to an initialised mutex that stays mapped for the call.
-#[inline]
+#[cfg(test)]
 pub(crate) unsafe fn mutex_trylock(m: *mut libc::pthread_mutex_t) -> libc::c_int {
     // SAFETY: guaranteed by the caller.
     unsafe { libc::pthread_mutex_trylock(m) }

@@ -27,17 +27,19 @@
 //! * One errno mapping ([`map_acquire`]) serves `lock`, `try_lock` and the
 //!   timed lock: a path that forgot `EOWNERDEAD` would leave its caller
 //!   holding a lock with no guard.
-//! * glibc 2.36's `pthread_mutex_trylock` on a not-recoverable robust
-//!   mutex leaves the caller's tid in the lock word, wedging it. Every try
-//!   (`try_lock`, and the tries of `lock`) reads `__owner` first and never
-//!   calls it on a not-recoverable mutex; one that became so between that
-//!   read and the call is given back (`RobustMutex::try_now`).
+//! * `try_lock` is `pthread_mutex_clocklock` with a deadline that has
+//!   passed (`tv_sec = -1`, in `sys::pthread`), never
+//!   `pthread_mutex_trylock`: glibc 2.36's trylock on a not-recoverable
+//!   robust mutex leaves the caller's tid in the lock word, wedging it,
+//!   and no check before or repair after closes that for a process killed
+//!   in between (`RobustMutex::try_now`). Every try reads `__owner` first
+//!   and answers not recoverable without calling glibc.
 //! * Timed locks use `CLOCK_MONOTONIC`.
 //! * `lock` never goes straight into `pthread_mutex_lock`, which sleeps
 //!   (`FUTEX_WAITERS` + `FUTEX_WAIT`) as soon as it finds the word held, and
 //!   so makes the holder's next unlock a `FUTEX_WAKE` system call. It reads
-//!   the word first: free, it *tries* (`pthread_mutex_trylock`, guarded
-//!   as above: never sleeps, never sets `FUTEX_WAITERS`); held, or lost the
+//!   the word first: free, it *tries* (the expired-deadline clocklock
+//!   above: never sleeps, never sets `FUTEX_WAITERS`); held, or lost the
 //!   race, it spins a bounded, adaptive while ([`spin`]: reads only, tries
 //!   again whenever the word reads free or `FUTEX_OWNER_DIED`, backs off
 //!   when the CPUs are oversubscribed), and only a spin that ran out of
@@ -185,7 +187,7 @@ impl RobustMutex {
                 // spin that ran out of budget blocks in glibc.
                 let free = self.futex().load(Ordering::Relaxed) == 0;
                 match free.then(|| self.try_now()) {
-                    Some(ret) if ret != errno::EBUSY => ret,
+                    Some(ret) if ret != errno::ETIMEDOUT => ret,
                     _ => match self.spin_then_try() {
                         Some(ret) => ret,
                         // SAFETY: see above.
@@ -230,64 +232,42 @@ impl RobustMutex {
     fn spin_then_try(&self) -> Option<i32> {
         spin::spin_then_try(self.futex(), || {
             let ret = self.try_now();
-            (ret != errno::EBUSY).then_some(ret)
+            (ret != errno::ETIMEDOUT).then_some(ret)
         })
     }
 
-    /// One attempt that never sleeps and never sets `FUTEX_WAITERS`
-    /// (`EBUSY` for a held lock): `pthread_mutex_trylock`, kept from
-    /// wedging a not-recoverable mutex. It reports owner death and
-    /// not-recoverable as the blocking lock does.
+    /// One attempt that never sleeps and never sets `FUTEX_WAITERS`:
+    /// `pthread_mutex_clocklock` with a deadline that has passed
+    /// (`ETIMEDOUT` for a held lock, without entering the kernel); it
+    /// reports owner death and not-recoverable as the blocking lock does.
     ///
-    /// glibc 2.36's robust trylock on a not-recoverable mutex takes the
-    /// word (`0` → its tid), finds `__owner == NOT_RECOVERABLE`, and
-    /// answers `ENOTRECOVERABLE` *without giving the word back* (it
-    /// compares the old word, `0`, with its tid): the word names a thread
-    /// that does not hold the mutex, and every later `lock` sleeps for
-    /// ever. So: not recoverable is final, and `__owner` says so before
-    /// any try (one load of the word's cache line); a mutex that becomes
-    /// not recoverable between that load and the try (a holder's death and
-    /// an unrepaired release in between) is given back by
-    /// [`unwedge`](Self::unwedge). Measured against the expired-deadline
-    /// `pthread_mutex_clocklock` used before: about 0.9 ns less per
-    /// uncontended lock + unlock (`BENCHMARKS.md`).
+    /// Never `pthread_mutex_trylock`: glibc 2.36's robust trylock on a
+    /// not-recoverable mutex takes the word (`0` → its tid), finds
+    /// `__owner == NOT_RECOVERABLE`, and answers `ENOTRECOVERABLE`
+    /// *without giving the word back* (it compares the old word, `0`, with
+    /// its tid), `list_op_pending` cleared and the mutex not on the robust
+    /// list. Checking `__owner` first cannot keep it out (the mutex may
+    /// become not recoverable between the check and glibc's
+    /// compare-and-swap), and freeing the word afterwards leaves a window
+    /// where a SIGKILL makes the wedge permanent: the kernel never marks a
+    /// word that is on no robust list, every later `lock` sleeps for ever
+    /// (`try_killed_as_the_mutex_becomes_not_recoverable` in
+    /// `tests/backend_robust_mutex.rs`). The clocklock gives the word back
+    /// before it clears `list_op_pending`, so a death inside it is the
+    /// kernel's to repair. `__owner` is still read first: not recoverable
+    /// is answered without taking the word at all.
     #[inline(always)]
     fn try_now(&self) -> i32 {
         if self.owner_word().load(Ordering::Relaxed) == word::NOT_RECOVERABLE {
             return errno::ENOTRECOVERABLE;
         }
-        self.try_glibc()
-    }
-
-    /// `pthread_mutex_trylock`, and the word given back if it answered
-    /// `ENOTRECOVERABLE` (see [`try_now`](Self::try_now)).
-    #[inline(always)]
-    fn try_glibc(&self) -> i32 {
         // SAFETY: `self` is an initialised mutex (type invariant), borrowed
         // for the call.
-        let ret = unsafe { sys::pthread::mutex_trylock(self.raw()) };
+        let ret = unsafe { sys::pthread::mutex_clocklock_monotonic(self.raw(), None) };
         if ret == errno::ENOTRECOVERABLE {
-            self.unwedge();
+            crate::steps::step("mutex:try-not-recoverable");
         }
         ret
-    }
-
-    /// After a trylock answered `ENOTRECOVERABLE`: frees the word if it
-    /// still names this thread (glibc 2.36 leaves it so; a glibc that gives
-    /// it back leaves nothing to do, and a word another thread took since
-    /// is left alone). `FUTEX_WAITERS` set meanwhile goes with it: the
-    /// caller wakes every sleeper ([`wake_stranded`](Self::wake_stranded)).
-    /// This thread never holds a not-recoverable mutex, so no tid of ours
-    /// in the word is a lock of ours.
-    #[cold]
-    #[inline(never)]
-    fn unwedge(&self) {
-        let me = sys::proc::gettid();
-        let _ = self
-            .futex()
-            .fetch_update(Ordering::Release, Ordering::Relaxed, |w| {
-                (w & word::TID_MASK == me).then_some(0)
-            });
     }
 
     /// `__owner` (see [`word`]), read as a 32-bit atomic.

@@ -16,7 +16,7 @@
 //! at once: a spinner never delays the owner-death report, the kernel sets
 //! the bit when the owner dies and the next read sees it). The lock, its
 //! robust-list entry and the owner-death protocol all stay inside glibc
-//! (`pthread_mutex_lock`, and the non-blocking `pthread_mutex_trylock`
+//! (`pthread_mutex_lock`, and the non-blocking `pthread_mutex_clocklock`
 //! that `spin_then_try`'s caller passes in), so robustness is glibc's.
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -33,9 +33,9 @@ fn go(w: u32) -> bool {
 
 /// Spins while `futex` shows a live holder, within this thread's budget;
 /// each time the word reads free (or owner-died) calls `try_lock`, a
-/// non-blocking attempt that never sets `FUTEX_WAITERS` (`RobustMutex`'s
-/// guarded `pthread_mutex_trylock`: `EBUSY` without entering the kernel
-/// when the lock is held again). Returns the first answer of
+/// non-blocking attempt that never sets `FUTEX_WAITERS` (glibc's robust
+/// clocklock with an expired deadline: `ETIMEDOUT` without entering the
+/// kernel when the lock is held again). Returns the first answer of
 /// `try_lock` that is not `None` (the lock taken, or an owner death, or an
 /// error to report), or `None` when the budget is spent: then the caller
 /// blocks in `pthread_mutex_lock`.
