@@ -197,6 +197,57 @@ fn robust_mutex_refuses_another_pid_namespace_until_all_left() {
     assert_eq!(*cell.lock().unwrap(), 10);
 }
 
+/// A process keeps its pid namespace once read; a child it forks into a
+/// new pid namespace (after `unshare(CLONE_NEWPID)`, no `exec`) must read
+/// its own, not inherit the kept value: its open of a robust-mutex cell
+/// recorded by our namespace is refused.
+#[test]
+fn forked_child_in_a_new_pid_namespace_is_refused_after_its_parent_opened() {
+    let parent = testing::child!(|ctx| {
+        // Reads (and keeps) this namespace: the same as the test's.
+        let cell = ShmCell::<u64>::open(ctx.arg(0)).unwrap();
+        // SAFETY: unshare has no memory preconditions; CLONE_NEWPID only
+        // changes the namespace of children made from now on.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWPID) }, 0, "unshare");
+        // SAFETY: the child opens a cell (allocation, system calls) and
+        // `_exit`s; this process's other thread is libtest's main thread,
+        // waiting on the test thread.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            let code = match ShmCell::<u64>::open(ctx.arg(0)) {
+                Err(Error::ForeignPidNamespace { .. }) if std::process::id() == 1 => 0,
+                Err(_) => 2,
+                Ok(opened) => {
+                    drop(opened);
+                    3
+                }
+            };
+            // SAFETY: ends the forked child without running exit handlers.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: reaps our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status), "child status {status:#x}");
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "the forked child (pid 1 of a new pid namespace) was not refused \
+             (2: another error, 3: opened)"
+        );
+        drop(cell);
+    });
+    if !namespaces_available(&PID_NS, "pid namespaces") {
+        return;
+    }
+    let name = TestName::new("ns-forked");
+    // Stays attached: the record is this namespace's throughout.
+    let cell = ShmCell::<u64>::create(&name, 0).unwrap();
+    parent.arg(&name).run().unwrap();
+    assert_eq!(*cell.lock().unwrap(), 0);
+}
+
 /// Two processes of one other pid namespace share a robust-mutex cell
 /// (only processes of *different* namespaces are refused): the first to
 /// attach recorded their namespace, the second finds it.

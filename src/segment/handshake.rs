@@ -288,6 +288,14 @@ impl Segment {
         use std::sync::atomic::Ordering;
         let ours = sys::proc::pid_namespace();
         let word = &self.header().attach_pid_ns;
+        // Already our namespace: recording it again (if alone) would store
+        // the same value, and nobody can change it while we hold the read
+        // lock (a record needs the write lock), so the upgrade attempt (a
+        // failing fcntl whenever others are attached) is skipped. An
+        // unknown namespace (0) still takes the path below.
+        if ours != 0 && word.load(Ordering::Relaxed) == ours {
+            return Ok(());
+        }
         if sys::fd_lock::ofd_try_set(self.fd(), OfdLock::Write, ATTACH_BYTE, 1)
             .map_err(|e| Error::io("fcntl(F_OFD_SETLK)", e))?
         {
