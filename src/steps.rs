@@ -105,7 +105,15 @@ pub(crate) const STEPS: &[(&str, &str)] = &[
     ),
     (
         "mutex:try-not-recoverable",
-        "RobustMutex try: glibc answered `ENOTRECOVERABLE` (the mutex became not recoverable after the check of `__owner`); nothing given back, no sleeper woken yet",
+        "RobustMutex try: glibc answered `ENOTRECOVERABLE` (the mutex became not recoverable after the check of `__owner`; glibc gave the word back); no sleeper woken yet",
+    ),
+    (
+        "mutex:answered-not-recoverable",
+        "RobustMutex: a lock call is about to answer `NotRecoverable`; the other sleepers not woken yet",
+    ),
+    (
+        "mutex:released-unrepaired",
+        "RobustMutex: an owner-died lock was unlocked unrepaired (now not recoverable; glibc woke one sleeper); the others not woken yet",
     ),
     (
         "flock:locked",

@@ -275,6 +275,29 @@ fn mutex_child(ctx: &testing::ChildCtx) {
                 }
             }
         }
+        // Takes the owner death, holds it until the value reads 1, drops
+        // it unrepaired (not recoverable).
+        "nr_releaser" => {
+            testing::points_at_crate_steps();
+            let g = m.lock().err().and_then(LockError::into_owner_died);
+            let _g = g.expect("OwnerDied");
+            testing::point("holding");
+            let t0 = Instant::now();
+            while read(&seg) != 1 {
+                assert!(t0.elapsed() < BOUND, "never told to release");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        // OP: sleeps in `lock` or `lock_timeout` (10 s) until told.
+        "nr_sleeper" => {
+            testing::points_at_crate_steps();
+            testing::point("sleeping");
+            let r = match ctx.arg(2) {
+                "lock" => m.lock(),
+                _ => m.lock_timeout(Duration::from_secs(10)),
+            };
+            assert_eq!(backend_suite::kind(&r), "NotRecoverable", "{}", ctx.arg(2));
+        }
         "not_recoverable" => {
             for op in backend_suite::OPS {
                 let r = mutex_attempt(m, op);
@@ -467,4 +490,75 @@ impl ResumeAndWait for Running {
         self.resume().unwrap();
         self.wait().unwrap();
     }
+}
+
+/// Whether process `pid` is asleep (`S` in `/proc/PID/stat`).
+fn asleep(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the command name's closing parenthesis.
+    stat.rsplit_once(") ")
+        .is_some_and(|(_, rest)| rest.starts_with('S'))
+}
+
+/// Lockers asleep when the mutex becomes not recoverable, whose wake-up is
+/// lost: the unlock that made it so is stopped before it wakes them all
+/// (`mutex:released-unrepaired`), and the one sleeper glibc woke is
+/// stopped before it wakes the rest (`mutex:answered-not-recoverable`) —
+/// as if both had been killed there. Every other sleeper must still learn
+/// `NotRecoverable` (from `__owner`, when its sleep slice ends): `lock`
+/// must not sleep for ever, nor `lock_timeout` answer `TimedOut`.
+#[test]
+fn sleepers_whose_wake_up_is_lost_still_learn_not_recoverable() {
+    let child = testing::child!(mutex_child);
+    let _guard = Guard::new();
+    let name = name("sa-strand");
+    let seg = create_mutex_segment(&name);
+    let m = mutex(&seg);
+    std::thread::scope(|s| {
+        s.spawn(|| std::mem::forget(m.lock().unwrap()));
+    });
+    let mut releaser = child
+        .command()
+        .args(["nr_releaser", &name])
+        .stop_at("mutex:released-unrepaired")
+        .spawn()
+        .unwrap();
+    releaser.wait_point("holding").unwrap();
+    let mut sleepers: Vec<Running> = ["lock", "lock", "timeout"]
+        .into_iter()
+        .map(|op| {
+            let mut s = child
+                .command()
+                .args(["nr_sleeper", &name, op])
+                .stop_at("mutex:answered-not-recoverable")
+                .spawn()
+                .unwrap();
+            s.wait_point("sleeping").unwrap();
+            // Past the spin, asleep in glibc (a few ms at most).
+            let t0 = Instant::now();
+            while !asleep(s.pid()) {
+                assert!(t0.elapsed() < BOUND, "sleeper {} never slept", s.pid());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(20));
+    write(&seg, 1);
+    releaser.wait_stopped().unwrap();
+    // Each sleeper reaches its answer (the stop point) although nobody
+    // wakes it: the one glibc woke at once, the others after a slice.
+    let t0 = Instant::now();
+    for s in &mut sleepers {
+        s.wait_stopped().unwrap();
+    }
+    println!("all sleepers answered within {:?}", t0.elapsed());
+    releaser.resume().unwrap();
+    releaser.wait().unwrap();
+    for mut s in sleepers {
+        s.resume().unwrap();
+        s.wait().unwrap();
+    }
+    assert_eq!(m.owner_tid(), 0);
+    assert!(matches!(m.lock(), Err(LockError::NotRecoverable)));
 }

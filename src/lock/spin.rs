@@ -1,7 +1,7 @@
 //! Bounded, adaptive, read-only spins, shared by the lock backends and the
 //! cell's wait: on a held lock word, trying without blocking whenever it
 //! reads free, before sleeping ([`spin_then_try`]: the robust mutex before
-//! `pthread_mutex_lock`, the semaphore backend before its liveness check
+//! its sleeping `pthread_mutex_clocklock`, the semaphore backend before its liveness check
 //! and `sem_clockwait`), and on a cell's notification sequence before
 //! `FUTEX_WAIT` ([`spin_until_changed`], `cell/wait.rs`).
 //!

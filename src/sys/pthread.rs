@@ -60,17 +60,6 @@ pub(crate) unsafe fn mutex_init_robust_shared(m: *mut libc::pthread_mutex_t) -> 
     result
 }
 
-/// `pthread_mutex_lock`.
-///
-/// # Safety
-///
-/// `m` must point to an initialised mutex that stays mapped for the call.
-#[inline]
-pub(crate) unsafe fn mutex_lock(m: *mut libc::pthread_mutex_t) -> libc::c_int {
-    // SAFETY: guaranteed by the caller.
-    unsafe { libc::pthread_mutex_lock(m) }
-}
-
 /// A deadline that has always passed. glibc's robust clocklock still tries
 /// the lock word and reports `EOWNERDEAD` / `ENOTRECOVERABLE` / `EDEADLK`,
 /// but answers `ETIMEDOUT` for a held lock *without* entering the kernel

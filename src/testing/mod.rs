@@ -237,7 +237,9 @@
 //! |---|---|
 //! | `sem:companion-written` | NamedSemaphore create (initialisation): written the marked semaphore into an unnamed file, not linked it as `sem.NAME` |
 //! | `mutex:locked` | RobustMutex: returned from `pthread_mutex_*lock` (clean or `EOWNERDEAD`); no guard yet |
-//! | `mutex:try-not-recoverable` | RobustMutex try: had glibc answer `ENOTRECOVERABLE` (the mutex became not recoverable after its check of `__owner`), not given anything back or woken anyone |
+//! | `mutex:try-not-recoverable` | RobustMutex try: had glibc answer `ENOTRECOVERABLE` (the mutex became not recoverable after its check of `__owner`; glibc gave the word back), not woken anyone |
+//! | `mutex:answered-not-recoverable` | RobustMutex: about to answer `NotRecoverable`, not woken the other sleepers |
+//! | `mutex:released-unrepaired` | RobustMutex: unlocked an owner-died lock unrepaired (glibc woke one sleeper), not woken the others |
 //! | `flock:locked` | FileLock: taken `flock(LOCK_EX)`, not read the held marker |
 //! | `flock:holder-recorded` | FileLock: written `holder_pid`, not set the marker to held |
 //! | `flock:marked` | FileLock: set the marker to held (held-inconsistent after an owner death) |

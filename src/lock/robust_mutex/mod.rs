@@ -43,7 +43,7 @@
 //!   race, it spins a bounded, adaptive while ([`spin`]: reads only, tries
 //!   again whenever the word reads free or `FUTEX_OWNER_DIED`, backs off
 //!   when the CPUs are oversubscribed), and only a spin that ran out of
-//!   budget blocks in `pthread_mutex_lock`. glibc alone takes the lock and
+//!   budget sleeps in glibc. glibc alone takes the lock and
 //!   reports owner death, on every path. Measured (`perf stat -e
 //!   syscalls:sys_enter_futex` around `cargo bench --bench locks --
 //!   --rounds 1 "contended/ShmCell<RobustMutex>::lock [in]"`): 135 000
@@ -54,6 +54,12 @@
 //!   are all woken to be told so: glibc 2.36 wakes one, which gives the
 //!   word back without waking the next (`wake_stranded`, and the test
 //!   `not_recoverable_wakes_every_sleeper` in `tests/spin_adversaries.rs`).
+//!   A wake-up lost anyway (a process killed between its not-recoverable
+//!   answer or unrepaired unlock and that wake) costs at most a sleep
+//!   slice: sleepers sleep in `pthread_mutex_clocklock` slices of 50 ms and
+//!   read `__owner` between them (`sleep_in_slices`, and the test
+//!   `sleepers_whose_wake_up_is_lost_still_learn_not_recoverable` in
+//!   `tests/backend_robust_mutex.rs`).
 //! * The kernel recovers at most 2048 robust locks per dying thread.
 
 use std::cell::{Cell, UnsafeCell};
@@ -75,6 +81,12 @@ use crate::sys;
 use crate::sys::errno;
 use crate::sys::pthread::RawMutex;
 use crate::sys::time::Monotonic;
+
+/// The longest sleep in glibc between two checks of `__owner` by a
+/// sleeping locker ([`RobustMutex::sleep_in_slices`]): how late at worst a
+/// sleeper whose wake-up was lost learns that the mutex is not
+/// recoverable.
+const SLEEP_SLICE: Duration = Duration::from_millis(50);
 
 /// What glibc keeps in a robust `pthread_mutex_t` (see the module docs).
 pub(crate) mod word {
@@ -190,21 +202,53 @@ impl RobustMutex {
                     Some(ret) if ret != errno::ETIMEDOUT => ret,
                     _ => match self.spin_then_try() {
                         Some(ret) => ret,
-                        // SAFETY: see above.
-                        None => unsafe { sys::pthread::mutex_lock(self.raw()) },
+                        None => self.sleep_in_slices(None),
                     },
                 }
             }
             Acquire::Try => self.try_now(),
-            // SAFETY: see above.
-            Acquire::Until(deadline) => unsafe {
-                sys::pthread::mutex_clocklock_monotonic(self.raw(), Some(deadline))
-            },
+            Acquire::Until(deadline) => self.sleep_in_slices(Some(deadline)),
         };
         if ret == errno::ENOTRECOVERABLE {
+            crate::steps::step("mutex:answered-not-recoverable");
             self.wake_stranded();
         }
         map_acquire(ret, how)
+    }
+
+    /// The sleeping acquire (`lock` past its spin, `lock_timeout`): glibc's
+    /// `pthread_mutex_clocklock`, in slices of at most [`SLEEP_SLICE`] up to
+    /// the deadline (none: for ever), reading `__owner` between slices.
+    ///
+    /// A sleeper relies on a wake-up to learn that the mutex became not
+    /// recoverable, and that wake-up can be lost for good: glibc passes it
+    /// on to one sleeper only, which gives the word back without waking the
+    /// next; [`wake_stranded`](Self::wake_stranded) wakes the rest, but a
+    /// process killed between glibc's answer and that wake (or between an
+    /// unrepaired unlock and its wake) leaves them asleep — `lock` for ever,
+    /// `lock_timeout` into `TimedOut`. A slice that ends finds
+    /// `NOT_RECOVERABLE` in `__owner` and answers so. A held lock costs its
+    /// sleepers one timer wake-up per slice; taking it over is unchanged
+    /// (the unlock's `FUTEX_WAKE` ends the slice at once).
+    #[cold]
+    #[inline(never)]
+    fn sleep_in_slices(&self, deadline: Option<Monotonic>) -> i32 {
+        loop {
+            let slice_end = Monotonic::now().after(SLEEP_SLICE);
+            let (until, last) = match deadline {
+                Some(d) if d <= slice_end => (d, true),
+                _ => (slice_end, false),
+            };
+            // SAFETY: `self` is an initialised mutex (type invariant),
+            // borrowed for the call.
+            let ret = unsafe { sys::pthread::mutex_clocklock_monotonic(self.raw(), Some(until)) };
+            if ret != errno::ETIMEDOUT || last {
+                return ret;
+            }
+            if self.owner_word().load(Ordering::Relaxed) == word::NOT_RECOVERABLE {
+                return errno::ENOTRECOVERABLE;
+            }
+        }
     }
 
     /// Wakes every locker asleep on the word (`FUTEX_WAKE`, all): called
@@ -305,6 +349,7 @@ impl RobustMutex {
     pub(crate) unsafe fn release_unrepaired(&self) {
         // SAFETY: forwarded from the caller.
         unsafe { self.release() };
+        crate::steps::step("mutex:released-unrepaired");
         self.wake_stranded();
     }
 

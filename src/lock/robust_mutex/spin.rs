@@ -1,7 +1,7 @@
 //! The robust mutex's spin on its held lock word (the machinery, shared
 //! with the semaphore backend and the cell's wait, is
 //! [`crate::lock::spin`]): reads only, tries without blocking whenever the
-//! word reads free, before `pthread_mutex_lock` ([`spin_then_try`]).
+//! word reads free, before the sleeping lock ([`spin_then_try`]).
 //!
 //! glibc's robust mutex never spins: a locker that finds it held sets
 //! `FUTEX_WAITERS` and calls `FUTEX_WAIT` at once, and an unlock that finds
@@ -38,7 +38,7 @@ fn go(w: u32) -> bool {
 /// kernel when the lock is held again). Returns the first answer of
 /// `try_lock` that is not `None` (the lock taken, or an owner death, or an
 /// error to report), or `None` when the budget is spent: then the caller
-/// blocks in `pthread_mutex_lock`.
+/// sleeps in glibc (`RobustMutex::sleep_in_slices`).
 ///
 /// Why not call `pthread_mutex_lock` as soon as the word reads free: it
 /// would set `FUTEX_WAITERS` and sleep whenever its compare-and-swap loses
