@@ -6,6 +6,9 @@
 //! names, threads, fork.
 
 mod backend_suite;
+mod support;
+
+use support::proc_state;
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -44,12 +47,6 @@ fn await_until(what: &str, cond: impl Fn() -> bool) {
         assert!(Instant::now() < deadline, "never: {what}");
         std::thread::yield_now();
     }
-}
-
-/// The state letter of process `pid` in `/proc/PID/stat`.
-fn proc_state(pid: u32) -> char {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap()
 }
 
 fn expect_held(cell: &SemCell, what: &str) {

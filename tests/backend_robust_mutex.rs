@@ -4,6 +4,7 @@
 //! processes.
 
 mod backend_suite;
+mod support;
 
 use std::time::{Duration, Instant};
 
@@ -492,14 +493,6 @@ impl ResumeAndWait for Running {
     }
 }
 
-/// Whether process `pid` is asleep (`S` in `/proc/PID/stat`).
-fn asleep(pid: u32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The state follows the command name's closing parenthesis.
-    stat.rsplit_once(") ")
-        .is_some_and(|(_, rest)| rest.starts_with('S'))
-}
-
 /// Lockers asleep when the mutex becomes not recoverable, whose wake-up is
 /// lost: the unlock that made it so is stopped before it wakes them all
 /// (`mutex:released-unrepaired`), and the one sleeper glibc woke is
@@ -535,15 +528,10 @@ fn sleepers_whose_wake_up_is_lost_still_learn_not_recoverable() {
                 .unwrap();
             s.wait_point("sleeping").unwrap();
             // Past the spin, asleep in glibc (a few ms at most).
-            let t0 = Instant::now();
-            while !asleep(s.pid()) {
-                assert!(t0.elapsed() < BOUND, "sleeper {} never slept", s.pid());
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            support::await_state(s.pid(), 'S', BOUND);
             s
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(20));
     write(&seg, 1);
     releaser.wait_stopped().unwrap();
     // Each sleeper reaches its answer (the stop point) although nobody

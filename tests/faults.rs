@@ -3,8 +3,10 @@
 //! processes; the tmpfs is mounted in a private mount namespace of a child
 //! (root needed: CI runs as root; elsewhere the test says it skipped).
 
+mod support;
+
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shmsync::segment::InitStep;
 use shmsync::testing::{self, TestName};
@@ -228,11 +230,7 @@ fn stopped_holder_case<L: LockBackend>(spec: testing::ChildSpec, kind: &str) {
     // SAFETY: plain system call on our own child.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
     // Bounded poll until the kernel shows it stopped.
-    let start = Instant::now();
-    while process_state(pid as u32) != Some('T') {
-        assert!(start.elapsed() < Duration::from_secs(10), "never stopped");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    support::await_state(pid as u32, 'T', Duration::from_secs(10));
     assert!(
         matches!(cell.try_lock(), Err(LockError::WouldBlock)),
         "{kind}"
@@ -257,11 +255,6 @@ fn stopped_holder_case<L: LockBackend>(spec: testing::ChildSpec, kind: &str) {
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
     holder.kill().unwrap();
-}
-
-fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ")?.1.chars().next()
 }
 
 /// A holder stopped with `SIGSTOP` (alive, not running): `try_lock` answers

@@ -295,10 +295,9 @@ fn not_recoverable_wakes_every_sleeper() {
         let args = ["sleeper", scene.name.as_str(), op];
         let mut s = child.command().args(args).bound(WAIT).spawn().unwrap();
         s.wait_point("contending").unwrap();
-        rig::await_state(s.pid(), 'S', WAIT);
+        support::await_state(s.pid(), 'S', WAIT);
         sleepers.push((op, s));
     }
-    std::thread::sleep(Duration::from_millis(20));
     scene.go();
     reporter.wait().unwrap();
     let failed: Vec<String> = sleepers
@@ -363,7 +362,7 @@ fn stopped_holder_times_out_others_until_continued() {
     scene.start(id, holder, "holding");
     let holder_pid = scene.children.borrow()[0].1.pid();
     rig::signal(holder_pid, libc::SIGSTOP);
-    rig::await_state(holder_pid, 'T', WAIT);
+    support::await_state(holder_pid, 'T', WAIT);
     for op in ["timeout", "lock", "timeout", "lock"] {
         let (id, waiter) = spawn("waiter", op);
         scene.start(id, waiter, "arrived");
@@ -372,14 +371,14 @@ fn stopped_holder_times_out_others_until_continued() {
         if i % 2 == 1 {
             waiter.wait_point("timed-out").unwrap();
         } else {
-            rig::await_state(waiter.pid(), 'S', WAIT);
+            support::await_state(waiter.pid(), 'S', WAIT);
         }
     }
     assert_eq!(kind(scene.cell.try_lock()), "WouldBlock");
     let r = scene.cell.lock_timeout(Duration::from_millis(100));
     assert_eq!(kind(r), "TimedOut");
     assert_eq!(
-        rig::proc_state(holder_pid),
+        support::proc_state(holder_pid),
         'T',
         "the holder stayed stopped"
     );

@@ -87,3 +87,22 @@ impl Drop for Name {
         }
     }
 }
+
+/// The state letter of `/proc/PID/stat` (`R`, `S`, `T`, `Z`, …), `?` if
+/// the process is gone.
+pub fn proc_state(pid: u32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the command name's closing parenthesis.
+    let after = stat.rsplit_once(") ").map_or("", |(_, s)| s);
+    after.chars().next().unwrap_or('?')
+}
+
+/// Waits (bounded, polling every millisecond) until `pid` shows state
+/// `want`.
+pub fn await_state(pid: u32, want: char, bound: Duration) {
+    let t = Instant::now();
+    while proc_state(pid) != want {
+        assert!(t.elapsed() < bound, "pid {pid} never reached state {want}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}

@@ -30,7 +30,6 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-use std::time::Duration;
 
 use shmsync::{LockError, ShmCell, ShmGuard, ShmSafe};
 
@@ -281,22 +280,6 @@ pub fn signal(pid: u32, sig: libc::c_int) {
     // SAFETY: signals a child of this test that is not reaped yet (its
     // `Running` handle is alive), so the pid is not reused.
     assert_eq!(unsafe { libc::kill(pid as libc::pid_t, sig) }, 0, "kill");
-}
-
-/// The state letter of `/proc/PID/stat` (`R`, `S`, `T`, …).
-pub fn proc_state(pid: u32) -> char {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(") ").map_or("", |(_, s)| s);
-    after.chars().next().unwrap_or('?')
-}
-
-/// Waits (bounded) until `pid` shows state `want`.
-pub fn await_state(pid: u32, want: char, bound: Duration) {
-    let t = std::time::Instant::now();
-    while proc_state(pid) != want {
-        assert!(t.elapsed() < bound, "pid {pid} never reached state {want}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 /// Pins the calling thread to CPU 0 (only in a child: process-wide state

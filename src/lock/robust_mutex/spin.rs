@@ -16,8 +16,9 @@
 //! at once: a spinner never delays the owner-death report, the kernel sets
 //! the bit when the owner dies and the next read sees it). The lock, its
 //! robust-list entry and the owner-death protocol all stay inside glibc
-//! (`pthread_mutex_lock`, and the non-blocking `pthread_mutex_clocklock`
-//! that `spin_then_try`'s caller passes in), so robustness is glibc's.
+//! (the non-blocking `pthread_mutex_clocklock` that `spin_then_try`'s
+//! caller passes in, and the sleeping one after a spent spin), so
+//! robustness is glibc's.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
