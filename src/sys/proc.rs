@@ -78,7 +78,10 @@ pub(crate) fn is_alive(pid: u32, start: u64) -> bool {
 /// forked child's may differ from its parent's, so the value is kept in a
 /// page the kernel zeroes in every child ([`super::mman::wipe_on_fork_page`]):
 /// a child reads its own. Where that page cannot be made, every call
-/// reads `/proc`. 0 (unknown) is never kept.
+/// reads `/proc`. 0 (unknown) is never kept. Not covered: a child made
+/// with `CLONE_VM` into a new pid namespace shares this page, so it would
+/// see its parent's namespace (glibc's `posix_spawn` uses `CLONE_VM` but
+/// `exec`s at once).
 pub(crate) fn pid_namespace() -> u64 {
     let cache = pid_namespace_cache();
     if let Some(word) = cache {
